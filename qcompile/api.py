@@ -1,0 +1,156 @@
+"""The public surface: compile(), load(), CompiledModel."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import fx, nn
+from torch.utils import _pytree as pytree
+
+from .backends import get_backend
+from .frontend.capture import capture
+from .ir import shapes
+from .passes import PassContext, as_passes
+from .passes.calibrate import validate_calibration
+from .passes.instruments import Instruments
+from .passes.manager import DEFAULT_PIPELINE, run_pipeline
+from .quant.config import QuantConfig
+from .report import Report, build_report, model_bytes
+from .serialize import ArtifactError, load_graph, save_graph
+
+ARTIFACT_FORMAT = "qcompile-artifact"
+
+
+def _input_signature(flat: list) -> list[dict]:
+    return [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in flat]
+
+
+class CompiledModel:
+    """A compiled model: call it like the original module; report(), save()."""
+
+    def __init__(self, gm: fx.GraphModule, runner, backend: str, in_spec, out_spec, signature: list[dict], report: Report):
+        self.graph_module = gm
+        self._runner = runner
+        self.backend = backend
+        self._in_spec = in_spec
+        self._out_spec = out_spec
+        self._signature = signature
+        self._report = report
+
+    def _check_inputs(self, flat: list, spec) -> None:
+        want = self._signature
+        if spec != self._in_spec or len(flat) != len(want):
+            raise TypeError(f"expected {len(want)} input tensor(s) {self._describe(want)}, got {len(flat)}")
+        for i, (t, w) in enumerate(zip(flat, want)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"input {i}: expected a tensor {self._describe([w])}, got {type(t).__name__}")
+            got = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+            if got != w:
+                raise ValueError(f"input {i}: expected {self._describe([w])}, got {self._describe([got])}")
+
+    @staticmethod
+    def _describe(sig: list[dict]) -> str:
+        return ", ".join(f"{s['dtype']}{s['shape']}" for s in sig)
+
+    def __call__(self, *args, **kwargs):
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        self._check_inputs(flat, spec)
+        with torch.no_grad():
+            out = self._runner(*flat)
+        return pytree.tree_unflatten(list(out), self._out_spec)
+
+    def report(self) -> Report:
+        return self._report
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        save_graph(self.graph_module, path)
+        manifest = {
+            "format": ARTIFACT_FORMAT, "version": 1, "backend": self.backend,
+            "in_spec": pytree.treespec_dumps(self._in_spec), "out_spec": pytree.treespec_dumps(self._out_spec),
+            "inputs": self._signature, "report": self._report.to_json(),
+        }
+        (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        return path
+
+
+def load(path) -> CompiledModel:
+    """Load a saved artifact. Only JSON and safetensors are read: no code is ever executed."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not a qcompile artifact (expected a directory written by CompiledModel.save)")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is not a qcompile artifact: no manifest.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}/manifest.json is corrupt: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{path} is not a qcompile artifact (manifest format is not {ARTIFACT_FORMAT!r})")
+    gm, _ = load_graph(path)
+    try:
+        in_spec = pytree.treespec_loads(manifest["in_spec"])
+        out_spec = pytree.treespec_loads(manifest["out_spec"])
+        report = Report.from_json(manifest["report"])
+        backend = get_backend(manifest["backend"])
+        signature = manifest["inputs"]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc
+    return CompiledModel(gm, backend.build(gm), backend.name, in_spec, out_spec, signature, report)
+
+
+def compile(
+    model: nn.Module,
+    example_inputs: tuple,
+    target="reference",
+    calibration: Iterable | None = None,
+    bits: int = 8,
+    pipeline=None,
+    passes=(),
+    dump_dir=None,
+    *,
+    config: QuantConfig | None = None,
+    print_after=None,
+    verify_each: bool = False,
+    progress: bool = True,
+) -> CompiledModel:
+    """Quantize and compile `model` for `target`.
+
+    calibration: an iterable of batches (a tensor or a tuple of positional inputs each).
+    pipeline: replaces the default pass pipeline (a string or a list of passes).
+    passes: extra passes run after the quantization passes, before lowering to the backend.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    config = config or QuantConfig(bits=bits)
+    # Validate everything the user passed before any work, so that a bad input changes nothing.
+    batches = validate_calibration(calibration) if calibration is not None else None
+    backend = get_backend(target)
+    pass_list = as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE) + as_passes(passes)
+    if not progress:
+        pass_list = [_quiet(p) for p in pass_list]
+
+    captured = capture(model, tuple(example_inputs))
+    gm = captured.gm
+    shapes.propagate(gm, tuple(example_inputs))
+    float_gm = copy.deepcopy(gm)
+    ctx = PassContext(tuple(example_inputs), config, batches, float_gm)
+    instruments = Instruments.from_env(dump_dir=dump_dir, print_after=print_after, verify_each=verify_each)
+    gm = run_pipeline(gm, pass_list, ctx, instruments)
+
+    flat, _ = pytree.tree_flatten((tuple(example_inputs), {}))
+    sample = tuple(batches[0]) if batches else tuple(example_inputs)
+    report = build_report(gm, float_gm, sample, model_bytes(model), backend.name)
+    report.extra["timings_ms"] = dict(instruments.timings)
+    report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
+    return CompiledModel(gm, backend.build(gm), backend.name, captured.in_spec, captured.out_spec, _input_signature(flat), report)
+
+
+def _quiet(p):
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(p)} if dataclasses.is_dataclass(p) else set()
+    return dataclasses.replace(p, progress=False) if "progress" in fields else p

@@ -1,0 +1,102 @@
+"""Capture with torch.export and normalise to the op set the passes expect."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.utils import _pytree as pytree
+
+from ..ir import meta
+
+aten = torch.ops.aten
+
+
+class CaptureError(RuntimeError):
+    """torch.export could not capture the model; the exporter's reason is attached."""
+
+
+@dataclass
+class Captured:
+    gm: fx.GraphModule  # flat inputs -> tuple of flat outputs
+    in_spec: pytree.TreeSpec
+    out_spec: pytree.TreeSpec
+
+
+# In-place and alias variants that export emits, mapped to the one functional op the passes match.
+_FUNCTIONAL = {
+    aten.hardtanh_.default: aten.hardtanh.default,
+    aten.relu_.default: aten.relu.default,
+    aten.clamp_.default: aten.clamp.default,
+    aten.add_.Tensor: aten.add.Tensor,
+    aten.mul_.Tensor: aten.mul.Tensor,
+    aten.hardswish_.default: aten.hardswish.default,
+    aten.sigmoid_.default: aten.sigmoid.default,
+    aten.silu_.default: aten.silu.default,
+}
+_IDENTITIES = {aten.alias.default, aten.detach.default, aten.detach_.default, aten.lift_fresh_copy.default}
+
+
+def _is_identity(node: fx.Node) -> bool:
+    if node.target in _IDENTITIES:
+        return True
+    # Dropout in an eval-mode export has train=False.
+    return node.target == aten.dropout.default and not node.args[2]
+
+
+def normalize(gm: fx.GraphModule) -> None:
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op == "call_module" and node.target.startswith("_guards"):
+            g.erase_node(node)
+            continue
+        if node.op != "call_function":
+            continue
+        if node.target in _FUNCTIONAL:
+            node.target = _FUNCTIONAL[node.target]
+        if _is_identity(node):
+            node.replace_all_uses_with(node.args[0])
+            g.erase_node(node)
+            continue
+        if node.target is torch.ops.aten._assert_tensor_metadata.default:
+            g.erase_node(node)
+            continue
+    for node in g.nodes:
+        meta.record_source(node)
+    for name, _ in list(gm.named_children()):
+        if name.startswith("_guards"):
+            delattr(gm, name)
+    g.eliminate_dead_code()
+    gm.recompile()
+
+
+def _strip_pytree_codegen(gm: fx.GraphModule) -> tuple[pytree.TreeSpec, pytree.TreeSpec]:
+    info = gm.graph._codegen.pytree_info
+    gm.graph._codegen = fx.graph.CodeGen()
+    return info.in_spec, info.out_spec
+
+
+def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Captured:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_inputs, tuple):
+        raise TypeError(f"example_inputs must be a tuple of tensors, got {type(example_inputs).__name__}")
+    was_training = model.training
+    model.eval()  # restored below: the user's model is never left modified
+    try:
+        ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
+    except Exception as exc:
+        raise CaptureError(
+            f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        model.train(was_training)
+    gm = ep.module()
+    in_spec, out_spec = _strip_pytree_codegen(gm)
+    normalize(gm)
+    return Captured(gm, in_spec, out_spec)
+
+
+def getitem_users(node: fx.Node) -> list[fx.Node]:
+    return [u for u in node.users if u.target is operator.getitem]

@@ -1,0 +1,151 @@
+"""Pass protocol, the pass registry and the pipeline-string parser."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Iterable
+
+from torch import fx
+
+from ..quant.config import QuantConfig
+
+
+@dataclass
+class PassResult:
+    gm: fx.GraphModule
+    changed: bool
+
+
+@dataclass
+class PassContext:
+    """What passes share: inputs, calibration data, the quantization config and statistics."""
+
+    example_inputs: tuple
+    config: QuantConfig = field(default_factory=QuantConfig)
+    calibration: list | None = None
+    float_gm: fx.GraphModule | None = None  # snapshot after the float passes: the numeric reference
+    stats: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+    def count(self, pass_name: str, what: str, n: int = 1) -> None:
+        self.stats[pass_name][what] += n
+
+
+class Pass:
+    """Base of all passes: a frozen dataclass whose fields are its options."""
+
+    name: ClassVar[str] = ""
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """The pass as it would be written in a pipeline string."""
+        opts = []
+        if dataclasses.is_dataclass(self):
+            for f in dataclasses.fields(self):
+                value = getattr(self, f.name)
+                if value != f.default:
+                    opts.append(f"{f.name}={value}")
+        return f"{self.name}{{{','.join(opts)}}}" if opts else self.name
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass available by its kebab-case `name` in pipelines."""
+    name = getattr(cls, "name", "")
+    if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", name or ""):
+        raise ValueError(f"pass {cls.__name__} needs a kebab-case `name`, got {name!r}")
+    if name in _REGISTRY and _REGISTRY[name] is not cls and _REGISTRY[name].__qualname__ != cls.__qualname__:
+        raise ValueError(f"a different pass is already registered as {name!r}: {_REGISTRY[name].__qualname__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _ENTRY_POINTS_LOADED
+    if not _ENTRY_POINTS_LOADED:
+        _ENTRY_POINTS_LOADED = True
+        for ep in entry_points(group="qcompile.passes"):
+            register_pass(ep.load())
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    _load_entry_points()
+    return dict(_REGISTRY)
+
+
+def _convert(value: str, typ: Any) -> Any:
+    text = str(typ)
+    if "bool" in text:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    for conv, key in ((int, "int"), (float, "float")):
+        if key in text and "str" not in text:
+            return conv(value)
+    if value.lower() == "none" and "None" in text:
+        return None
+    return value
+
+
+def make_pass(name: str, options: dict[str, str]) -> Pass:
+    passes = registered_passes()
+    if name not in passes:
+        raise ValueError(f"unknown pass {name!r}; registered passes: {', '.join(sorted(passes))}")
+    cls = passes[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    kwargs = {}
+    for key, value in options.items():
+        if key not in fields:
+            raise ValueError(f"pass {name!r} has no option {key!r}; options: {', '.join(sorted(fields)) or 'none'}")
+        try:
+            kwargs[key] = _convert(value, fields[key].type)
+        except ValueError as exc:
+            raise ValueError(f"pass {name!r} option {key}={value!r}: {exc}") from None
+    return cls(**kwargs)
+
+
+_ITEM = re.compile(r"\s*([A-Za-z0-9_-]+)\s*(?:\{([^}]*)\})?\s*(?:,|$)")
+
+
+def parse_pipeline(text: str) -> list[Pass]:
+    """"a,b{k=v,k2=v2},c" -> pass instances."""
+    passes, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        m = _ITEM.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"cannot parse pipeline at {text[pos:]!r}; expected name or name{{key=value,...}}")
+        options = {}
+        for item in filter(None, (m[2] or "").split(",")):
+            if "=" not in item:
+                raise ValueError(f"pipeline option {item!r} of pass {m[1]!r} must be key=value")
+            key, value = item.split("=", 1)
+            options[key.strip()] = value.strip()
+        passes.append(make_pass(m[1], options))
+        pos = m.end()
+    return passes
+
+
+def as_passes(pipeline: str | Iterable[Pass | str]) -> list[Pass]:
+    if isinstance(pipeline, str):
+        return parse_pipeline(pipeline)
+    out = []
+    for p in pipeline:
+        out.extend(parse_pipeline(p) if isinstance(p, str) else [p])
+    for p in out:
+        if not isinstance(p, Pass):
+            raise TypeError(f"pipeline items must be qcompile.Pass instances or strings, got {type(p).__name__}")
+    return out
+
+
+def pipeline_string(passes: Iterable[Pass]) -> str:
+    return ",".join(p.spec() for p in passes)

@@ -1,0 +1,67 @@
+"""fold-batch-norm: conv2d -> batch_norm (inference) becomes one conv2d with folded weight and bias."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from ..ir.rewrite import Rewriter, constant
+from .base import Pass, PassContext, PassResult, register_pass
+
+aten = torch.ops.aten
+
+
+def _foldable(bn: fx.Node) -> bool:
+    if bn.target != aten.batch_norm.default:
+        return False
+    conv = bn.args[0]
+    training = bn.args[5]
+    return (
+        not training
+        and isinstance(conv, fx.Node)
+        and conv.target == aten.conv2d.default
+        and len(conv.users) == 1
+        and conv.args[1].op == "get_attr"
+        and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in bn.args[1:5] if a is not None)
+    )
+
+
+def fold(w: torch.Tensor, b: torch.Tensor | None, gamma, beta, mean, var, eps: float):
+    std = torch.sqrt(var + eps)
+    gamma = torch.ones_like(mean) if gamma is None else gamma
+    beta = torch.zeros_like(mean) if beta is None else beta
+    factor = gamma / std
+    w_f = w * factor.reshape(-1, *([1] * (w.dim() - 1)))
+    b_f = (-mean if b is None else b - mean) * factor + beta
+    return w_f, b_f
+
+
+@register_pass
+@dataclass(frozen=True)
+class FoldBatchNormPass(Pass):
+    name = "fold-batch-norm"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        rw = Rewriter(gm, self.name)
+        changed = False
+        for bn in list(gm.graph.nodes):
+            if bn.op != "call_function" or not _foldable(bn):
+                continue
+            conv = bn.args[0]
+            x, w_node = conv.args[0], conv.args[1]
+            b_node = conv.args[2] if len(conv.args) > 2 else None
+            tensors = [constant(gm, a) if a is not None else None for a in bn.args[1:5]]
+            w_f, b_f = fold(
+                constant(gm, w_node).detach(), constant(gm, b_node).detach() if b_node is not None else None,
+                *(t.detach() if t is not None else None for t in tensors), float(bn.args[7]),
+            )
+            new_w = rw.const(w_f, f"{w_node.target}_folded", conv)
+            new_b = rw.const(b_f, f"{w_node.target}_folded_bias", conv)
+            args = (x, new_w, new_b, *conv.args[3:])
+            folded = rw.call(aten.conv2d.default, args, conv, represents=bn)
+            folded.meta.update({k: v for k, v in bn.meta.items() if k == "val"})
+            bn.replace_all_uses_with(folded)
+            ctx.count(self.name, "folded")
+            changed = True
+        return PassResult(rw.finish() if changed else gm, changed)

@@ -1,0 +1,98 @@
+"""fuse-qdq: dequantize -> op [-> activation] -> quantize becomes one integer op (int32 accumulate, requantize).
+
+Works on qcompile's own q/dq and on PyTorch's `quantized_decomposed` ops (torchao PT2E's convert_pt2e).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from ..ir import meta
+from ..ir.rewrite import Rewriter, constant
+from ..quant.lower import LOWERINGS, Match
+from ..quant.qdq import is_quantize, parse_dequantize, parse_quantize
+from ..quant.qspec import QParams
+from ..quant.rules import FUSABLE_ACTIVATIONS, OpRule, rule_for
+from .base import Pass, PassContext, PassResult, register_pass
+
+
+def _split_activation(producer: fx.Node) -> tuple[fx.Node, fx.Node | None]:
+    """(op, activation) when `producer` is an activation absorbed by the op before it."""
+    if producer.target in FUSABLE_ACTIVATIONS and isinstance(producer.args[0], fx.Node):
+        inner = producer.args[0]
+        rule = rule_for(inner)
+        if rule is not None and rule.fuses_activation and len(inner.users) == 1:
+            return inner, producer
+    return producer, None
+
+
+def _integer_weight(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, QParams] | None:
+    """A dequantized constant: dq(int constant) or dq(q(float constant)), the latter folded here."""
+    dq = parse_dequantize(gm, node)
+    if dq is None or dq.input.op not in ("get_attr", "call_function"):
+        return None
+    if dq.input.op == "get_attr":
+        return constant(gm, dq.input), dq.qparams
+    q = parse_quantize(gm, dq.input)
+    if q is None or q.input.op != "get_attr":
+        return None
+    w = constant(gm, q.input).detach()
+    return _fold_quantize(gm, dq.input, w), q.qparams
+
+
+def _fold_quantize(gm: fx.GraphModule, q: fx.Node, w: torch.Tensor) -> torch.Tensor:
+    args = [constant(gm, a) if isinstance(a, fx.Node) else a for a in q.args[1:]]
+    with torch.no_grad():
+        return q.target(w, *args)
+
+
+def _match(gm: fx.GraphModule, q: fx.Node) -> tuple[OpRule, Match] | None:
+    out = parse_quantize(gm, q)
+    if out is None or out.input.op != "call_function" or len(out.input.users) != 1:
+        return None
+    op, act = _split_activation(out.input)
+    rule = rule_for(op)
+    if rule is None or rule.kind not in LOWERINGS or rule.unsupported(op, weights_are_constants=False):
+        return None
+    inputs = []
+    for a in rule.activation_inputs(op):
+        dq = parse_dequantize(gm, a)
+        if dq is None:
+            return None
+        inputs.append((dq.input, dq.qparams))
+    weights = []
+    for w, _ in rule.weight_inputs(op):
+        iw = _integer_weight(gm, w)
+        if iw is None:
+            return None
+        weights.append(iw)
+    if out.qparams.per_channel:
+        return None
+    return rule, Match(op, act, q, inputs, weights, out.qparams)
+
+
+@register_pass
+@dataclass(frozen=True)
+class FuseQdqPass(Pass):
+    name = "fuse-qdq"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        rw = Rewriter(gm, self.name)
+        changed = False
+        for q in [n for n in gm.graph.nodes if is_quantize(n)]:
+            found = _match(gm, q)
+            if found is None:
+                continue
+            rule, m = found
+            new = LOWERINGS[rule.kind](rw, m)
+            if new is None:
+                ctx.count(self.name, f"left float: {rule.kind}")
+                continue
+            meta.set_qparams(new, m.out)
+            new.meta["val"] = q.meta.get("val")  # same shape and integer dtype as the quantize it replaces
+            q.replace_all_uses_with(new)
+            ctx.count(self.name, rule.kind)
+            changed = True
+        return PassResult(rw.finish() if changed else gm, changed)

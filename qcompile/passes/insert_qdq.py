@@ -1,0 +1,42 @@
+"""insert-qdq: a quantize -> dequantize pair after every calibrated tensor (the fake-quant graph)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import fx
+
+from ..ir import meta
+from ..ir.rewrite import Rewriter
+from ..quant.qdq import insert_dequantize, insert_quantize
+from .base import Pass, PassContext, PassResult, register_pass
+
+
+def _insertion_point(node: fx.Node) -> fx.Node:
+    """Right after `node`, but never among the placeholders."""
+    nxt = node.next
+    while nxt.op == "placeholder":
+        nxt = nxt.next
+    return nxt
+
+
+@register_pass
+@dataclass(frozen=True)
+class InsertQdqPass(Pass):
+    name = "insert-qdq"
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        rw = Rewriter(gm, self.name)
+        changed = False
+        for node in list(gm.graph.nodes):
+            qp = meta.qparams(node)
+            if qp is None or not node.users or meta.fused_into(node):
+                continue
+            users = list(node.users)
+            anchor = _insertion_point(node)
+            q = insert_quantize(rw, node, qp, anchor)
+            dq = insert_dequantize(rw, q, qp, anchor)
+            for u in users:
+                u.replace_input_with(node, dq)
+            ctx.count(self.name, "weight pairs" if node.op == "get_attr" else "activation pairs")
+            changed = True
+        return PassResult(rw.finish() if changed else gm, changed)

@@ -1,0 +1,40 @@
+"""Runs a pipeline of passes under the instruments; shapes are re-propagated after each change."""
+from __future__ import annotations
+
+import copy
+import time
+
+from torch import fx
+
+from ..ir import shapes
+from .base import Pass, PassContext, pipeline_string
+from .instruments import Instruments
+
+DEFAULT_PIPELINE = "fold-batch-norm,calibrate,insert-qdq,fuse-qdq,fold-scales"
+
+
+class PassError(RuntimeError):
+    """A pass raised; `reproducer` is the folder with its input graph and the pipeline."""
+
+    def __init__(self, message: str, reproducer):
+        super().__init__(message)
+        self.reproducer = reproducer
+
+
+def run_pipeline(gm: fx.GraphModule, passes: list[Pass], ctx: PassContext, instruments: Instruments) -> fx.GraphModule:
+    pipeline = pipeline_string(passes)
+    instruments.start(pipeline, gm)
+    for p in passes:
+        before = copy.deepcopy(gm)
+        t0 = time.perf_counter()
+        try:
+            result = p.run(gm, ctx)
+            gm = result.gm
+            if result.changed:
+                shapes.propagate(gm, ctx.example_inputs)
+        except Exception as exc:
+            path = instruments.failed(p.name, before, pipeline, exc)
+            raise PassError(f"pass {p.name!r} failed: {type(exc).__name__}: {exc} (reproducer: {path})", path) from exc
+        ms = (time.perf_counter() - t0) * 1e3
+        instruments.after(p.name, gm, result.changed, ms, dict(ctx.stats.get(p.name, {})))
+    return gm

@@ -1,0 +1,70 @@
+"""Decide which tensors are quantized, with which QSpec, from the op rules and the QuantConfig."""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from ..ir import meta, shapes
+from .config import QuantConfig
+from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
+
+
+def _is_float_tensor(node: fx.Node) -> bool:
+    v = shapes.val(node)
+    return isinstance(v, torch.Tensor) and v.is_floating_point()
+
+
+def share_root(node: fx.Node, by_name: dict[str, fx.Node]) -> fx.Node:
+    while meta.share_source(node) is not None:
+        node = by_name[meta.share_source(node)]
+    return node
+
+
+def _fusable_activation(node: fx.Node) -> fx.Node | None:
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    rule = rule_for(user)
+    if user.target in FUSABLE_ACTIVATIONS and user.args[0] is node and rule is not None and not rule.unsupported(user):
+        return user
+    return None
+
+
+def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
+    act_spec = config.activation_spec()
+    for node in gm.graph.nodes:
+        meta.clear_quant_annotations(node)
+
+    def need(n: fx.Node) -> None:
+        if not meta.is_annotated(n) and _is_float_tensor(n):
+            meta.set_qspec(n, act_spec)
+
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        rule = rule_for(node)
+        if rule is None:
+            if _is_float_tensor(node):
+                meta.set_float_reason(node, f"no integer kernel for {node.target}; runs in float")
+            continue
+        if meta.is_annotated(node):  # an activation fused by its producer
+            continue
+        reason = rule.unsupported(node)
+        if reason:
+            meta.set_float_reason(node, reason)
+            continue
+        for w, axis in rule.weight_inputs(node):
+            meta.set_qspec(w, config.weight_spec(axis))
+        if rule.output == SHARE:
+            sources = rule.activation_inputs(node) or [w for w, _ in rule.weight_inputs(node)]
+            if sources and meta.is_annotated(sources[0]):
+                meta.set_share(node, sources[0])
+            continue
+        for inp in rule.activation_inputs(node):
+            need(inp)
+        act = _fusable_activation(node) if rule.fuses_activation else None
+        if act is not None:
+            meta.set_fused_into(node, act)
+            meta.set_qspec(act, act_spec)
+        else:
+            meta.set_qspec(node, act_spec)

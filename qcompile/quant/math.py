@@ -1,0 +1,125 @@
+"""Quantization arithmetic: qparams from ranges, quantize/dequantize, fixed-point multipliers.
+
+Rounding: quantize and the float-form requantize round half to even (torch.round), as PyTorch's own
+quantize ops do. The integer graph's fixed-point requantize rounds half up (add 2^(shift-1), then an
+arithmetic right shift) and is the bit-exact contract every backend implements; see README "Integer semantics".
+"""
+from __future__ import annotations
+
+import torch
+
+from .qspec import QParams, QSpec
+
+_EPS = torch.finfo(torch.float32).eps
+MULTIPLIER_BITS = 31  # multipliers are int32 in [2^30, 2^31)
+
+
+def _broadcast_shape(x: torch.Tensor, axis: int | None) -> list[int]:
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    return shape
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> QParams:
+    """Scale and zero point covering [lo, hi] (widened to include 0 so that 0 is exact)."""
+    lo = torch.minimum(torch.as_tensor(lo, dtype=torch.float32), torch.zeros(()))
+    hi = torch.maximum(torch.as_tensor(hi, dtype=torch.float32), torch.zeros(()))
+    qmin, qmax = spec.qmin, spec.qmax
+    if spec.symmetric:
+        amax = torch.maximum(-lo, hi)
+        if qmin < 0:
+            scale = amax / ((qmax - qmin) / 2)
+            zp = torch.zeros_like(scale, dtype=torch.int32)
+        else:  # symmetric unsigned: centre of the range
+            scale = amax / ((qmax - qmin) / 2)
+            zp = torch.full_like(scale, (qmin + qmax + 1) // 2, dtype=torch.int32)
+    else:
+        scale = (hi - lo) / float(qmax - qmin)
+        zp = None
+    scale = torch.clamp(scale, min=_EPS).to(torch.float32)
+    if zp is None:
+        zp = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
+    return QParams(scale=scale, zero_point=zp, spec=spec)
+
+
+def choose_qparams(x: torch.Tensor, dtype: str = "uint8", symmetric: bool = False, axis: int | None = None) -> tuple:
+    """Min-max scale and zero point for `x`; per-tensor gives Python numbers, per-channel tensors."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    check_finite(x, "choose_qparams input")
+    spec = QSpec(dtype=dtype, symmetric=symmetric, axis=axis)
+    if axis is None:
+        qp = qparams_from_range(x.min(), x.max(), spec)
+        return qp.scalar()
+    dims = [d for d in range(x.dim()) if d != axis % x.dim()]
+    qp = qparams_from_range(x.amin(dim=dims), x.amax(dim=dims), spec)
+    return qp.scale, qp.zero_point
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise ValueError(f"{what} contains {bad}")
+
+
+def quantize_tensor(x, scale, zero_point, qmin: int, qmax: int, dtype: torch.dtype, axis: int | None = None):
+    x = torch.as_tensor(x, dtype=torch.float32)
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    zero_point = torch.as_tensor(zero_point)
+    if scale.dim() > 0:
+        shape = _broadcast_shape(x, axis)
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    q = torch.round(x / scale) + zero_point
+    return torch.clamp(q, qmin, qmax).to(dtype)
+
+
+def dequantize_tensor(q, scale, zero_point, axis: int | None = None) -> torch.Tensor:
+    q = torch.as_tensor(q)
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    zero_point = torch.as_tensor(zero_point)
+    if scale.dim() > 0:
+        shape = _broadcast_shape(q, axis)
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    return (q.to(torch.int32) - zero_point.to(torch.int32)).to(torch.float32) * scale
+
+
+def quantize(x, scale, zero_point, dtype: str = "uint8") -> torch.Tensor:
+    """q = clamp(round(x / scale) + zero_point) in `dtype`'s range; out-of-range values saturate."""
+    spec = QSpec(dtype=dtype)
+    return quantize_tensor(x, scale, zero_point, spec.qmin, spec.qmax, spec.torch_dtype)
+
+
+def dequantize(q, scale, zero_point) -> torch.Tensor:
+    return dequantize_tensor(q, scale, zero_point)
+
+
+def fixed_point_multiplier(real: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Represent each positive real multiplier as m * 2^-shift with m an int32 in [2^30, 2^31).
+
+    Returns (multiplier int32, shift int8). `shift` is the total right shift applied to acc * m; it is
+    clamped to [1, 62] so that acc (int32) * m (int32) stays inside int64 and the rounding term exists.
+    """
+    real = torch.as_tensor(real, dtype=torch.float64)
+    if not bool(torch.all(real > 0)):
+        raise ValueError("requantization multipliers must be positive")
+    mant, exp = torch.frexp(real)  # real = mant * 2^exp, mant in [0.5, 1)
+    m = torch.round(mant * (1 << MULTIPLIER_BITS)).to(torch.int64)
+    overflow = m == (1 << MULTIPLIER_BITS)
+    m = torch.where(overflow, m // 2, m)
+    exp = torch.where(overflow, exp + 1, exp)
+    shift = MULTIPLIER_BITS - exp.to(torch.int64)
+    # Tiny multipliers: shift the mantissa down instead of shifting past 62.
+    excess = torch.clamp(shift - 62, min=0)
+    m = torch.div(m, 2**excess, rounding_mode="floor")
+    shift = shift - excess
+    too_large = shift < 1
+    if bool(too_large.any()):
+        raise ValueError(f"requantization multiplier {float(real.max()):.4g} is too large (>= 2^30)")
+    return m.to(torch.int32), shift.to(torch.int8)
+
+
+def rounding_shift(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(acc * multiplier + 2^(shift-1)) >> shift in int64: round half up, the integer graph's contract."""
+    shift = shift.to(torch.int64)
+    prod = acc.to(torch.int64) * multiplier.to(torch.int64)
+    return torch.bitwise_right_shift(prod + torch.bitwise_left_shift(torch.ones_like(shift), shift - 1), shift)

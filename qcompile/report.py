@@ -1,0 +1,114 @@
+"""cm.report(): a per-layer table of what was quantized, how, how accurately, and what stayed float."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import fx
+
+from .debug import per_node_sqnr
+from .ir import meta
+from .ir.printer import target_name
+
+
+@dataclass
+class LayerRow:
+    name: str
+    op: str
+    bits: str  # "8", "32" (accumulator), "float"
+    scale: str
+    sqnr_db: float | None
+    weight_bytes: int
+    source: str
+    note: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[LayerRow]
+    weight_bytes: int  # bytes of every constant the compiled graph stores
+    float_bytes: int  # bytes of the original model's parameters and buffers (fp32)
+    backend: str = "reference"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def compression(self) -> float:
+        return self.float_bytes / self.weight_bytes if self.weight_bytes else math.inf
+
+    @property
+    def float_layers(self) -> list[LayerRow]:
+        return [r for r in self.rows if r.bits == "float"]
+
+    def to_json(self) -> dict:
+        return {
+            "rows": [asdict(r) for r in self.rows], "weight_bytes": self.weight_bytes,
+            "float_bytes": self.float_bytes, "backend": self.backend, "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Report":
+        return cls([LayerRow(**r) for r in d["rows"]], d["weight_bytes"], d["float_bytes"], d["backend"], d.get("extra", {}))
+
+    def table(self) -> Table:
+        t = Table(title=f"qcompile report ({self.backend})", show_lines=False)
+        for col in ("layer", "op", "bits", "scale", "SQNR dB", "bytes", "source", "note"):
+            t.add_column(col, overflow="fold")
+        for r in self.rows:
+            sq = "" if r.sqnr_db is None else ("inf" if math.isinf(r.sqnr_db) else f"{r.sqnr_db:.1f}")
+            t.add_row(r.name, r.op, r.bits, r.scale, sq, str(r.weight_bytes or ""), r.source, r.note)
+        return t
+
+    def __str__(self) -> str:
+        console = Console(width=180, record=True, file=open("/dev/null", "w"))
+        console.print(self.table())
+        summary = (
+            f"weights: {self.weight_bytes:,} bytes stored vs {self.float_bytes:,} bytes fp32 "
+            f"({self.compression:.2f}x smaller); {len(self.float_layers)} op(s) left in float"
+        )
+        return console.export_text() + summary + "\n"
+
+    def __repr__(self) -> str:
+        return f"Report({len(self.rows)} rows, weight_bytes={self.weight_bytes}, float_bytes={self.float_bytes})"
+
+
+def stored_bytes(gm: fx.GraphModule) -> int:
+    return sum(t.numel() * t.element_size() for t in list(gm.buffers()) + list(gm.parameters()))
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def _is_layer(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if meta.float_reason(node) is not None:
+        return True
+    v = node.meta.get("val")
+    return meta.qparams(node) is not None and meta.origin(node) is not None and getattr(v, "dtype", None) in (torch.int8, torch.uint8)
+
+
+def build_report(gm: fx.GraphModule, float_gm: fx.GraphModule | None, inputs: tuple, float_bytes: int, backend: str) -> Report:
+    sqnr = per_node_sqnr(float_gm, gm, inputs) if float_gm is not None else {}
+    rows = []
+    for node in gm.graph.nodes:
+        if not _is_layer(node):
+            continue
+        src = meta.source(node)
+        layer = meta.layer(node)
+        reason = meta.float_reason(node)
+        qp = meta.qparams(node)
+        rows.append(LayerRow(
+            name=meta.origin(node) or node.name,
+            op=layer.kind if layer else target_name(node).split(".")[1] if "." in target_name(node) else target_name(node),
+            bits="float" if reason else str(layer.bits if layer else qp.spec.bits),
+            scale=qp.describe() if qp is not None else "",
+            sqnr_db=sqnr.get(node.name),
+            weight_bytes=layer.weight_bytes if layer else 0,
+            source=src.short() if src else "",
+            note=reason or "",
+        ))
+    return Report(rows, stored_bytes(gm), float_bytes, backend)

@@ -1,0 +1,210 @@
+"""Graph (de)serialization without pickle: JSON for the graph and metadata, safetensors for tensors.
+
+Only ops from an allow-list of namespaces are resolved when loading, so an artifact can never name
+arbitrary Python code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import operator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import fx
+
+from .ir import meta
+from .quant import ops  # noqa: F401  (registers torch.ops.qcompile before graphs are loaded)
+from .quant.qspec import QParams, QSpec
+
+FORMAT_VERSION = 1
+_NAMESPACES = ("aten", "qcompile", "quantized_decomposed")
+_PYTHON_TARGETS = {"operator.getitem": operator.getitem}
+_DTYPES = {str(d).replace("torch.", ""): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
+    torch.int32, torch.int64, torch.bool,
+)}
+
+
+class ArtifactError(ValueError):
+    """The file is not a (valid) qcompile artifact."""
+
+
+def _target_name(target) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target._schema.name}.{target._overloadname}"
+    for name, fn in _PYTHON_TARGETS.items():
+        if target is fn:
+            return name
+    raise ValueError(f"cannot serialize call target {target!r}")
+
+
+def _resolve_target(name: str):
+    if name in _PYTHON_TARGETS:
+        return _PYTHON_TARGETS[name]
+    qualified, _, overload = name.rpartition(".")
+    ns, _, op = qualified.partition("::")
+    if ns not in _NAMESPACES or not op:
+        raise ArtifactError(f"artifact names op {name!r} outside the allowed namespaces {_NAMESPACES}")
+    try:
+        return getattr(getattr(getattr(torch.ops, ns), op), overload)
+    except AttributeError as exc:
+        raise ArtifactError(f"artifact names unknown op {name!r}") from exc
+
+
+def _enc(a):
+    if isinstance(a, fx.Node):
+        return {"node": a.name}
+    if isinstance(a, bool) or a is None or isinstance(a, (int, str)):
+        return a
+    if isinstance(a, float):
+        return {"float": repr(a)} if not math.isfinite(a) else a
+    if isinstance(a, (list, tuple)):
+        return {"list" if isinstance(a, list) else "tuple": [_enc(x) for x in a]}
+    if isinstance(a, torch.dtype):
+        return {"dtype": str(a).replace("torch.", "")}
+    if isinstance(a, torch.device):
+        return {"device": str(a)}
+    if isinstance(a, torch.memory_format):
+        return {"memory_format": str(a).replace("torch.", "")}
+    if isinstance(a, torch.layout):
+        return {"layout": str(a).replace("torch.", "")}
+    raise ValueError(f"cannot serialize argument {a!r} of type {type(a).__name__}")
+
+
+def _dec(a, nodes: dict[str, fx.Node]):
+    if not isinstance(a, dict):
+        return a
+    if len(a) != 1:
+        raise ArtifactError(f"malformed argument {a!r}")
+    (kind, v), = a.items()
+    decoders = {
+        "node": lambda v: nodes[v],
+        "float": float,
+        "list": lambda v: [_dec(x, nodes) for x in v],
+        "tuple": lambda v: tuple(_dec(x, nodes) for x in v),
+        "dtype": lambda v: _DTYPES[v],
+        "device": torch.device,
+        "memory_format": lambda v: getattr(torch, v),
+        "layout": lambda v: getattr(torch, v),
+    }
+    if kind not in decoders:
+        raise ArtifactError(f"unknown argument kind {kind!r}")
+    try:
+        return decoders[kind](v)
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise ArtifactError(f"malformed argument {a!r}") from exc
+
+
+def _enc_meta(node: fx.Node, tensors: dict[str, torch.Tensor]) -> dict:
+    out = {}
+    v = node.meta.get("val")
+    if isinstance(v, torch.Tensor):
+        out["val"] = {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+    if (qp := meta.qparams(node)) is not None:
+        key = f"__qparams__.{node.name}"
+        tensors[key + ".scale"], tensors[key + ".zero_point"] = qp.scale.clone(), qp.zero_point.clone()
+        s = qp.spec
+        out["qparams"] = {"key": key, "spec": [s.dtype, s.symmetric, s.axis, s.observer, s.percentile, s.narrow]}
+    if (src := meta.source(node)) is not None:
+        out["source"] = [src.module_path, src.module_type, src.location, src.code]
+    if (layer := meta.layer(node)) is not None:
+        out["layer"] = [layer.kind, layer.bits, layer.weight_bytes]
+    for key, getter in (("origin", meta.origin), ("float_reason", meta.float_reason), ("created_by", meta.created_by)):
+        if (value := getter(node)) is not None:
+            out[key] = value
+    return out
+
+
+def _dec_meta(node: fx.Node, m: dict, tensors: dict[str, torch.Tensor]) -> None:
+    if "val" in m:
+        node.meta["val"] = torch.empty(m["val"]["shape"], dtype=_DTYPES[m["val"]["dtype"]], device="meta")
+    if "qparams" in m:
+        key = m["qparams"]["key"]
+        dtype, sym, axis, obs, pct, narrow = m["qparams"]["spec"]
+        spec = QSpec(dtype=dtype, symmetric=sym, axis=axis, observer=obs, percentile=pct, narrow=narrow)
+        meta.set_qparams(node, QParams(tensors[key + ".scale"], tensors[key + ".zero_point"], spec))
+    if "source" in m:
+        node.meta["qc_source"] = meta.Source(*m["source"])
+    if "layer" in m:
+        meta.set_layer(node, meta.LayerInfo(*m["layer"]))
+    for key, setter_key in (("origin", "qc_origin"), ("float_reason", "qc_float_reason"), ("created_by", "qc_created_by")):
+        if key in m:
+            node.meta[setter_key] = m[key]
+
+
+def graph_to_json(gm: fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in list(gm.named_buffers()) + list(gm.named_parameters()):
+        tensors[name] = t.detach().contiguous().clone()
+    nodes = []
+    for n in gm.graph.nodes:
+        entry = {"op": n.op, "name": n.name, "meta": _enc_meta(n, tensors)}
+        if n.op == "call_function":
+            entry["target"] = _target_name(n.target)
+        elif n.op in ("get_attr", "placeholder"):
+            entry["target"] = n.target
+        elif n.op != "output":
+            raise ValueError(f"cannot serialize {n.op} node %{n.name}")
+        entry["args"] = _enc(tuple(n.args))
+        entry["kwargs"] = {k: _enc(v) for k, v in n.kwargs.items()}
+        nodes.append(entry)
+    return {"version": FORMAT_VERSION, "nodes": nodes}, tensors
+
+
+def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModule:
+    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("nodes"), list):
+        raise ArtifactError("graph.json is not a qcompile graph of a supported version")
+    root = torch.nn.Module()
+    graph = fx.Graph()
+    nodes: dict[str, fx.Node] = {}
+    try:
+        for e in doc["nodes"]:
+            op = e["op"]
+            args = _dec(e["args"], nodes)
+            kwargs = {k: _dec(v, nodes) for k, v in e["kwargs"].items()}
+            if op == "placeholder":
+                node = graph.placeholder(e["target"])
+            elif op == "get_attr":
+                if e["target"] not in tensors:
+                    raise ArtifactError(f"weights file lacks tensor {e['target']!r}")
+                root.register_buffer(e["target"].replace(".", "__"), tensors[e["target"]])
+                node = graph.get_attr(e["target"].replace(".", "__"))
+            elif op == "call_function":
+                node = graph.call_function(_resolve_target(e["target"]), args, kwargs)
+            elif op == "output":
+                node = graph.output(args[0])
+            else:
+                raise ArtifactError(f"unknown node kind {op!r}")
+            node.name = e["name"]
+            _dec_meta(node, e["meta"], tensors)
+            nodes[e["name"]] = node
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ArtifactError(f"graph.json is malformed: {exc!r}") from exc
+    gm = fx.GraphModule(root, graph)
+    return gm
+
+
+def save_graph(gm: fx.GraphModule, directory: Path, extra: dict | None = None) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    doc, tensors = graph_to_json(gm)
+    if extra:
+        doc["extra"] = extra
+    (directory / "graph.json").write_text(json.dumps(doc))
+    save_file(tensors, str(directory / "weights.safetensors"))
+
+
+def load_graph(directory: Path) -> tuple[fx.GraphModule, dict]:
+    directory = Path(directory)
+    try:
+        doc = json.loads((directory / "graph.json").read_text())
+        tensors = load_file(str(directory / "weights.safetensors"))
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{directory} is not a qcompile artifact: missing {Path(exc.filename).name}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{directory}/graph.json is not valid JSON: {exc}") from exc
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise ArtifactError(f"{directory}/weights.safetensors is corrupt: {exc}") from exc
+    return graph_from_json(doc, tensors), doc.get("extra", {})

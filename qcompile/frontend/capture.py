@@ -1,6 +1,7 @@
 """Capture with torch.export and normalise to the op set the passes expect."""
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass
 
@@ -77,7 +78,17 @@ def _strip_pytree_codegen(gm: fx.GraphModule) -> tuple[pytree.TreeSpec, pytree.T
     return info.in_spec, info.out_spec
 
 
+def _is_exported(model: nn.Module) -> bool:
+    """A GraphModule that torch.export already produced (e.g. after torchao's prepare/convert_pt2e)."""
+    return isinstance(model, fx.GraphModule) and isinstance(model.graph._codegen, fx.graph._PyTreeCodeGen)
+
+
 def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Captured:
+    if _is_exported(model):
+        gm = copy.deepcopy(model)  # never modify the user's graph
+        in_spec, out_spec = _strip_pytree_codegen(gm)
+        normalize(gm)
+        return Captured(gm, in_spec, out_spec)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple):

@@ -11,7 +11,7 @@ from torch import fx
 
 from ..ir import meta
 from ..ir.rewrite import Rewriter, constant
-from ..quant.lower import LOWERINGS, Match
+from ..quant.lower import FLOAT_OUTPUT_KINDS, LOWERINGS, Match
 from ..quant.qdq import is_quantize, parse_dequantize, parse_quantize
 from ..quant.qspec import QParams
 from ..quant.rules import FUSABLE_ACTIVATIONS, OpRule, rule_for
@@ -48,11 +48,24 @@ def _fold_quantize(gm: fx.GraphModule, q: fx.Node, w: torch.Tensor) -> torch.Ten
         return q.target(w, *args)
 
 
-def _match(gm: fx.GraphModule, q: fx.Node) -> tuple[OpRule, Match] | None:
+def _match_output(gm: fx.GraphModule, q: fx.Node) -> tuple[OpRule, Match] | None:
+    """dq -> op [-> activation] -> q"""
     out = parse_quantize(gm, q)
-    if out is None or out.input.op != "call_function" or len(out.input.users) != 1:
+    if out is None or out.input.op != "call_function" or len(out.input.users) != 1 or out.qparams.per_channel:
         return None
     op, act = _split_activation(out.input)
+    return _match(gm, op, act, q, out.qparams)
+
+
+def _match_float_output(gm: fx.GraphModule, op: fx.Node) -> tuple[OpRule, Match] | None:
+    """dq -> conv/linear whose result stays float (e.g. a model's last layer in a PT2E graph)."""
+    rule = rule_for(op)
+    if rule is None or rule.kind not in FLOAT_OUTPUT_KINDS:
+        return None
+    return _match(gm, op, None, None, None)
+
+
+def _match(gm, op, act, q, out: QParams | None) -> tuple[OpRule, Match] | None:
     rule = rule_for(op)
     if rule is None or rule.kind not in LOWERINGS or rule.unsupported(op, weights_are_constants=False):
         return None
@@ -68,9 +81,7 @@ def _match(gm: fx.GraphModule, q: fx.Node) -> tuple[OpRule, Match] | None:
         if iw is None:
             return None
         weights.append(iw)
-    if out.qparams.per_channel:
-        return None
-    return rule, Match(op, act, q, inputs, weights, out.qparams)
+    return rule, Match(op, act, q, inputs, weights, out)
 
 
 @register_pass
@@ -82,17 +93,23 @@ class FuseQdqPass(Pass):
         rw = Rewriter(gm, self.name)
         changed = False
         for q in [n for n in gm.graph.nodes if is_quantize(n)]:
-            found = _match(gm, q)
-            if found is None:
-                continue
-            rule, m = found
-            new = LOWERINGS[rule.kind](rw, m)
-            if new is None:
-                ctx.count(self.name, f"left float: {rule.kind}")
-                continue
-            meta.set_qparams(new, m.out)
-            new.meta["val"] = q.meta.get("val")  # same shape and integer dtype as the quantize it replaces
-            q.replace_all_uses_with(new)
-            ctx.count(self.name, rule.kind)
-            changed = True
+            changed |= self._lower(rw, ctx, _match_output(gm, q))
+        for op in [n for n in gm.graph.nodes if n.op == "call_function"]:
+            changed |= self._lower(rw, ctx, _match_float_output(gm, op))
         return PassResult(rw.finish() if changed else gm, changed)
+
+    def _lower(self, rw: Rewriter, ctx: PassContext, found: tuple[OpRule, Match] | None) -> bool:
+        if found is None:
+            return False
+        rule, m = found
+        new = LOWERINGS[rule.kind](rw, m)
+        if new is None:
+            ctx.count(self.name, f"left float: {rule.kind}")
+            return False
+        replaced = m.q if m.q is not None else m.op
+        if m.out is not None:
+            meta.set_qparams(new, m.out)
+        new.meta["val"] = replaced.meta.get("val")  # same shape and dtype as the node it replaces
+        replaced.replace_all_uses_with(new)
+        ctx.count(self.name, rule.kind if m.out is not None else f"{rule.kind} (float output)")
+        return True

@@ -8,11 +8,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors.torch import save_file
 from torch import fx
 
 from ..ir.dump import DumpWriter
 from ..ir.printer import graph_text
 from ..ir.verify import verify
+from ..serialize import save_graph
 
 
 @dataclass
@@ -49,14 +51,13 @@ class Instruments:
         if self._dump is not None:
             self._dump.write(gm, name, changed, ms, ", ".join(f"{k}={v}" for k, v in stats.items()))
 
-    def failed(self, name: str, gm_before: fx.GraphModule, pipeline: str, exc: BaseException) -> Path:
+    def failed(self, name: str, gm_before: fx.GraphModule, pipeline: str, exc: BaseException, inputs: tuple = ()) -> Path:
         """Write a reproducer: the input graph of the failing pass, the pipeline and the error."""
         base = self.reproducer_dir or self.dump_dir or Path(os.environ.get("QCOMPILE_REPRO_DIR", ".qcompile-repro"))
         path = Path(base) / f"reproducer-{name}"
         path.mkdir(parents=True, exist_ok=True)
-        from ..serialize import save_graph  # local: serialization imports the pass registry users
-
         save_graph(gm_before, path / "graph")
+        save_file({f"input_{i}": t.contiguous() for i, t in enumerate(inputs)}, str(path / "inputs.safetensors"))
         (path / "pipeline.txt").write_text(pipeline + "\n")
         (path / "error.txt").write_text("".join(traceback.format_exception(exc)))
         (path / "README.txt").write_text(

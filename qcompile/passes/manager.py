@@ -33,7 +33,7 @@ def run_pipeline(gm: fx.GraphModule, passes: list[Pass], ctx: PassContext, instr
             if result.changed:
                 shapes.propagate(gm, ctx.example_inputs)
         except Exception as exc:
-            path = instruments.failed(p.name, before, pipeline, exc)
+            path = instruments.failed(p.name, before, pipeline, exc, ctx.example_inputs)
             raise PassError(f"pass {p.name!r} failed: {type(exc).__name__}: {exc} (reproducer: {path})", path) from exc
         ms = (time.perf_counter() - t0) * 1e3
         instruments.after(p.name, gm, result.changed, ms, dict(ctx.stats.get(p.name, {})))

@@ -6,6 +6,7 @@ from torch import fx
 
 from ..ir import meta, shapes
 from .config import QuantConfig
+from .qdq import is_dequantize, is_quantize
 from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
 
 
@@ -30,10 +31,18 @@ def _fusable_activation(node: fx.Node) -> fx.Node | None:
     return None
 
 
+def is_prequantized(gm: fx.GraphModule) -> bool:
+    """The graph already carries quantize/dequantize ops (e.g. torchao PT2E's convert_pt2e output)."""
+    return any(is_quantize(n) or is_dequantize(n) for n in gm.graph.nodes)
+
+
 def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
+    """Mark tensors to quantize. A pre-quantized graph is left as its own quantizer decided."""
     act_spec = config.activation_spec()
     for node in gm.graph.nodes:
         meta.clear_quant_annotations(node)
+    if is_prequantized(gm):
+        return
 
     def need(n: fx.Node) -> None:
         if not meta.is_annotated(n) and _is_float_tensor(n):
@@ -44,7 +53,7 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             continue
         rule = rule_for(node)
         if rule is None:
-            if _is_float_tensor(node):
+            if _is_float_tensor(node) and not is_dequantize(node):
                 meta.set_float_reason(node, f"no integer kernel for {node.target}; runs in float")
             continue
         if meta.is_annotated(node):  # an activation fused by its producer

@@ -11,7 +11,7 @@ class QuantConfig:
     bits: int = 8
     per_channel: bool = True  # weights: one scale per output channel
     symmetric_activations: bool = False  # asymmetric uint8 by default (VNNI wants u8 x s8)
-    method: str = "percentile"  # activation observer
+    method: str = "minmax"  # activation observer (measured best on MobileNetV2; see README)
     percentile: float = 99.99
     weight_method: str = "minmax"
 

@@ -27,14 +27,18 @@ qc = torch.ops.qcompile
 class Match:
     op: fx.Node  # the float op
     activation: fx.Node | None  # relu/hardtanh/clamp fused into the requantize clamp
-    q: fx.Node  # the quantize node whose value the lowering replaces
+    q: fx.Node | None  # the quantize node whose value the lowering replaces (None: float output)
     inputs: list[tuple[fx.Node, QParams]]  # integer producers of the activation inputs
     weights: list[tuple[torch.Tensor, QParams]]  # integer weight tensors
-    out: QParams
+    out: QParams | None  # None: the op's float output is kept, computed from the int32 accumulator
 
     @property
     def last(self) -> fx.Node:
         return self.activation or self.op
+
+    @property
+    def anchor(self) -> fx.Node:
+        return self.q if self.q is not None else self.op
 
     def out_range(self) -> tuple[int, int]:
         """The output clamp: the dtype's range narrowed by the fused activation's bounds."""
@@ -50,6 +54,7 @@ class Match:
 
 
 LOWERINGS: dict[str, Callable[[Rewriter, Match], fx.Node | None]] = {}
+FLOAT_OUTPUT_KINDS = {"conv2d", "linear"}  # kinds whose lowering also handles Match.out = None
 
 
 def lowering(kind: str):
@@ -71,9 +76,9 @@ def _pair(v) -> list[int]:
 def _requantize(rw: Rewriter, m: Match, acc: fx.Node, real_scale: torch.Tensor, axis: int, x_zp: int = 0) -> fx.Node:
     lo, hi = m.out_range()
     _, zo = m.out.scalar()
-    scale = rw.const(real_scale.to(torch.float32).reshape(-1), f"{m.last.name}_requant_scale", m.q)
+    scale = rw.const(real_scale.to(torch.float32).reshape(-1), f"{m.last.name}_requant_scale", m.anchor)
     return rw.call(
-        qc.requantize.default, (acc, x_zp, scale, axis, zo, lo, hi, m.out.spec.torch_dtype), m.q,
+        qc.requantize.default, (acc, x_zp, scale, axis, zo, lo, hi, m.out.spec.torch_dtype), m.anchor,
         like=m.op, represents=m.last, name=f"{m.last.name}_q",
     )
 
@@ -84,7 +89,7 @@ def _bias_int32(rw: Rewriter, m: Match, acc_scale: torch.Tensor, index: int) -> 
         return None
     b = constant(rw.gm, bias).detach().to(torch.float64)
     q = torch.round(b / acc_scale.to(torch.float64)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
-    return rw.const(q, f"{m.op.name}_bias_i32", m.q)
+    return rw.const(q, f"{m.op.name}_bias_i32", m.anchor)
 
 
 def _weight_layer(m: Match, kind: str) -> None:
@@ -102,13 +107,22 @@ def _gemm_like(rw: Rewriter, m: Match, kind: str, target, extra: tuple, axis: in
     if bool((wq.zero_point != 0).any()):
         return None  # asymmetric weights are not lowered; they stay float
     bias = _bias_int32(rw, m, acc_scale, 2)
-    w_node = rw.const(w, f"{m.op.name}_weight_int", m.q)
-    acc = rw.call(target, (x, w_node, bias, zx, False, *extra), m.q, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
+    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    acc = rw.call(target, (x, w_node, bias, zx, False, *extra), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
     _weight_layer(m, kind)
-    so, _ = m.out.scalar()
-    out = _requantize(rw, m, acc, acc_scale / so, axis)
+    if m.out is None:
+        out = _dequantize_accumulator(rw, m, acc, acc_scale, axis)
+    else:
+        out = _requantize(rw, m, acc, acc_scale / m.out.scalar()[0], axis)
     meta.set_layer(out, meta.layer(m.last))
     return out
+
+
+def _dequantize_accumulator(rw: Rewriter, m: Match, acc: fx.Node, acc_scale: torch.Tensor, axis: int) -> fx.Node:
+    """Float output straight from the int32 accumulator (a quantized layer whose consumer is float)."""
+    scale = rw.const(acc_scale.to(torch.float32).reshape(-1), f"{m.op.name}_acc_scale", m.anchor)
+    zeros = rw.const(torch.zeros(acc_scale.numel(), dtype=torch.int32), f"{m.op.name}_acc_zero", m.anchor)
+    return rw.call(qc.dequantize_per_channel.default, (acc, scale, zeros, axis), m.anchor, like=m.op, represents=m.op)
 
 
 @lowering("conv2d")
@@ -135,7 +149,7 @@ def _matmul(rw: Rewriter, m: Match):
     if (ins := _two_input(m)) is None:
         return None
     a, (sa, za), b, (sb, zb) = ins
-    acc = rw.call(qc.matmul_int.default, (a, b, za, zb), m.q, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
+    acc = rw.call(qc.matmul_int.default, (a, b, za, zb), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
     return _requantize(rw, m, acc, torch.tensor(sa * sb / m.out.scalar()[0]), -1)
 
 
@@ -144,7 +158,7 @@ def _mul(rw: Rewriter, m: Match):
     if (ins := _two_input(m)) is None:
         return None
     a, (sa, za), b, (sb, zb) = ins
-    acc = rw.call(qc.mul_int.default, (a, za, b, zb), m.q, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
+    acc = rw.call(qc.mul_int.default, (a, za, b, zb), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
     return _requantize(rw, m, acc, torch.tensor(sa * sb / m.out.scalar()[0]), -1)
 
 
@@ -156,7 +170,7 @@ def _add(rw: Rewriter, m: Match):
     so, zo = m.out.scalar()
     lo, hi = m.out_range()
     return rw.call(
-        qc.add_q.default, (a, sa, za, b, sb, zb, so, zo, lo, hi, m.out.spec.torch_dtype), m.q,
+        qc.add_q.default, (a, sa, za, b, sb, zb, so, zo, lo, hi, m.out.spec.torch_dtype), m.anchor,
         like=m.op, represents=m.last, name=f"{m.last.name}_q",
     )
 
@@ -169,16 +183,16 @@ def _same_params(m: Match) -> bool:
 def _passthrough(rw: Rewriter, m: Match):
     if not _same_params(m):
         return None
-    return rw.call(m.op.target, (m.inputs[0][0], *m.op.args[1:]), m.q, like=m.op, represents=m.op)
+    return rw.call(m.op.target, (m.inputs[0][0], *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
 
 
 @lowering("clamp")
 def _clamp(rw: Rewriter, m: Match):
     if not _same_params(m):
         return None
-    fused = Match(m.op, m.op, m.q, m.inputs, m.weights, m.out)
+    fused = Match(m.op, m.op, m.anchor, m.inputs, m.weights, m.out)
     lo, hi = fused.out_range()
-    return rw.call(aten.clamp.default, (m.inputs[0][0], lo, hi), m.q, like=m.op, represents=m.op)
+    return rw.call(aten.clamp.default, (m.inputs[0][0], lo, hi), m.anchor, like=m.op, represents=m.op)
 
 
 @lowering("max_pool2d")
@@ -189,7 +203,7 @@ def _max_pool2d(rw: Rewriter, m: Match):
     kernel = _pair(op.args[1])
     stride = _pair(_arg(op, 2, None) or kernel)
     args = (m.inputs[0][0], kernel, stride, _pair(_arg(op, 3, 0)), _pair(_arg(op, 4, 1)), bool(_arg(op, 5, False)))
-    return rw.call(qc.max_pool2d_int.default, args, m.q, like=m.op, represents=op)
+    return rw.call(qc.max_pool2d_int.default, args, m.anchor, like=m.op, represents=op)
 
 
 def _window_average(rw: Rewriter, m: Match, acc: fx.Node, count: int) -> fx.Node:
@@ -204,7 +218,7 @@ def _adaptive_avg_pool2d(rw: Rewriter, m: Match):
     oh, ow = _pair(m.op.args[1])
     kernel = [h // oh, w // ow]
     args = (x, xq.scalar()[1], kernel, kernel, [0, 0], False)
-    acc = rw.call(qc.avg_pool2d_int.default, args, m.q, like=m.op, represents=m.op, name=f"{m.op.name}_acc")
+    acc = rw.call(qc.avg_pool2d_int.default, args, m.anchor, like=m.op, represents=m.op, name=f"{m.op.name}_acc")
     return _window_average(rw, m, acc, kernel[0] * kernel[1])
 
 
@@ -215,7 +229,7 @@ def _avg_pool2d(rw: Rewriter, m: Match):
     kernel = _pair(op.args[1])
     stride = _pair(_arg(op, 2, None) or kernel)
     args = (x, xq.scalar()[1], kernel, stride, _pair(_arg(op, 3, 0)), bool(_arg(op, 4, False)))
-    acc = rw.call(qc.avg_pool2d_int.default, args, m.q, like=m.op, represents=op, name=f"{op.name}_acc")
+    acc = rw.call(qc.avg_pool2d_int.default, args, m.anchor, like=m.op, represents=op, name=f"{op.name}_acc")
     return _window_average(rw, m, acc, kernel[0] * kernel[1])
 
 
@@ -226,7 +240,7 @@ def _mean(rw: Rewriter, m: Match):
     in_shape = shapes.shape(m.op.args[0])
     count = math.prod(in_shape[d] for d in dims)
     keepdim = bool(_arg(m.op, 2, False))
-    acc = rw.call(qc.sum_int.default, (x, xq.scalar()[1], dims, keepdim), m.q, like=m.op, represents=m.op, name=f"{m.op.name}_acc")
+    acc = rw.call(qc.sum_int.default, (x, xq.scalar()[1], dims, keepdim), m.anchor, like=m.op, represents=m.op, name=f"{m.op.name}_acc")
     return _window_average(rw, m, acc, count)
 
 
@@ -240,8 +254,8 @@ def _lut(rw: Rewriter, m: Match):
     values = m.op.target(dequantize_tensor(codes, sx, zx), *m.op.args[1:], **m.op.kwargs)
     so, zo = m.out.scalar()
     table = quantize_tensor(values, so, zo, m.out.spec.qmin, m.out.spec.qmax, m.out.spec.torch_dtype)
-    t = rw.const(table, f"{m.op.name}_table", m.q)
-    return rw.call(qc.lut.default, (x, t, xq.spec.qmin), m.q, like=m.op, represents=m.op, name=f"{m.op.name}_q")
+    t = rw.const(table, f"{m.op.name}_table", m.anchor)
+    return rw.call(qc.lut.default, (x, t, xq.spec.qmin), m.anchor, like=m.op, represents=m.op, name=f"{m.op.name}_q")
 
 
 @lowering("cat")
@@ -253,11 +267,11 @@ def _cat(rw: Rewriter, m: Match):
             return None
         if not xq.same_as(m.out):
             sx, zx = xq.scalar()
-            scale = rw.const(torch.tensor([sx / so], dtype=torch.float32), f"{m.op.name}_in_scale", m.q)
+            scale = rw.const(torch.tensor([sx / so], dtype=torch.float32), f"{m.op.name}_in_scale", m.anchor)
             spec = m.out.spec
-            x = rw.call(qc.requantize.default, (x, zx, scale, -1, zo, spec.qmin, spec.qmax, spec.torch_dtype), m.q, like=m.op, represents=m.op)
+            x = rw.call(qc.requantize.default, (x, zx, scale, -1, zo, spec.qmin, spec.qmax, spec.torch_dtype), m.anchor, like=m.op, represents=m.op)
         parts.append(x)
-    return rw.call(aten.cat.default, (parts, *m.op.args[1:]), m.q, like=m.op, represents=m.op)
+    return rw.call(aten.cat.default, (parts, *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
 
 
 @lowering("embedding")
@@ -265,8 +279,8 @@ def _embedding(rw: Rewriter, m: Match):
     w, wq = m.weights[0]
     if wq.per_channel or not wq.same_as(m.out):
         return None
-    w_node = rw.const(w, f"{m.op.name}_weight_int", m.q)
+    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
     _weight_layer(m, "embedding")
-    out = rw.call(aten.embedding.default, (w_node, *m.op.args[1:]), m.q, like=m.op, represents=m.op)
+    out = rw.call(aten.embedding.default, (w_node, *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
     meta.set_layer(out, meta.layer(m.op))
     return out

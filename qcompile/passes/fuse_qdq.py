@@ -94,6 +94,7 @@ class FuseQdqPass(Pass):
         changed = False
         for q in [n for n in gm.graph.nodes if is_quantize(n)]:
             changed |= self._lower(rw, ctx, _match_output(gm, q))
+        gm.graph.eliminate_dead_code()  # the ops just replaced must not match again below
         for op in [n for n in gm.graph.nodes if n.op == "call_function"]:
             changed |= self._lower(rw, ctx, _match_float_output(gm, op))
         return PassResult(rw.finish() if changed else gm, changed)

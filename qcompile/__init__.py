@@ -1,8 +1,10 @@
 """qcompile: a quantizing compiler for PyTorch models."""
 from .api import CompiledModel, compile, load
+from .errors import UsageError
 from .backends import get_backend, register_backend
 from .frontend.capture import CaptureError
 from .passes import Pass, PassContext, PassResult, register_pass
+from .passes.base import at
 from .passes.manager import DEFAULT_PIPELINE, PassError
 from .quant.config import QuantConfig
 from .quant.math import choose_qparams, dequantize, quantize
@@ -10,7 +12,7 @@ from .quant.qspec import QParams, QSpec
 from .serialize import ArtifactError
 
 __all__ = [
-    "ArtifactError", "CaptureError", "CompiledModel", "DEFAULT_PIPELINE", "Pass", "PassContext", "PassError",
+    "ArtifactError", "at", "CaptureError", "CompiledModel", "DEFAULT_PIPELINE", "Pass", "PassContext", "PassError",
     "PassResult", "QParams", "QSpec", "QuantConfig", "choose_qparams", "compile", "dequantize", "get_backend",
-    "load", "quantize", "register_backend", "register_pass",
+    "load", "quantize", "register_backend", "register_pass", "UsageError",
 ]

@@ -14,6 +14,7 @@ from .backends import get_backend
 from .frontend.capture import capture
 from .ir import shapes
 from .passes import PassContext, as_passes
+from .passes.base import place
 from .passes.calibrate import validate_calibration
 from .passes.instruments import Instruments
 from .passes.manager import DEFAULT_PIPELINE, run_pipeline
@@ -121,7 +122,8 @@ def compile(
 
     calibration: an iterable of batches (a tensor or a tuple of positional inputs each).
     pipeline: replaces the default pass pipeline (a string or a list of passes).
-    passes: extra passes run after the quantization passes, before lowering to the backend.
+    passes: extra passes (or strings), run after the quantization passes and before lowering; wrap one
+        in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -129,7 +131,7 @@ def compile(
     # Validate everything the user passed before any work, so that a bad input changes nothing.
     batches = validate_calibration(calibration) if calibration is not None else None
     backend = get_backend(target)
-    pass_list = as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE) + as_passes(passes)
+    pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
     if not progress:
         pass_list = [_quiet(p) for p in pass_list]
 

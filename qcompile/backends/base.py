@@ -5,6 +5,8 @@ from typing import Callable, Protocol
 
 from torch import fx
 
+from ..errors import UsageError
+
 
 class Backend(Protocol):
     name: str
@@ -30,5 +32,5 @@ def get_backend(target) -> Backend:
             return target
         raise TypeError(f"target must be a backend name or a backend object, got {type(target).__name__}")
     if target not in _BACKENDS:
-        raise ValueError(f"unknown target {target!r}; available: {', '.join(sorted(_BACKENDS))}")
+        raise UsageError(f"unknown target {target!r}; available: {', '.join(sorted(_BACKENDS))}")
     return _BACKENDS[target]()

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Iterable
 
 from torch import fx
 
+from ..errors import UsageError
 from ..quant.config import QuantConfig
 
 
@@ -60,9 +61,9 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     """Class decorator: make a pass available by its kebab-case `name` in pipelines."""
     name = getattr(cls, "name", "")
     if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", name or ""):
-        raise ValueError(f"pass {cls.__name__} needs a kebab-case `name`, got {name!r}")
+        raise UsageError(f"pass {cls.__name__} needs a kebab-case `name`, got {name!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls and _REGISTRY[name].__qualname__ != cls.__qualname__:
-        raise ValueError(f"a different pass is already registered as {name!r}: {_REGISTRY[name].__qualname__}")
+        raise UsageError(f"a different pass is already registered as {name!r}: {_REGISTRY[name].__qualname__}")
     _REGISTRY[name] = cls
     return cls
 
@@ -87,7 +88,7 @@ def _convert(value: str, typ: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expected a boolean, got {value!r}")
+        raise UsageError(f"expected a boolean, got {value!r}")
     for conv, key in ((int, "int"), (float, "float")):
         if key in text and "str" not in text:
             return conv(value)
@@ -99,17 +100,17 @@ def _convert(value: str, typ: Any) -> Any:
 def make_pass(name: str, options: dict[str, str]) -> Pass:
     passes = registered_passes()
     if name not in passes:
-        raise ValueError(f"unknown pass {name!r}; registered passes: {', '.join(sorted(passes))}")
+        raise UsageError(f"unknown pass {name!r}; registered passes: {', '.join(sorted(passes))}")
     cls = passes[name]
     fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
     kwargs = {}
     for key, value in options.items():
         if key not in fields:
-            raise ValueError(f"pass {name!r} has no option {key!r}; options: {', '.join(sorted(fields)) or 'none'}")
+            raise UsageError(f"pass {name!r} has no option {key!r}; options: {', '.join(sorted(fields)) or 'none'}")
         try:
             kwargs[key] = _convert(value, fields[key].type)
         except ValueError as exc:
-            raise ValueError(f"pass {name!r} option {key}={value!r}: {exc}") from None
+            raise UsageError(f"pass {name!r} option {key}={value!r}: {exc}") from None
     return cls(**kwargs)
 
 
@@ -123,11 +124,11 @@ def parse_pipeline(text: str) -> list[Pass]:
     while pos < len(text):
         m = _ITEM.match(text, pos)
         if not m or m.end() == pos:
-            raise ValueError(f"cannot parse pipeline at {text[pos:]!r}; expected name or name{{key=value,...}}")
+            raise UsageError(f"cannot parse pipeline at {text[pos:]!r}; expected name or name{{key=value,...}}")
         options = {}
         for item in filter(None, (m[2] or "").split(",")):
             if "=" not in item:
-                raise ValueError(f"pipeline option {item!r} of pass {m[1]!r} must be key=value")
+                raise UsageError(f"pipeline option {item!r} of pass {m[1]!r} must be key=value")
             key, value = item.split("=", 1)
             options[key.strip()] = value.strip()
         passes.append(make_pass(m[1], options))
@@ -144,6 +145,38 @@ def as_passes(pipeline: str | Iterable[Pass | str]) -> list[Pass]:
     for p in out:
         if not isinstance(p, Pass):
             raise TypeError(f"pipeline items must be qcompile.Pass instances or strings, got {type(p).__name__}")
+    return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A user pass placed relative to a named pass of the pipeline (see `at`)."""
+
+    pass_: Pass
+    before: str | None = None
+    after: str | None = None
+
+
+def at(p: Pass, *, before: str | None = None, after: str | None = None) -> Placement:
+    """Place a custom pass before or after a named pass: compile(..., passes=[at(MyPass(), before="fuse-qdq")])."""
+    if (before is None) == (after is None):
+        raise UsageError("give exactly one of before= or after=")
+    return Placement(p, before, after)
+
+
+def place(pipeline: list[Pass], extras: Iterable[Pass | str | Placement]) -> list[Pass]:
+    """The pipeline with user passes added: placed ones where asked, the rest at the end."""
+    out = list(pipeline)
+    for item in extras:
+        if not isinstance(item, Placement):
+            out.extend(as_passes([item]))
+            continue
+        anchor = item.before or item.after
+        names = [p.name for p in out]
+        if anchor not in names:
+            raise UsageError(f"cannot place {item.pass_.name!r} relative to {anchor!r}: not in the pipeline {names}")
+        i = names.index(anchor) + (1 if item.after else 0)
+        out.insert(i, item.pass_)
     return out
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import fx
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..ir import meta
 from ..quant.annotate import annotate, share_root
 from ..quant.math import check_finite
@@ -66,7 +67,7 @@ class CalibratePass(Pass):
         }
         if observers:
             if not ctx.calibration:
-                raise ValueError(
+                raise UsageError(
                     "activations are to be quantized but no calibration data was given: pass "
                     "calibration=[batch, ...] (each batch a tensor or a tuple of model inputs), "
                     "e.g. calibration=[example_inputs]"

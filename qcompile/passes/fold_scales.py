@@ -8,7 +8,7 @@ import torch
 from torch import fx
 
 from ..ir.rewrite import Rewriter, constant
-from ..quant.math import MULTIPLIER_BITS, fixed_point_multiplier
+from ..quant.math import MULTIPLIER_BITS, fixed_point_multiplier, shared_shift_multipliers
 from ..quant.qdq import is_quantize, parse_dequantize, parse_quantize
 from .base import Pass, PassContext, PassResult, register_pass
 
@@ -38,7 +38,7 @@ def _fold_qdq_pairs(rw: Rewriter, ctx: PassContext, name: str) -> bool:
 
 def _fixed_requantize(rw: Rewriter, node: fx.Node) -> fx.Node:
     x, x_zp, scale, axis, out_zp, qmin, qmax, dtype = node.args
-    mult, shift = fixed_point_multiplier(constant(rw.gm, scale))
+    mult, shift = shared_shift_multipliers(constant(rw.gm, scale))
     m = rw.const(mult, f"{node.name}_multiplier", node)
     s = rw.const(shift, f"{node.name}_shift", node)
     return rw.call(qc.requantize_fixed.default, (x, x_zp, m, s, axis, out_zp, qmin, qmax, dtype), node)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ class Instruments:
 
     def failed(self, name: str, gm_before: fx.GraphModule, pipeline: str, exc: BaseException, inputs: tuple = ()) -> Path:
         """Write a reproducer: the input graph of the failing pass, the pipeline and the error."""
-        base = self.reproducer_dir or self.dump_dir or Path(os.environ.get("QCOMPILE_REPRO_DIR", ".qcompile-repro"))
+        base = self.reproducer_dir or self.dump_dir or os.environ.get("QCOMPILE_REPRO_DIR") or tempfile.mkdtemp(prefix="qcompile-")
         path = Path(base) / f"reproducer-{name}"
         path.mkdir(parents=True, exist_ok=True)
         save_graph(gm_before, path / "graph")

@@ -6,6 +6,7 @@ import time
 
 from torch import fx
 
+from ..errors import UsageError
 from ..ir import shapes
 from .base import Pass, PassContext, pipeline_string
 from .instruments import Instruments
@@ -32,6 +33,8 @@ def run_pipeline(gm: fx.GraphModule, passes: list[Pass], ctx: PassContext, instr
             gm = result.gm
             if result.changed:
                 shapes.propagate(gm, ctx.example_inputs)
+        except UsageError:
+            raise
         except Exception as exc:
             path = instruments.failed(p.name, before, pipeline, exc, ctx.example_inputs)
             raise PassError(f"pass {p.name!r} failed: {type(exc).__name__}: {exc} (reproducer: {path})", path) from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from .qspec import OBSERVERS, QSpec
 
 
@@ -17,10 +18,10 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if self.bits not in (8, 4):
-            raise ValueError(f"bits must be 8 or 4, got {self.bits!r}")
+            raise UsageError(f"bits must be 8 or 4, got {self.bits!r}")
         for what, m in (("method", self.method), ("weight_method", self.weight_method)):
             if m not in OBSERVERS:
-                raise ValueError(f"{what} must be one of {OBSERVERS}, got {m!r}")
+                raise UsageError(f"{what} must be one of {OBSERVERS}, got {m!r}")
 
     def activation_spec(self) -> QSpec:
         if self.symmetric_activations:

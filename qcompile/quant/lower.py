@@ -54,7 +54,7 @@ class Match:
 
 
 LOWERINGS: dict[str, Callable[[Rewriter, Match], fx.Node | None]] = {}
-FLOAT_OUTPUT_KINDS = {"conv2d", "linear"}  # kinds whose lowering also handles Match.out = None
+FLOAT_OUTPUT_KINDS = {"conv2d", "linear", "matmul"}  # kinds whose lowering also handles Match.out = None
 
 
 def lowering(kind: str):
@@ -121,7 +121,7 @@ def _gemm_like(rw: Rewriter, m: Match, kind: str, target, extra: tuple, axis: in
 def _dequantize_accumulator(rw: Rewriter, m: Match, acc: fx.Node, acc_scale: torch.Tensor, axis: int) -> fx.Node:
     """Float output straight from the int32 accumulator (a quantized layer whose consumer is float)."""
     scale = rw.const(acc_scale.to(torch.float32).reshape(-1), f"{m.op.name}_acc_scale", m.anchor)
-    zeros = rw.const(torch.zeros(acc_scale.numel(), dtype=torch.int32), f"{m.op.name}_acc_zero", m.anchor)
+    zeros = rw.const(torch.zeros(1, dtype=torch.int32), f"{m.op.name}_acc_zero", m.anchor)  # broadcasts
     return rw.call(qc.dequantize_per_channel.default, (acc, scale, zeros, axis), m.anchor, like=m.op, represents=m.op)
 
 
@@ -150,6 +150,8 @@ def _matmul(rw: Rewriter, m: Match):
         return None
     a, (sa, za), b, (sb, zb) = ins
     acc = rw.call(qc.matmul_int.default, (a, b, za, zb), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
+    if m.out is None:
+        return _dequantize_accumulator(rw, m, acc, torch.tensor([sa * sb]), -1)
     return _requantize(rw, m, acc, torch.tensor(sa * sb / m.out.scalar()[0]), -1)
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UsageError
+
 # name -> (torch storage dtype, qmin, qmax). int4 values are stored one per int8 element in graphs
 # (packed two per byte only in artifacts), so their storage dtype is int8.
 DTYPES: dict[str, tuple[torch.dtype, int, int]] = {
@@ -35,11 +37,11 @@ class QSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"QSpec dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise UsageError(f"QSpec dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.observer not in OBSERVERS:
-            raise ValueError(f"QSpec observer must be one of {OBSERVERS}, got {self.observer!r}")
+            raise UsageError(f"QSpec observer must be one of {OBSERVERS}, got {self.observer!r}")
         if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f"QSpec percentile must be in (50, 100], got {self.percentile}")
+            raise UsageError(f"QSpec percentile must be in (50, 100], got {self.percentile}")
 
     @property
     def torch_dtype(self) -> torch.dtype:

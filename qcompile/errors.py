@@ -1,0 +1,5 @@
+"""Errors about what the user passed (as opposed to compiler faults, which get a reproducer)."""
+
+
+class UsageError(ValueError):
+    """Bad input or configuration; raised as is, never wrapped or turned into a reproducer."""

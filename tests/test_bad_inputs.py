@@ -1,0 +1,118 @@
+"""Bad input gets a clear error and changes nothing."""
+import json
+
+import pytest
+import torch
+
+import qcompile
+from tests.models import ConvBnRelu
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return ConvBnRelu().eval()
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def _state(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_calibration_names_input_and_batch(model, bad):
+    before = _state(model)
+    poisoned = X.clone()
+    poisoned[1, 2, 3, 4] = bad
+    with pytest.raises(ValueError, match=r"calibration batch 2, input 0 contains (NaN|Inf)"):
+        qcompile.compile(model, (X,), calibration=[X, X, poisoned], progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+def test_missing_calibration_says_what_to_pass(model):
+    with pytest.raises(ValueError, match=r"no calibration data.*calibration=\[batch"):
+        qcompile.compile(model, (X,), progress=False)
+
+
+def test_uncapturable_model_carries_exporter_reason():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.export refuses
+                return x * 2
+            return x
+
+    with pytest.raises(qcompile.CaptureError, match=r"torch.export could not capture DataDependent: .+"):
+        qcompile.compile(DataDependent(), (X,), calibration=[X])
+
+
+def test_compiled_model_checks_inputs(model):
+    cm = qcompile.compile(model, (X,), calibration=[X], progress=False)
+    with pytest.raises(TypeError, match=r"expected 1 input tensor\(s\) float32\[2, 3, 8, 8\], got 2"):
+        cm(X, X)
+    with pytest.raises(ValueError, match=r"input 0: expected float32\[2, 3, 8, 8\], got float32\[1, 3, 8, 8\]"):
+        cm(X[:1])
+    with pytest.raises(ValueError, match=r"expected float32\[2, 3, 8, 8\], got float64\[2, 3, 8, 8\]"):
+        cm(X.double())
+
+
+def test_model_is_never_modified(model):
+    model.train()
+    before = _state(model)
+    qcompile.compile(model, (X,), calibration=[X], progress=False)
+    assert model.training  # mode restored
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.fixture
+def artifact(model, tmp_path):
+    cm = qcompile.compile(model, (X,), calibration=[X], progress=False)
+    return cm.save(tmp_path / "art")
+
+
+def test_load_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(qcompile.ArtifactError, match="not a qcompile artifact"):
+        qcompile.load(tmp_path / "nothing")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "manifest.json").write_text(json.dumps({"format": "onnx"}))
+    with pytest.raises(qcompile.ArtifactError, match="manifest format"):
+        qcompile.load(tmp_path / "foreign")
+    pickle_file = tmp_path / "model.pt"
+    torch.save({"a": 1}, pickle_file)
+    with pytest.raises(qcompile.ArtifactError, match="expected a directory"):
+        qcompile.load(pickle_file)
+
+
+def test_load_rejects_corrupt_weights(artifact):
+    data = (artifact / "weights.safetensors").read_bytes()
+    (artifact / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(qcompile.ArtifactError, match="weights.safetensors is corrupt"):
+        qcompile.load(artifact)
+
+
+def test_load_rejects_corrupt_manifest(artifact):
+    (artifact / "manifest.json").write_text("{not json")
+    with pytest.raises(qcompile.ArtifactError, match="manifest.json is corrupt"):
+        qcompile.load(artifact)
+
+
+def test_load_never_resolves_arbitrary_callables(artifact):
+    doc = json.loads((artifact / "graph.json").read_text())
+    call = next(n for n in doc["nodes"] if n["op"] == "call_function")
+    call["target"] = "os::system.default"
+    (artifact / "graph.json").write_text(json.dumps(doc))
+    with pytest.raises(qcompile.ArtifactError, match="outside the allowed namespaces"):
+        qcompile.load(artifact)
+
+
+def test_unknown_target_and_pipeline_errors(model):
+    with pytest.raises(ValueError, match="unknown target 'tpu'; available: reference"):
+        qcompile.compile(model, (X,), target="tpu", calibration=[X])
+    with pytest.raises(ValueError, match="unknown pass 'fold-everything'"):
+        qcompile.compile(model, (X,), calibration=[X], pipeline="fold-batch-norm,fold-everything")
+    with pytest.raises(ValueError, match="pass 'calibrate' has no option 'bins'"):
+        qcompile.compile(model, (X,), calibration=[X], pipeline="calibrate{bins=3}")
+    with pytest.raises(ValueError, match="method must be one of"):
+        qcompile.compile(model, (X,), calibration=[X], pipeline="calibrate{method=magic},insert-qdq", progress=False)

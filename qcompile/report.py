@@ -85,7 +85,7 @@ def model_bytes(model: torch.nn.Module) -> int:
 def _is_layer(node: fx.Node) -> bool:
     if node.op != "call_function":
         return False
-    if meta.float_reason(node) is not None:
+    if meta.float_reason(node) is not None or meta.layer(node) is not None:
         return True
     v = node.meta.get("val")
     return meta.qparams(node) is not None and meta.origin(node) is not None and getattr(v, "dtype", None) in (torch.int8, torch.uint8)
@@ -105,7 +105,7 @@ def build_report(gm: fx.GraphModule, float_gm: fx.GraphModule | None, inputs: tu
             name=meta.origin(node) or node.name,
             op=layer.kind if layer else target_name(node).split(".")[1] if "." in target_name(node) else target_name(node),
             bits="float" if reason else str(layer.bits if layer else qp.spec.bits),
-            scale=qp.describe() if qp is not None else "",
+            scale=qp.describe() if qp is not None else ("float out" if layer else ""),
             sqnr_db=sqnr.get(node.name),
             weight_bytes=layer.weight_bytes if layer else 0,
             source=src.short() if src else "",

@@ -6,13 +6,14 @@ from .frontend.capture import CaptureError
 from .passes import Pass, PassContext, PassResult, register_pass
 from .passes.base import at
 from .passes.manager import DEFAULT_PIPELINE, PassError
+from .qat import QATModel, convert_qat, prepare_qat
 from .quant.config import QuantConfig
 from .quant.math import choose_qparams, dequantize, quantize
 from .quant.qspec import QParams, QSpec
 from .serialize import ArtifactError
 
 __all__ = [
-    "ArtifactError", "at", "CaptureError", "CompiledModel", "DEFAULT_PIPELINE", "Pass", "PassContext", "PassError",
+    "ArtifactError", "at", "QATModel", "convert_qat", "prepare_qat", "CaptureError", "CompiledModel", "DEFAULT_PIPELINE", "Pass", "PassContext", "PassError",
     "PassResult", "QParams", "QSpec", "QuantConfig", "choose_qparams", "compile", "dequantize", "get_backend",
     "load", "quantize", "register_backend", "register_pass", "UsageError",
 ]

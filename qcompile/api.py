@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -11,7 +13,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .backends import get_backend
-from .frontend.capture import capture
+from .frontend.capture import Captured, capture
 from .ir import shapes
 from .passes import PassContext, as_passes
 from .passes.base import place
@@ -103,6 +105,41 @@ def load(path) -> CompiledModel:
     return CompiledModel(gm, backend.build(gm), backend.name, in_spec, out_spec, signature, report)
 
 
+@dataclass
+class Session:
+    """What one compilation carries from capture to the CompiledModel (shared by compile and QAT)."""
+
+    captured: Captured
+    ctx: PassContext
+    float_bytes: int
+
+    @classmethod
+    def start(cls, model: nn.Module, example_inputs, calibration, config: QuantConfig) -> "Session":
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        example_inputs = tuple(example_inputs)
+        # Validate the data before any work, so that a bad input changes nothing.
+        batches = validate_calibration(calibration) if calibration is not None else None
+        captured = capture(model, example_inputs)
+        ctx = PassContext(example_inputs, config, batches, copy.deepcopy(captured.gm))
+        return cls(captured, ctx, model_bytes(model))
+
+    def run(self, gm: fx.GraphModule, passes: list, instruments: Instruments, progress: bool = True) -> fx.GraphModule:
+        if not progress:
+            passes = [_quiet(p) for p in passes]
+        return run_pipeline(gm, passes, self.ctx, instruments)
+
+    def finish(self, gm: fx.GraphModule, backend, instruments: Instruments) -> CompiledModel:
+        ctx = self.ctx
+        flat, _ = pytree.tree_flatten((ctx.example_inputs, {}))
+        sample = tuple(ctx.calibration[0]) if ctx.calibration else ctx.example_inputs
+        report = build_report(gm, ctx.float_gm, sample, self.float_bytes, backend.name)
+        report.extra["timings_ms"] = dict(instruments.timings)
+        report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
+        c = self.captured
+        return CompiledModel(gm, backend.build(gm), backend.name, c.in_spec, c.out_spec, _input_signature(flat), report)
+
+
 def compile(
     model: nn.Module,
     example_inputs: tuple,
@@ -125,34 +162,15 @@ def compile(
     passes: extra passes (or strings), run after the quantization passes and before lowering; wrap one
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
     """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
     config = config or QuantConfig(bits=bits)
-    # Validate everything the user passed before any work, so that a bad input changes nothing.
-    batches = validate_calibration(calibration) if calibration is not None else None
     backend = get_backend(target)
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
-    if not progress:
-        pass_list = [_quiet(p) for p in pass_list]
-
-    captured = capture(model, tuple(example_inputs))
-    gm = captured.gm
-    shapes.propagate(gm, tuple(example_inputs))
-    float_gm = copy.deepcopy(gm)
-    ctx = PassContext(tuple(example_inputs), config, batches, float_gm)
+    session = Session.start(model, example_inputs, calibration, config)
     instruments = Instruments.from_env(dump_dir=dump_dir, print_after=print_after, verify_each=verify_each)
-    gm = run_pipeline(gm, pass_list, ctx, instruments)
-
-    flat, _ = pytree.tree_flatten((tuple(example_inputs), {}))
-    sample = tuple(batches[0]) if batches else tuple(example_inputs)
-    report = build_report(gm, float_gm, sample, model_bytes(model), backend.name)
-    report.extra["timings_ms"] = dict(instruments.timings)
-    report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
-    return CompiledModel(gm, backend.build(gm), backend.name, captured.in_spec, captured.out_spec, _input_signature(flat), report)
+    gm = session.run(session.captured.gm, pass_list, instruments, progress)
+    return session.finish(gm, backend, instruments)
 
 
 def _quiet(p):
-    import dataclasses
-
     fields = {f.name for f in dataclasses.fields(p)} if dataclasses.is_dataclass(p) else set()
     return dataclasses.replace(p, progress=False) if "progress" in fields else p

@@ -1,6 +1,8 @@
 """Whole models through the default pipeline: op coverage and agreement with float."""
 import os
 
+import pytest
+
 import torch
 
 import qcompile
@@ -86,3 +88,25 @@ def test_minilm_sentence_embeddings_agree_with_fp32():
     with torch.no_grad():
         sims = [cosine(cm(*bt), emb(*bt)) for bt in batches]
     assert min(sims) > 0.97, sims
+
+
+@pytest.mark.parametrize(
+    "config, act_dtype",
+    [
+        (qcompile.QuantConfig(symmetric_activations=True), torch.int8),
+        (qcompile.QuantConfig(per_channel=False), torch.uint8),
+        (qcompile.QuantConfig(method="mse"), torch.uint8),
+        (qcompile.QuantConfig(method="percentile", percentile=99.9), torch.uint8),
+        (qcompile.QuantConfig(method="entropy"), torch.uint8),
+    ],
+)
+def test_schemes_and_observers_end_to_end(config, act_dtype):
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(2, 3, 64, 64)
+    cm = qcompile.compile(model, (x,), calibration=[torch.randn(2, 3, 64, 64) for _ in range(4)], config=config, progress=False)
+    acts = {n.meta["val"].dtype for n in cm.graph_module.graph.nodes if str(n.target) == "qcompile.requantize_fixed.default"}
+    assert acts == {act_dtype}
+    weights = [b for name, b in cm.graph_module.named_buffers() if name.endswith("_multiplier")]
+    assert any(w.numel() > 1 for w in weights) == config.per_channel
+    assert cosine(cm(x), model(x)) > 0.97

@@ -11,12 +11,11 @@ from ..quant.qdq import insert_dequantize, insert_quantize
 from .base import Pass, PassContext, PassResult, register_pass
 
 
-def _insertion_point(node: fx.Node) -> fx.Node:
-    """Right after `node`, but never among the placeholders."""
-    nxt = node.next
-    while nxt.op == "placeholder":
-        nxt = nxt.next
-    return nxt
+def _above_inputs(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes up to the last placeholder: nothing may be inserted among them."""
+    nodes = list(graph.nodes)
+    last = max((i for i, n in enumerate(nodes) if n.op == "placeholder"), default=-1)
+    return set(nodes[: last + 1])
 
 
 @register_pass
@@ -27,12 +26,14 @@ class InsertQdqPass(Pass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         rw = Rewriter(gm, self.name)
         changed = False
+        above_inputs = _above_inputs(gm.graph)
+        first_free = next(n for n in gm.graph.nodes if n not in above_inputs)
         for node in list(gm.graph.nodes):
             qp = meta.qparams(node)
             if qp is None or not node.users or meta.fused_into(node):
                 continue
             users = list(node.users)
-            anchor = _insertion_point(node)
+            anchor = first_free if node in above_inputs else node.next
             q = insert_quantize(rw, node, qp, anchor)
             dq = insert_dequantize(rw, q, qp, anchor)
             for u in users:

@@ -24,6 +24,7 @@ class PassError(RuntimeError):
 
 def run_pipeline(gm: fx.GraphModule, passes: list[Pass], ctx: PassContext, instruments: Instruments) -> fx.GraphModule:
     pipeline = pipeline_string(passes)
+    shapes.propagate(gm, ctx.example_inputs)  # passes may rely on meta["val"] of every node
     instruments.start(pipeline, gm)
     for p in passes:
         before = copy.deepcopy(gm)

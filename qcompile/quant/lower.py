@@ -54,7 +54,7 @@ class Match:
 
 
 LOWERINGS: dict[str, Callable[[Rewriter, Match], fx.Node | None]] = {}
-FLOAT_OUTPUT_KINDS = {"conv2d", "linear", "matmul"}  # kinds whose lowering also handles Match.out = None
+FLOAT_OUTPUT_KINDS = {"conv2d", "linear", "matmul", "mul"}  # kinds whose lowering also handles Match.out = None
 
 
 def lowering(kind: str):
@@ -144,24 +144,23 @@ def _two_input(m: Match):
     return a, aq.scalar(), b, bq.scalar()
 
 
-@lowering("matmul")
-def _matmul(rw: Rewriter, m: Match):
-    if (ins := _two_input(m)) is None:
-        return None
-    a, (sa, za), b, (sb, zb) = ins
-    acc = rw.call(qc.matmul_int.default, (a, b, za, zb), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
-    if m.out is None:
-        return _dequantize_accumulator(rw, m, acc, torch.tensor([sa * sb]), -1)
-    return _requantize(rw, m, acc, torch.tensor(sa * sb / m.out.scalar()[0]), -1)
+def _product_of_activations(target):
+    """matmul / element-wise mul of two quantized activations: int32 products of (a - za)(b - zb)."""
+
+    def lower(rw: Rewriter, m: Match):
+        if (ins := _two_input(m)) is None:
+            return None
+        a, (sa, za), b, (sb, zb) = ins
+        acc = rw.call(target, (a, b, za, zb), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
+        if m.out is None:
+            return _dequantize_accumulator(rw, m, acc, torch.tensor([sa * sb]), -1)
+        return _requantize(rw, m, acc, torch.tensor(sa * sb / m.out.scalar()[0]), -1)
+
+    return lower
 
 
-@lowering("mul")
-def _mul(rw: Rewriter, m: Match):
-    if (ins := _two_input(m)) is None:
-        return None
-    a, (sa, za), b, (sb, zb) = ins
-    acc = rw.call(qc.mul_int.default, (a, za, b, zb), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
-    return _requantize(rw, m, acc, torch.tensor(sa * sb / m.out.scalar()[0]), -1)
+lowering("matmul")(_product_of_activations(qc.matmul_int.default))
+lowering("mul")(_product_of_activations(qc.mul_int.default))
 
 
 @lowering("add")

@@ -104,7 +104,8 @@ def _entropy(obs: Observer) -> QParams:
     if amax == 0.0:
         return _minmax(obs)
     bins = 2048
-    hist = torch.histc(x.abs(), bins=bins, min=0.0, max=amax).double()
+    nonzero = x[x != 0]  # ReLU's exact zeros would swamp bin 0 and drag the threshold down
+    hist = torch.histc((nonzero if nonzero.numel() else x).abs(), bins=bins, min=0.0, max=amax).double()
     levels = (obs.spec.qmax - obs.spec.qmin + 1) // (2 if obs.spec.symmetric or float(obs.lo) < 0 else 1)
     best_i, best_kl = bins, float("inf")
     for i in range(levels, bins + 1, 16):

@@ -87,7 +87,7 @@ def matmul_int(a: Tensor, b: Tensor, a_zp: int, b_zp: int) -> Tensor:
 
 
 @_op("mul_int")
-def mul_int(a: Tensor, a_zp: int, b: Tensor, b_zp: int) -> Tensor:
+def mul_int(a: Tensor, b: Tensor, a_zp: int, b_zp: int) -> Tensor:
     return (a.to(torch.int32) - a_zp) * (b.to(torch.int32) - b_zp)
 
 

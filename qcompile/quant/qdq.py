@@ -81,22 +81,22 @@ def _quantized_decomposed():
 
 
 def _dq_from_producer(gm, node, a, axis) -> QDQ | None:
-    src = a[0]
-    dtype = shapes.dtype(src)
-    qmin, qmax = _storage_range(src, dtype)
+    qmin, qmax, dtype = _storage_range(a[0])
     return _parse(gm, node, a[1], a[2], axis, qmin, qmax, dtype)
 
 
-def _storage_range(src: fx.Node, dtype) -> tuple[int, int]:
-    if (qp := meta.qparams(src)) is not None and src.op == "call_function":
-        return qp.spec.qmin, qp.spec.qmax
+def _storage_range(src: fx.Node) -> tuple[int, int, torch.dtype]:
+    """The integer range of a dequantize's input: from its quantize node, its qparams, or its dtype."""
     q = parse_quantize(src.graph.owning_module, src) if src.op == "call_function" else None
-    if q is not None:
-        return q.qparams.spec.qmin, q.qparams.spec.qmax
-    for name, (tdtype, lo, hi) in DTYPES.items():
-        if tdtype == dtype and name in ("uint8", "int8"):
-            return lo, hi
-    return -128, 127
+    qp = q.qparams if q is not None else meta.qparams(src) if src.op == "call_function" else None
+    if qp is not None:
+        return qp.spec.qmin, qp.spec.qmax, qp.spec.torch_dtype
+    dtype = shapes.dtype(src)
+    for name in ("uint8", "int8"):
+        tdtype, lo, hi = DTYPES[name]
+        if tdtype == dtype:
+            return lo, hi, dtype
+    raise ValueError(f"cannot tell the integer range of %{src.name} (dtype {dtype})")
 
 
 def parse_quantize(gm: fx.GraphModule, node: fx.Node) -> QDQ | None:

@@ -28,9 +28,6 @@ demo: setup
 	$(BIN)/python -m qcompile.zoo.demo
 
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
-
-test-all: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -1,6 +1,7 @@
 """cm.report(): a per-layer table of what was quantized, how, how accurately, and what stayed float."""
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -62,7 +63,7 @@ class Report:
         return t
 
     def __str__(self) -> str:
-        console = Console(width=180, record=True, file=open("/dev/null", "w"))
+        console = Console(width=180, record=True, file=io.StringIO())
         console.print(self.table())
         summary = (
             f"weights: {self.weight_bytes:,} bytes stored vs {self.float_bytes:,} bytes fp32 "

@@ -97,11 +97,21 @@ def _dec(a, nodes: dict[str, fx.Node]):
         raise ArtifactError(f"malformed argument {a!r}") from exc
 
 
+def _enc_val(v: torch.Tensor) -> dict:
+    return {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+
+
+def _dec_val(d: dict) -> torch.Tensor:
+    return torch.empty(d["shape"], dtype=_DTYPES[d["dtype"]], device="meta")
+
+
 def _enc_meta(node: fx.Node, tensors: dict[str, torch.Tensor]) -> dict:
     out = {}
     v = node.meta.get("val")
     if isinstance(v, torch.Tensor):
-        out["val"] = {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")}
+        out["val"] = _enc_val(v)
+    elif isinstance(v, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in v):
+        out["vals"] = [_enc_val(t) for t in v]
     if (qp := meta.qparams(node)) is not None:
         key = f"__qparams__.{node.name}"
         tensors[key + ".scale"], tensors[key + ".zero_point"] = qp.scale.clone(), qp.zero_point.clone()
@@ -119,7 +129,9 @@ def _enc_meta(node: fx.Node, tensors: dict[str, torch.Tensor]) -> dict:
 
 def _dec_meta(node: fx.Node, m: dict, tensors: dict[str, torch.Tensor]) -> None:
     if "val" in m:
-        node.meta["val"] = torch.empty(m["val"]["shape"], dtype=_DTYPES[m["val"]["dtype"]], device="meta")
+        node.meta["val"] = _dec_val(m["val"])
+    if "vals" in m:
+        node.meta["val"] = [_dec_val(d) for d in m["vals"]]
     if "qparams" in m:
         key = m["qparams"]["key"]
         dtype, sym, axis, obs, pct, narrow = m["qparams"]["spec"]

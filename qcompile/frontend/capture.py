@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +107,3 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
     normalize(gm)
     return Captured(gm, in_spec, out_spec)
 
-
-def getitem_users(node: fx.Node) -> list[fx.Node]:
-    return [u for u in node.users if u.target is operator.getitem]

@@ -42,9 +42,6 @@ class Rewriter:
         meta.inherit(node, like if like is not None else anchor, self.pass_name, represents)
         return node
 
-    def replace(self, old: fx.Node, new: fx.Node) -> None:
-        old.replace_all_uses_with(new)
-
     def finish(self) -> fx.GraphModule:
         self.graph.eliminate_dead_code()
         remove_unused_attributes(self.gm)

@@ -1,7 +1,7 @@
 """Quantization intent (QSpec) and its calibrated result (QParams): typed, frozen, validated."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,7 +33,6 @@ class QSpec:
     observer: str = "minmax"
     percentile: float = 99.99
     narrow: bool = False
-    extra: tuple = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -27,10 +27,6 @@ from .serialize import ArtifactError, load_graph, save_graph
 ARTIFACT_FORMAT = "qcompile-artifact"
 
 
-def _input_signature(flat: list) -> list[dict]:
-    return [{"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for t in flat]
-
-
 class CompiledModel:
     """A compiled model: call it like the original module; report(), save()."""
 
@@ -51,12 +47,16 @@ class CompiledModel:
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"input {i}: expected a tensor {self._describe([w])}, got {type(t).__name__}")
             got = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-            if got != w:
+            fits = len(got["shape"]) == len(w["shape"]) and all(
+                want_d is None or want_d == d for d, want_d in zip(got["shape"], w["shape"])
+            )
+            if not fits or got["dtype"] != w["dtype"]:
                 raise ValueError(f"input {i}: expected {self._describe([w])}, got {self._describe([got])}")
 
     @staticmethod
     def _describe(sig: list[dict]) -> str:
-        return ", ".join(f"{s['dtype']}{s['shape']}" for s in sig)
+        dims = lambda s: "[" + ", ".join("*" if d is None else str(d) for d in s["shape"]) + "]"  # noqa: E731
+        return ", ".join(f"{s['dtype']}{dims(s)}" for s in sig)
 
     def __call__(self, *args, **kwargs):
         flat, spec = pytree.tree_flatten((args, kwargs))
@@ -114,13 +114,13 @@ class Session:
     float_bytes: int
 
     @classmethod
-    def start(cls, model: nn.Module, example_inputs, calibration, config: QuantConfig) -> "Session":
+    def start(cls, model: nn.Module, example_inputs, calibration, config: QuantConfig, dynamic_shapes=None) -> "Session":
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         example_inputs = tuple(example_inputs)
         # Validate the data before any work, so that a bad input changes nothing.
         batches = validate_calibration(calibration) if calibration is not None else None
-        captured = capture(model, example_inputs)
+        captured = capture(model, example_inputs, dynamic_shapes)
         ctx = PassContext(example_inputs, config, batches, copy.deepcopy(captured.gm))
         return cls(captured, ctx, model_bytes(model))
 
@@ -131,13 +131,12 @@ class Session:
 
     def finish(self, gm: fx.GraphModule, backend, instruments: Instruments) -> CompiledModel:
         ctx = self.ctx
-        flat, _ = pytree.tree_flatten((ctx.example_inputs, {}))
         sample = tuple(ctx.calibration[0]) if ctx.calibration else ctx.example_inputs
         report = build_report(gm, ctx.float_gm, sample, self.float_bytes, backend.name)
         report.extra["timings_ms"] = dict(instruments.timings)
         report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
         c = self.captured
-        return CompiledModel(gm, backend.build(gm), backend.name, c.in_spec, c.out_spec, _input_signature(flat), report)
+        return CompiledModel(gm, backend.build(gm), backend.name, c.in_spec, c.out_spec, c.signature, report)
 
 
 def compile(
@@ -154,6 +153,7 @@ def compile(
     print_after=None,
     verify_each: bool = False,
     progress: bool = True,
+    dynamic_shapes=None,
 ) -> CompiledModel:
     """Quantize and compile `model` for `target`.
 
@@ -161,11 +161,13 @@ def compile(
     pipeline: replaces the default pass pipeline (a string or a list of passes).
     passes: extra passes (or strings), run after the quantization passes and before lowering; wrap one
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
+    dynamic_shapes: as for torch.export (e.g. {"x": {0: torch.export.Dim("batch")}}): those dimensions
+        stay free in the compiled model.
     """
     config = config or QuantConfig(bits=bits)
     backend = get_backend(target)
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
-    session = Session.start(model, example_inputs, calibration, config)
+    session = Session.start(model, example_inputs, calibration, config, dynamic_shapes)
     instruments = Instruments.from_env(dump_dir=dump_dir, print_after=print_after, verify_each=verify_each)
     gm = session.run(session.captured.gm, pass_list, instruments, progress)
     return session.finish(gm, backend, instruments)

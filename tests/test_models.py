@@ -110,3 +110,16 @@ def test_schemes_and_observers_end_to_end(config, act_dtype):
     weights = [b for name, b in cm.graph_module.named_buffers() if name.endswith("_multiplier")]
     assert any(w.numel() > 1 for w in weights) == config.per_channel
     assert cosine(cm(x), model(x)) > 0.97
+
+
+def test_dynamic_batch_dimension_stays_free_and_exact():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(4, 3, 32, 32)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    cm = qcompile.compile(model, (x,), calibration=[x], dynamic_shapes={"x": {0: batch}}, progress=False)
+    whole = cm(x)
+    singles = torch.cat([cm(x[i:i + 1]) for i in range(4)])
+    assert torch.equal(whole, singles)  # integer arithmetic: no batch-size-dependent rounding
+    with pytest.raises(ValueError, match=r"expected float32\[\*, 3, 32, 32\], got float32\[2, 3, 16, 16\]"):
+        cm(torch.randn(2, 3, 16, 16))

@@ -22,6 +22,17 @@ class Captured:
     gm: fx.GraphModule  # flat inputs -> tuple of flat outputs
     in_spec: pytree.TreeSpec
     out_spec: pytree.TreeSpec
+    signature: list[dict]  # per flat input: {"shape": [int or None (dynamic)], "dtype": str}
+
+
+def input_signature(gm: fx.GraphModule) -> list[dict]:
+    """Shapes and dtypes the graph accepts, read before shapes are made concrete; symbolic dims -> None."""
+    sig = []
+    for node in gm.graph.find_nodes(op="placeholder"):
+        v = node.meta["val"]
+        shape = [d if isinstance(d, int) else None for d in v.shape]
+        sig.append({"shape": shape, "dtype": str(v.dtype).replace("torch.", "")})
+    return sig
 
 
 # In-place and alias variants that export emits, mapped to the one functional op the passes match.
@@ -87,7 +98,7 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
         gm = copy.deepcopy(model)  # never modify the user's graph
         in_spec, out_spec = _strip_pytree_codegen(gm)
         normalize(gm)
-        return Captured(gm, in_spec, out_spec)
+        return Captured(gm, in_spec, out_spec, input_signature(gm))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example_inputs, tuple):
@@ -105,5 +116,5 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
     gm = ep.module()
     in_spec, out_spec = _strip_pytree_codegen(gm)
     normalize(gm)
-    return Captured(gm, in_spec, out_spec)
+    return Captured(gm, in_spec, out_spec, input_signature(gm))
 

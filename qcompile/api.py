@@ -71,6 +71,8 @@ class CompiledModel:
     def save(self, path) -> Path:
         path = Path(path)
         save_graph(self.graph_module, path)
+        if hasattr(self._runner, "save"):
+            self._runner.save(path)
         manifest = {
             "format": ARTIFACT_FORMAT, "version": 1, "backend": self.backend,
             "in_spec": pytree.treespec_dumps(self._in_spec), "out_spec": pytree.treespec_dumps(self._out_spec),
@@ -102,7 +104,8 @@ def load(path) -> CompiledModel:
         signature = manifest["inputs"]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc
-    return CompiledModel(gm, backend.build(gm), backend.name, in_spec, out_spec, signature, report)
+    runner = backend.load(path, gm) if hasattr(backend, "load") else backend.build(gm)
+    return CompiledModel(gm, runner, backend.name, in_spec, out_spec, signature, report)
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Backend protocol and registry: a backend turns the integer graph into something callable."""
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Callable, Protocol
 
 from torch import fx
@@ -12,7 +14,9 @@ class Backend(Protocol):
     name: str
 
     def build(self, gm: fx.GraphModule) -> Callable:
-        """Return a callable taking the flat input tensors and returning the flat output tuple."""
+        """Return a callable taking the flat input tensors and returning the flat output tuple.
+        If the callable has `save(directory)`, CompiledModel.save calls it, and the backend's
+        `load(directory, gm)` (when present) restores it without rebuilding."""
         ...
 
 
@@ -24,6 +28,19 @@ def register_backend(name: str):
         _BACKENDS[name] = factory
         return factory
     return deco
+
+
+def register_lazy_backend(name: str, module: str, attr: str) -> None:
+    """Register a backend whose module is imported only when the backend is first asked for."""
+
+    def factory():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise UsageError(f"target {name!r} needs {exc.name or 'its dependencies'} (pip install apache-tvm==0.27.0.post1)") from exc
+        return getattr(mod, attr)()
+
+    _BACKENDS[name] = factory
 
 
 def get_backend(target) -> Backend:

@@ -1,0 +1,1 @@
+"""Apache TVM backends: the integer graph lowered to Relax + scheduled TIR kernels."""

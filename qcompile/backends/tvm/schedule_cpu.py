@@ -1,0 +1,90 @@
+"""A hand-written CPU schedule for the fused integer kernels (no tuning needed).
+
+Per fused function: producers of the main reduction stay separate (the padded input is materialised
+once, outside the hot loop), injective epilogue blocks (bias, requantize, residual add) collapse into one
+block computed right behind each output tile of the reduction, the reduction is tiled so a small
+(channels x width) tile of int32 accumulators stays in registers with the width loop vectorized, and
+the outer spatial loops run in parallel over the cores. Functions without a reduction are parallelised
+and vectorized as element-wise loops.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+
+_VECTOR = 16  # int32 lanes per tile row: two AVX2 registers, one AVX-512 register
+_CHANNELS = 4  # output channels per register tile
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _divisor(n: int | None, limit: int) -> int:
+    if n is None:
+        return 1
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _parallel_vectorize(sch: s_tir.Schedule, block, max_vector: int = _VECTOR) -> None:
+    """Element-wise block: vectorize the innermost loop when it divides well, parallelise the outer ones."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = loops[-1]
+    v = _divisor(_extent(sch, inner), max_vector)
+    if v > 1:
+        outer, vec = sch.split(inner, factors=[None, v])
+        sch.vectorize(vec)
+        loops = [*loops[:-1], outer]
+    sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 1)]) if len(loops) > 1 else loops[0])
+
+
+def _schedule_reduction(sch: s_tir.Schedule, red, epilogue) -> None:
+    loops = sch.get_loops(red)
+    kinds = [iv.iter_type for iv in sch.get(red).iter_vars]
+    spatial = [lp for lp, k in zip(loops, kinds) if k == tirx.IterVar.DataPar]
+    reduce = [lp for lp, k in zip(loops, kinds) if k == tirx.IterVar.CommReduce]
+    if len(spatial) < 2 or not reduce:
+        return
+    *outer, chan, width = spatial
+    w = _divisor(_extent(sch, width), _VECTOR)
+    c = _divisor(_extent(sch, chan), _CHANNELS)
+    wo, wi = sch.split(width, factors=[None, w])
+    co, ci = sch.split(chan, factors=[None, c])
+    sch.reorder(*outer, co, wo, *reduce, ci, wi)
+    par = sch.fuse(*outer, co) if outer else co
+    sch.parallel(par)
+    sch.vectorize(wi)  # before decompose_reduction: afterwards the update block has no init and cannot be checked
+    sch.decompose_reduction(red, reduce[0])
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, wo)
+        eloops = sch.get_loops(epilogue)
+        sch.vectorize(eloops[-1])
+
+
+class FusedIntegerKernel(dlight.ScheduleRule):
+    def apply(self, func, target, tunable):  # noqa: D102 - dlight's interface
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = dlight.normalize_prim_func(sch)
+        if infos is None:
+            return None
+        reductions = [i for i in infos if i.is_reduction()]
+        if len(reductions) != 1:
+            for info in infos:
+                _parallel_vectorize(sch, info.block_rv)
+            return sch
+        red = reductions[0]
+        names = [i.name for i in infos]
+        after = infos[names.index(red.name) + 1:]
+        # Collapse the epilogue chain into its last block, which then reads the accumulator directly.
+        for info in after[:-1]:
+            sch.compute_inline(info.block_rv)
+        epilogue = after[-1].block_rv if after else None
+        for info in infos[: names.index(red.name)]:
+            _parallel_vectorize(sch, info.block_rv)
+        _schedule_reduction(sch, red.block_rv, epilogue)
+        return sch

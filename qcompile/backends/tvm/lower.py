@@ -16,7 +16,7 @@ class LoweringError(NotImplementedError):
     """An op of the integer graph has no TVM lowering yet."""
 
 
-def _shape(node: fx.Node, dynamic: dict[int, object] | None = None) -> list:
+def _shape(node: fx.Node) -> list:
     return list(node.meta["val"].shape)
 
 
@@ -24,16 +24,49 @@ def _const(t: torch.Tensor) -> relax.Expr:
     return relax.const(t.detach().contiguous().numpy(), tvm_dtype(t.dtype))
 
 
-def unsupported_ops(gm: fx.GraphModule) -> list[str]:
+class _FloatIslands:
+    """Float ops between dequantize and quantize, lowered by TVM's own PyTorch importer (one shared
+    env/BlockBuilder), so every ATen op TVM understands can stay float inside an integer model."""
+
+    def __init__(self):
+        from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+        self.importer = ExportedProgramImporter()
+
+    def supports(self, node: fx.Node) -> bool:
+        return node.target is operator.getitem or getattr(node.target, "__name__", None) in self.importer.convert_map
+
+    def emit(self, bb: relax.BlockBuilder, node: fx.Node, env: dict) -> relax.Expr:
+        adapt = _ADAPTERS.get(node.target)
+        self.importer.block_builder = bb
+        self.importer.env = adapt(bb, node, env) if adapt else env
+        return self.importer.convert_map[node.target.__name__](node)
+
+
+def _additive_attention_mask(bb: relax.BlockBuilder, node: fx.Node, env: dict) -> dict:
+    """TVM's attention takes only float masks: a boolean mask (True = attend) becomes 0 / -inf."""
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    if mask is None or mask.meta["val"].dtype != torch.bool:
+        return env
+    zero, neg = relax.const(0.0, "float32"), relax.const(float("-inf"), "float32")
+    keep = bb.emit(relax.op.astype(env[mask], "bool"))  # some producers hand it over as integers
+    return {**env, mask: bb.emit(relax.op.where(keep, zero, neg))}
+
+
+_ADAPTERS = {torch.ops.aten.scaled_dot_product_attention.default: _additive_attention_mask}
+
+
+def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     return sorted({
         target_name(n) for n in gm.graph.nodes
-        if n.op == "call_function" and n.target not in CONVERTERS and n.target is not operator.getitem
+        if n.op == "call_function" and n.target not in CONVERTERS and not floats.supports(n)
     })
 
 
 def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None):
     """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`."""
-    missing = unsupported_ops(gm)
+    floats = _FloatIslands()
+    missing = unsupported_ops(gm, floats)
     if missing:
         raise LoweringError(f"the TVM backend cannot lower {', '.join(missing)} yet")
     bb = relax.BlockBuilder()
@@ -48,8 +81,10 @@ def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None):
             for node in gm.graph.nodes:
                 if node.op == "get_attr":
                     env[node] = _const(constant(gm, node))
-                elif node.op == "call_function":
+                elif node.op == "call_function" and node.target in CONVERTERS:
                     env[node] = _emit(bb, node, env)
+                elif node.op == "call_function":
+                    env[node] = floats.emit(bb, node, env)
                 elif node.op == "output":
                     outs = [env[a] for a in node.args[0]]
                     result = bb.emit_output(relax.Tuple(outs))

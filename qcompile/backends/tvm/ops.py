@@ -26,7 +26,10 @@ def converter(*targets):
     return deco
 
 
-_DTYPES = {torch.uint8: "uint8", torch.int8: "int8", torch.int32: "int32", torch.int64: "int64", torch.float32: "float32"}
+_DTYPES = {
+    torch.uint8: "uint8", torch.int8: "int8", torch.int32: "int32", torch.int64: "int64",
+    torch.float32: "float32", torch.bool: "bool",
+}
 
 
 def tvm_dtype(dtype: torch.dtype) -> str:
@@ -217,6 +220,12 @@ def _out_shape(node) -> list[int]:
 @converter(aten.flatten.using_ints, aten.view.default, aten.reshape.default)
 def _reshape(node, x, *rest):
     return topi.reshape(x, _out_shape(node))
+
+
+@converter(aten.to.device, aten.to.dtype, aten._to_copy.default)
+def _to(node, x, *rest):
+    """Device moves are no-ops here; what remains is the cast to the node's output dtype."""
+    return topi.cast(x, tvm_dtype(node.meta["val"].dtype))
 
 
 @converter(aten.permute.default)

@@ -33,7 +33,8 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, max_vector: int = _VECTOR) -
     if not loops:
         return
     inner = loops[-1]
-    v = _divisor(_extent(sch, inner), max_vector)
+    touches_bool = any(str(r.source.dtype) == "bool" for r in [*sch.get(block).reads, *sch.get(block).writes])
+    v = 1 if touches_bool else _divisor(_extent(sch, inner), max_vector)  # LLVM codegen rejects bool vectors
     if v > 1:
         outer, vec = sch.split(inner, factors=[None, v])
         sch.vectorize(vec)
@@ -68,14 +69,20 @@ class FusedIntegerKernel(dlight.ScheduleRule):
     def apply(self, func, target, tunable):  # noqa: D102 - dlight's interface
         if not isinstance(func, tirx.PrimFunc):
             return None
-        sch = s_tir.Schedule(func)
+        try:
+            return self._schedule(s_tir.Schedule(func))
+        except s_tir.ScheduleError:
+            return None  # a shape this rule does not handle keeps TVM's default (correct, slower) loops
+
+    def _schedule(self, sch: s_tir.Schedule):
         infos = dlight.normalize_prim_func(sch)
         if infos is None:
             return None
         reductions = [i for i in infos if i.is_reduction()]
         if len(reductions) != 1:
             for info in infos:
-                _parallel_vectorize(sch, info.block_rv)
+                if info.is_injective():
+                    _parallel_vectorize(sch, info.block_rv)
             return sch
         red = reductions[0]
         names = [i.name for i in infos]

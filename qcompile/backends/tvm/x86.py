@@ -26,6 +26,7 @@ def host_target() -> tvm.target.Target:
 def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Fuse each accumulator with its epilogue (bias, requantize, residual add), then schedule every kernel."""
     fuse = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),  # float islands arrive as high-level Relax ops
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),

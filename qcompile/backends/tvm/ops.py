@@ -85,6 +85,12 @@ def _dequantize_channel(node, q, scales, zps, axis):
 
 
 # ------------------------------------------------------------------ accumulators
+def _product16(x, x_zp: int, w):
+    """(x - x_zp) * w in int16: exact for 8-bit operands (|.| <= 255 * 128 = 32640), and 16-bit lanes
+    multiply twice as wide and much faster than 32-bit ones (vpmullw vs vpmulld)."""
+    return (_i(x, "int16") - tir.const(x_zp, "int16")) * _i(w, "int16")
+
+
 @converter(qc.conv2d_int.default)
 def _conv2d(node, x, w, bias, x_zp, zp_folded, stride, padding, dilation, groups):
     n, cin, h, wd = x.shape
@@ -100,7 +106,7 @@ def _conv2d(node, x, w, bias, x_zp, zp_folded, stride, padding, dilation, groups
     def body(b, co, y, xx):
         ci = (co // cout_g) * cin_g + rc
         pix = xp[b, ci, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1]]
-        return te.sum((_i(pix) - sub) * _i(w[co, rc, ry, rx]), axis=[rc, ry, rx])
+        return te.sum(_i(_product16(pix, sub, w[co, rc, ry, rx])), axis=[rc, ry, rx])
 
     acc = te.compute((n, cout, oh, ow), body, name="conv2d_int")
     if bias is None:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qcompile-installed
 
-.PHONY: demo test setup sysdeps clean
+.PHONY: demo test bench setup sysdeps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Side-by-side peer benchmarks (not part of the tests): MobileNetV2 latency/accuracy and int8 GEMM.
+bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/mobilenet_v2.py
+	$(BIN)/python bench/gemm_int8.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

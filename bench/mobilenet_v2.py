@@ -25,6 +25,7 @@ import datetime
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,8 +63,9 @@ def _qcompile_factory(target: str) -> Callable:
 
 EXTRA_SYSTEMS: dict[str, Extra] = {
     # The reference backend is the op-by-op integer oracle (seconds per image): few timed runs.
-    "qcompile reference": Extra(_qcompile_factory("reference"), timed_runs=5, note="op-by-op oracle"),
-    # "qcompile x86": Extra(_qcompile_factory("x86")),
+    "qcompile reference": Extra(_qcompile_factory("reference"), timed_runs=5,
+                                 note="qcompile.compile(target='reference'): the op-by-op integer oracle, slow by design"),
+    "qcompile x86": Extra(_qcompile_factory("x86"), note="qcompile.compile(target='x86'): TVM-built kernels, bit-exact with the reference"),
 }
 
 # name -> factory(a [M,K] fp32, w [N,K] fp32, b [N] fp32) -> zero-argument callable running one GEMM
@@ -146,13 +148,21 @@ def build_inductor_fp32(model, x, cal, threads):
     return compiled
 
 
-def build_torchao_pt2e(model, x, cal, threads):
+def has_vnni() -> bool:
+    try:
+        flags = set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return True
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def build_torchao_pt2e(model, x, cal, threads, reduce_range: bool = False):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
     exported = torch.export.export(model, (x,)).module()
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for batch in cal:
@@ -201,14 +211,15 @@ def build_ort_fp32(model, x, cal, threads, workdir: Path):
     return _ort_session(path, threads)[0]
 
 
-def build_ort_int8(model, x, cal, threads, workdir: Path):
+def build_ort_int8(model, x, cal, threads, workdir: Path, reduce_range: bool = False):
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = workdir / "mobilenet_v2.onnx"
     if not fp32.exists():
         _export_onnx(model, x, fp32)
-    pre, q = workdir / "mobilenet_v2.pre.onnx", workdir / "mobilenet_v2.int8.onnx"
+    pre = workdir / "mobilenet_v2.pre.onnx"
+    q = workdir / f"mobilenet_v2.int8{'.rr' if reduce_range else ''}.onnx"
     quant_pre_process(str(fp32), str(pre))
     import onnx
 
@@ -224,6 +235,7 @@ def build_ort_int8(model, x, cal, threads, workdir: Path):
     quantize_static(
         str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        reduce_range=reduce_range,
     )
     return _ort_session(q, threads)[0]
 
@@ -289,7 +301,7 @@ def gemm_table(threads: int, rounds: int, per_round: int, size: int = 1024, seed
     b = torch.randn(N, generator=g)
     rows: list[tuple[str, Callable | None, str]] = []
 
-    rows.append(("fp32 torch.nn.functional.linear", lambda: torch.nn.functional.linear(a, w, b), "fp32 in/out, MKL/oneDNN sgemm"))
+    rows.append(("fp32 torch.nn.functional.linear", lambda: torch.nn.functional.linear(a, w, b), "fp32"))
 
     def fbgemm():
         prev = torch.backends.quantized.engine
@@ -310,7 +322,7 @@ def gemm_table(threads: int, rounds: int, per_round: int, size: int = 1024, seed
         def run():
             return torch.ops.quantized.linear(qa, packed, y_scale, y_zp)
 
-        return run, f"u8 x s8 per-channel -> u8 requantized, prepacked weight; max |err| vs fp32 {err:.3f}"
+        return run, f"u8 x s8 (per-channel) -> u8, prepacked; max|err| {err:.2f}"
 
     rows_fns = [("int8 fbgemm torch.ops.quantized.linear", fbgemm)]
     for name, factory in EXTRA_GEMMS.items():
@@ -357,13 +369,7 @@ def render(title: str, headers: list[str], rows: list[list[str]], right: set[int
         from rich import box
         from rich.console import Console
         from rich.table import Table
-
-        table = Table(title=title, caption=caption, box=box.SIMPLE_HEAVY, caption_justify="left")
-        for i, h in enumerate(headers):
-            table.add_column(h, justify="right" if i in right else "left", overflow="fold")
-        for r in rows:
-            table.add_row(*r)
-        Console(width=max(150, 40 + sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(headers)))).print(table)
+        from rich.text import Text
     except ImportError:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
         fmt = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -374,6 +380,17 @@ def render(title: str, headers: list[str], rows: list[list[str]], right: set[int
             print(fmt(r))
         if caption:
             print(caption)
+        return
+    table = Table(title=title, box=box.SIMPLE_HEAVY)
+    for i, h in enumerate(headers):
+        table.add_column(Text(h), justify="right" if i in right else "left", no_wrap=i == 0)
+    for r in rows:
+        table.add_row(*(Text(c) for c in r))  # Text: no rich markup, so "[...]" prints as written
+    width = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(headers)) + 4
+    console = Console(width=max(120, width), highlight=False)
+    console.print(table)
+    if caption:
+        console.print(Text(caption))
 
 
 def main(argv=None) -> int:
@@ -401,6 +418,11 @@ def main(argv=None) -> int:
         f"stack:   {versions()}",
         f"load average at start: {load_start}",
     ]
+    try:
+        if float(load_start.split()[0]) > (os.cpu_count() or 1) * 0.75:
+            header.append("WARNING: the machine is busy: absolute latencies are inflated; read the ratios")
+    except ValueError:
+        pass
     print("\n".join(header), flush=True)
 
     from qcompile.zoo.evaluate import compare, logits
@@ -418,11 +440,29 @@ def main(argv=None) -> int:
     thr = args.threads
     builders: list[tuple[str, Callable, int | None, str]] = [
         ("PyTorch eager fp32", lambda m, x, c: build_eager(m, x, c, thr), None, ""),
-        ("torch.compile (inductor) fp32", lambda m, x, c: build_inductor_fp32(m, x, c, thr), None, "freezing=True"),
-        ("torchao PT2E X86InductorQuantizer int8 + inductor", lambda m, x, c: build_torchao_pt2e(m, x, c, thr), None, "freezing=True"),
-        ("ONNX Runtime fp32", lambda m, x, c: build_ort_fp32(m, x, c, thr, workdir), None, ""),
-        ("ONNX Runtime int8 (static QDQ, per-channel, minmax)", lambda m, x, c: build_ort_int8(m, x, c, thr, workdir), None, "u8 act / s8 weight"),
+        ("torch.compile inductor fp32", lambda m, x, c: build_inductor_fp32(m, x, c, thr), None, "inductor with freezing=True"),
+        ("torchao PT2E int8 + inductor", lambda m, x, c: build_torchao_pt2e(m, x, c, thr), None,
+         "prepare_pt2e/convert_pt2e with X86InductorQuantizer (default config), then torch.compile with freezing=True"),
     ]
+    if not has_vnni():
+        # Without VNNI, oneDNN's u8 x s8 kernels use vpmaddubsw, whose int16 pair sums saturate with 8-bit
+        # activations; PyTorch's answer is 7-bit activations (reduce_range). Show both.
+        builders.append((
+            "torchao PT2E int8 + inductor, reduce_range",
+            lambda m, x, c: build_torchao_pt2e(m, x, c, thr, reduce_range=True), None,
+            "the same with get_default_x86_inductor_quantization_config(reduce_range=True): 7-bit activations",
+        ))
+    builders += [
+        ("ONNX Runtime fp32", lambda m, x, c: build_ort_fp32(m, x, c, thr, workdir), None, ""),
+        ("ONNX Runtime int8 QDQ", lambda m, x, c: build_ort_int8(m, x, c, thr, workdir), None,
+         "quantize_static: QuantFormat.QDQ, per-channel s8 weights, u8 activations, MinMax calibration"),
+    ]
+    if not has_vnni():
+        builders.append((
+            "ONNX Runtime int8 QDQ, reduce_range",
+            lambda m, x, c: build_ort_int8(m, x, c, thr, workdir, reduce_range=True), None,
+            "the same with quantize_static(reduce_range=True): 7-bit weights",
+        ))
     if not args.no_extras:
         for name, extra in EXTRA_SYSTEMS.items():
             builders.append((name, extra.factory, extra.timed_runs, extra.note))
@@ -479,7 +519,7 @@ def main(argv=None) -> int:
     eager_med = statistics.median(eager.times_ms) if eager.times_ms else float("nan")
     rows = []
     for s in systems:
-        label = s.name + (f" [{s.note}]" if s.note else "")
+        label = s.name
         if s.fn is None or not s.times_ms:
             rows.append([label, "-", "-", "-", "-", "-", "-", f"{s.build_s:.0f}", f"FAILED: {s.error}"])
             continue
@@ -497,19 +537,22 @@ def main(argv=None) -> int:
             f"{s.top1:.2f}" if s.top1 is not None else "-",
             f"{s.build_s:.0f}",
         ])
-    headers = ["system", "latency median (ms)", "IQR (ms)", "runs", "speed-up vs eager", "per-round speed-up",
-               "top-1 agreement w/ fp32 (100 views)", "top-1 (20 photos)", "build (s)"]
+    headers = ["system", "median ms", "IQR ms", "runs", "x eager", "x eager per round",
+               "agree w/ fp32 (100 views)", "top-1 (20 photos)", "build s"]
     if any(s.fn is None for s in systems):
         headers.append("error")
         rows = [r + [""] if len(r) == 9 else r for r in rows]
     caption = (
         f"batch 1, 3x224x224 fp32 input, {args.threads} threads. Timing interleaved over {args.rounds} rounds "
         f"(shuffled order, 1 warm-up + {args.per_round} timed calls per system per round).\n"
-        "speed-up vs eager = eager median / system median; per-round speed-up = median over rounds of the same ratio "
+        "x eager = eager median / system median (speed-up); x eager per round = median over rounds of that ratio "
         "within one round (robust to drift).\n"
         "* = timed with fewer runs (one call per round, no warm-up): slow by design, not comparable in spread.\n"
         "Agreement: argmax equal to eager fp32's over the 100 evaluation views; top-1 against the labels of the 20 "
         "original photos. ONNX Runtime timings include the torch<->numpy copy of the input and output."
+        + "".join(f"\n  {s.name}: {s.note}" for s in systems if s.note)
+        + ("" if has_vnni() else "\nThis CPU has no VNNI: u8 x s8 int8 dot products go through vpmaddubsw, whose int16 "
+           "intermediate can saturate: hence the reduce_range rows.")
     )
     render("MobileNetV2, batch 1, 224x224", headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8}, caption=caption)
 
@@ -529,6 +572,7 @@ def main(argv=None) -> int:
                     f"{args.per_round} timed calls each). Activation quantization is not timed for int8 "
                     "(input already quint8).",
         )
+    shutil.rmtree(workdir, ignore_errors=True)
     failed = [s for s in systems if s.error]
     if failed:
         print("\nFailures:")

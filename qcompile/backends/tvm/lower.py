@@ -9,6 +9,7 @@ from tvm import relax
 
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
+from . import gemm_lowering
 from .ops import CONVERTERS, tvm_dtype
 
 
@@ -63,8 +64,11 @@ def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     })
 
 
-def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None):
-    """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`."""
+def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None, target=None):
+    """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`.
+
+    With an x86 `target`, accumulate -> requantize pairs that the hand-written GEMM kernel handles
+    (linear, pointwise conv) are lowered to it; everything else to TE definitions."""
     floats = _FloatIslands()
     missing = unsupported_ops(gm, floats)
     if missing:
@@ -76,11 +80,17 @@ def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None):
         shape = input_shapes[i] if input_shapes is not None else _shape(p)
         params.append(relax.Var(p.name, relax.TensorType(shape, tvm_dtype(p.meta["val"].dtype))))
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
+    gemms = gemm_lowering.plan(gm) if target is not None else {}
+    absorbed = set(gemms.values())
     with bb.function("main", params):
         with bb.dataflow():
             for node in gm.graph.nodes:
                 if node.op == "get_attr":
                     env[node] = _const(constant(gm, node))
+                elif node in absorbed:
+                    continue  # emitted together with its requantize
+                elif node in gemms:
+                    env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], env, target)
                 elif node.op == "call_function" and node.target in CONVERTERS:
                     env[node] = _emit(bb, node, env)
                 elif node.op == "call_function":

@@ -60,7 +60,7 @@ class X86Backend:
         self.target = target or host_target()
 
     def build(self, gm: fx.GraphModule) -> TVMRunner:
-        mod = optimize(to_relax(gm), self.target)
+        mod = optimize(to_relax(gm, target=self.target), self.target)
         return TVMRunner(tvm.compile(mod, target=self.target))
 
     def load(self, directory: Path, gm: fx.GraphModule) -> TVMRunner:

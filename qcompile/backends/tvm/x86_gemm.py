@@ -1,7 +1,7 @@
 """Exact uint8 x int8 GEMM with a fused requantize epilogue: a hand-scheduled TVM TIR kernel for x86.
 
 Semantics, bit-exact with `qcompile.quant.ops.linear_int` (zero point folded into the bias) followed by
-`requantize_fixed`:
+`requantize_fixed` with one shift for all channels:
 
     acc[m, n] = sum_k int32(A[m, k]) * int32(W[n, k]) + bias[n]                          (int32)
     y[m, n]   = clamp(((acc * mult[n] + 2^(shift-1)) >> shift) + out_zp, qmin, qmax)    (int64 math)
@@ -9,29 +9,37 @@ Semantics, bit-exact with `qcompile.quant.ops.linear_int` (zero point folded int
 A is uint8 [M, K] with M free at run time; W is int8 [N, K] and is packed once, at build time.
 The int32 accumulator wraps like every int32 GEMM: exact while |acc| < 2^31 (always for K <= 65793).
 
-Instruction choice (why not the usual vpmaddubsw): vpmaddubsw adds two u8*s8 products into a
-*saturating* int16, and 2 * 255 * 127 = 64770 > 32767, so it is not exact for arbitrary data.
-- AVX2: A is widened to int16 once per call (an O(M*K) pass), and the inner product is vpmaddwd
-  (two s16*s16 products summed into s32, exact) + vpaddd. On Zen 3 vpmaddwd issues twice per cycle,
-  i.e. 32 MACs/cycle/core, the same rate as the vpmaddubsw + vpmaddwd(1) + vpaddd sequence fbgemm uses.
+Instruction choice. vpmaddubsw (what fbgemm's AVX2 kernel uses) adds two u8*s8 products into a
+*saturating* int16: 2 * 255 * 128 = 65280 > 32767, so it is not exact for full-range data (PyTorch's
+fbgemm linear really does return a clipped result then; its x86 qconfig uses 7-bit activations).
+- AVX2: A is widened to int16 once per call (an O(M*K) pass) and the inner product is vpmaddwd (two
+  s16*s16 products summed into s32, exact) + vpaddd. That is 16 MACs per multiply uop, the same as
+  fbgemm's vpmaddubsw + vpmaddwd(ones) pair per 32 MACs, but 4 instead of 3 vector uops per 32 MACs.
+  On Zen 3 the register-tile loop alone (data in L1) runs as fast as fbgemm's whole 1024^3 GEMM; the
+  full kernel loses ~5% to weight-panel refetches from L3 and ~5% to the epilogue (measured).
 - AVX512-VNNI: vpdpbusd (four u8*s8 products summed into s32 without intermediate saturation) is exact
-  and reads A as it is. This path is selected from the target's CPU features; it compiles, but it was
-  never run on the machine this was written on (AMD Zen 3, no AVX-512).
+  and reads A in place. It is chosen from the target's CPU features; it compiles to a clean 8x48
+  vpdpbusd kernel but has never run: the machine this was written on is an AMD Zen 3 without AVX-512.
 
-Kernel shape (GotoBLAS-style register blocking, written out as TIR rather than derived with
-`Schedule.tensorize`, because with apache-tvm-ffi 0.1.15 `tensorize` crashes: it deep-copies the
-intrinsic through the JSON serializer, and `tvm.ir.save_json` of any TIR node segfaults there):
+Kernel shape (GotoBLAS-style register blocking):
 - W is packed as int32 "words" [N/NR, K/G, NR]: each word holds the G (2 for int16, 4 for int8) k-values
-  of one output column, so one vector load gives the operand of one vpmaddwd / vpdpbusd.
-- Each (MR x NR) output tile keeps MR * NR/L int32 accumulator vectors in registers over the whole K loop;
-  per k-group it loads NR/L weight vectors, broadcasts one A word per row, and issues MR * NR/L dot ops.
-- Tiles run in parallel; the tile order visits a block of weight panels for each row block, so the A rows
-  of the tile stay in L1 and the weight block stays in L2.
-- The accumulators are initialised with the bias, and the requantize epilogue runs on the register tile
-  right after its K loop, so the int32 accumulator matrix is never written to memory.
+  of one output column, so one vector load is the weight operand of one vpmaddwd / vpdpbusd.
+- Each MR x NR output tile keeps MR * NR/L int32 accumulator vectors in registers over the whole K
+  loop; per k-group it loads NR/L weight vectors, broadcasts one A word per row (vpbroadcastd) and
+  issues MR * NR/L dot products.
+- The tiles run in parallel; each row block visits a group of weight panels in turn, so the block's A
+  rows stay in L1 and the group's weight panels in L2, and each thread owns a slice of the weights.
+- The accumulators start from the bias, and the requantize epilogue runs on the register tile right
+  after its K loop: the int32 accumulator matrix is never written to memory.
+
+The kernel is written directly as TIR (TVMScript with macros) rather than derived from a TE compute
+with `Schedule.tensorize`: with apache-tvm-ffi 0.1.15 (this venv) `tensorize` segfaults, because it
+deep-copies the intrinsic through the JSON serializer and `tvm.ir.save_json` of any TIR node crashes
+there (apache-tvm-ffi 0.1.14.post0 works). The loop structure is the one a schedule would produce.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -43,8 +51,8 @@ from tvm.script import tirx as T
 from tvm.target import codegen
 
 __all__ = [
-    "Requant", "Tiling", "GemmKernel", "build_gemm", "gemm_prim_func", "pack_weight", "pad_channels",
-    "host_target", "isa_for", "reference_gemm",
+    "Requant", "Tiling", "Isa", "GemmKernel", "build_gemm", "gemm_prim_func", "pack_weight", "pad_channels",
+    "host_target", "host_supports", "isa_for", "reference_gemm", "AVX2", "AVX512_VNNI", "AVX512_VNNI_EMULATED",
 ]
 
 
@@ -69,7 +77,8 @@ class Requant:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Register tile (mr rows x nr columns) and how many weight panels one row block visits in turn."""
+    """Register tile of mr rows x nr columns; a row block visits `panels` weight panels in turn
+    (rounded down to a divisor of the panel count)."""
 
     mr: int
     nr: int
@@ -81,15 +90,20 @@ class Isa:
     """What differs between the AVX2 and the AVX512-VNNI kernels."""
 
     name: str
+    features: tuple[str, ...]  # LLVM CPU features the kernel needs
     lanes: int  # int32 accumulators per vector register
     group: int  # k-values per packed word (and per dot-product lane)
     a_dtype: str  # element type the inner loop reads A as
     registers: int
     dot: Callable  # (acc int32xL, a_word int32, w_words int32xL) -> int32xL
 
-    def default_tiling(self) -> Tiling:
-        # Accumulators + weight vectors + one broadcast must fit the register file.
-        return Tiling(mr=6, nr=16) if self.lanes == 8 else Tiling(mr=8, nr=48)
+    def default_tiling(self, m: int | None = None) -> Tiling:
+        # 6x16 (AVX2) / 8x48 (AVX-512): 12 / 24 accumulator registers, the largest tiles whose
+        # accumulators, weight vectors and broadcast fit the register file (wider tiles made LLVM spill).
+        mr, nr = (6, 16) if self.lanes == 8 else (8, 48)
+        if m is not None:
+            mr = max(1, min(mr, m))  # a short M (GEMV-like) would waste most of a tall tile
+        return Tiling(mr=mr, nr=nr)
 
 
 def _dot_avx2(acc, a_word, w_words):
@@ -104,27 +118,52 @@ def _dot_avx2(acc, a_word, w_words):
 
 def _dot_vnni(acc, a_word, w_words):
     # vpdpbusd: acc += sum of four u8 (broadcast A word) * s8 (weight word) products, no saturation.
-    return tvm.tirx.call_llvm_pure_intrin(
-        "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, tvm.tirx.Broadcast(a_word, 16), w_words
-    )
+    # The LLVM 22 inside TVM 0.27 declares the byte operands as <64 x i8>; passing <16 x i32>, as TVM's
+    # own VNNI_DOT_16x4_INTRIN does, fails LLVM's verifier ("Call parameter type does not match").
+    as_bytes = lambda x: tvm.tirx.reinterpret("int8x64", x)
+    a_bytes = as_bytes(tvm.tirx.Broadcast(a_word, 16))
+    return tvm.tirx.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", acc, a_bytes, as_bytes(w_words))
 
 
-AVX2 = Isa("avx2", lanes=8, group=2, a_dtype="int16", registers=16, dot=_dot_avx2)
-AVX512_VNNI = Isa("avx512-vnni", lanes=16, group=4, a_dtype="uint8", registers=32, dot=_dot_vnni)
+def _dot_vnni_emulated(acc, a_word, w_words):
+    # vpdpbusd spelled out with shifts and int32 multiplies, so that everything about the VNNI kernel
+    # except that one instruction (packing, in-place A reads, 8x48 tiles, 16-lane epilogue) can be
+    # checked on a CPU without AVX-512. Byte j: unsigned in the A word, signed in the weight words.
+    splat = lambda v: tvm.tirx.Broadcast(tvm.tirx.const(v, "int32"), 16)
+    for j in range(4):
+        a_j = tvm.tirx.Broadcast((a_word >> 8 * j) & 255, 16)
+        w_j = (w_words << splat(24 - 8 * j)) >> splat(24)  # sign-extend byte j
+        acc = acc + a_j * w_j
+    return acc
+
+
+AVX2 = Isa("avx2", ("avx2",), lanes=8, group=2, a_dtype="int16", registers=16, dot=_dot_avx2)
+AVX512_VNNI = Isa("avx512-vnni", ("avx512f", "avx512bw", "avx512vnni"), lanes=16, group=4, a_dtype="uint8",
+                  registers=32, dot=_dot_vnni)
+# Same kernel as AVX512_VNNI with the dot product in plain int32 arithmetic: runs on AVX2, for testing.
+AVX512_VNNI_EMULATED = dataclasses.replace(AVX512_VNNI, name="avx512-vnni-emulated", features=("avx2",),
+                                           dot=_dot_vnni_emulated)
 
 
 def host_target() -> dict:
+    """The host CPU as a TVM target dict, e.g. {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}.
+
+    The kernels run on TVM's thread pool, which on x86 defaults to *half* the logical CPUs (it assumes
+    hyper-threading; on a 2-vCPU VM that is one thread): set TVM_NUM_THREADS before the first call."""
     return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
 
 
 def isa_for(target) -> Isa:
     """The best exact kernel the target's CPU features allow."""
     target = tvm.target.Target(target)
-    if codegen.llvm_cpu_has_features(["avx512f", "avx512bw", "avx512vnni"], target):
-        return AVX512_VNNI
-    if codegen.llvm_cpu_has_features(["avx2"], target):
-        return AVX2
+    for isa in (AVX512_VNNI, AVX2):
+        if codegen.llvm_cpu_has_features(list(isa.features), target):
+            return isa
     raise ValueError(f"target {target} has neither AVX2 nor AVX512-VNNI")
+
+
+def host_supports(isa: Isa) -> bool:
+    return bool(codegen.llvm_cpu_has_features(list(isa.features), tvm.target.Target(host_target())))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -132,7 +171,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _check_tiling(isa: Isa, tiling: Tiling) -> None:
-    if tiling.nr % isa.lanes:
+    if tiling.mr < 1 or tiling.nr < isa.lanes or tiling.nr % isa.lanes:
         raise ValueError(f"nr={tiling.nr} must be a multiple of {isa.lanes} lanes")
     # Accumulators + one broadcast A word + one weight vector (the others can be memory operands).
     if tiling.mr * (tiling.nr // isa.lanes) + 2 > isa.registers:
@@ -169,18 +208,61 @@ def pad_channels(v, n_padded: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- the TIR kernel
-def _tile_order(m_blocks, panels: int, group: int):
-    """Tile index -> (row block, panel): a row block visits `group` panels before moving on.
+def _high_dword_of_products(acc, mult, rnd: int, lanes: int):
+    """(int64(acc) * mult + rnd) >> 32 per lane, as int32, in the shape vpmuldq wants.
 
-    The A rows of a row block then stay in L1 while the group of weight panels stays in L2; with
-    `panels % group == 0` the groups tile the panels exactly."""
+    vpmuldq multiplies the even int32 lanes into int64s; odd lanes are moved down with a 64-bit
+    logical shift. LLVM turns `sext_inreg64(x) * sext_inreg64(y)` into vpmuldq directly, and the final
+    interleave of the two high halves into one shuffle, instead of widening both operands first."""
+    if lanes == 1:
+        return T.Cast("int32", (T.Cast("int64", acc) * T.Cast("int64", mult) + T.int64(rnd)) >> T.int64(32))
+    half = lanes // 2
+    q, uq = f"int64x{half}", f"uint64x{half}"
+    c = lambda v, dtype: tvm.tirx.Broadcast(tvm.tirx.const(v, dtype), half)
+    plus_rnd = (lambda x: x + c(rnd, "int64")) if rnd else (lambda x: x)
+    low_sext = lambda x: (x << c(32, "int64")) >> c(32, "int64")
+    high_down = lambda x: T.reinterpret(q, T.reinterpret(uq, x) >> c(32, "uint64"))
+    a, m = T.reinterpret(q, acc), T.reinterpret(q, mult)
+    even = plus_rnd(low_sext(a) * low_sext(m))
+    odd = plus_rnd(low_sext(high_down(a)) * low_sext(high_down(m)))
+    as32 = lambda x: T.reinterpret(f"int32x{lanes}", x)
+    high_lanes = [j for i in range(half) for j in (2 * i + 1, lanes + 2 * i + 1)]
+    return tvm.tirx.Shuffle([as32(even), as32(odd)], high_lanes)
 
-    def order(t):
-        per_group = m_blocks * group
-        g, r = t // per_group, t % per_group
-        return r // group, g * group + r % group
 
-    return order
+def _requantize(acc, mult, lanes: int, rq: Requant):
+    """int32 accumulators (`lanes` of them) -> clamped output; equal to requantize_fixed's int64 math."""
+    vec = (lambda dtype: dtype) if lanes == 1 else (lambda dtype: f"{dtype}x{lanes}")
+
+    def const(value: int, dtype: str):
+        c = tvm.tirx.const(value, dtype)
+        return c if lanes == 1 else tvm.tirx.Broadcast(c, lanes)
+
+    # |acc * mult| <= 2^62, so adding the rounding term 2^(shift-1) cannot overflow int64.
+    if rq.shift >= 32 and abs(rq.out_zp) < 2**29:
+        # floor(p / 2^s) == floor(floor(p / 2^32) / 2^(s - 32)): take the high dword of the 64-bit product
+        # (a shuffle), then shift, add and clamp in int32. AVX2 has no 64-bit arithmetic shift and no
+        # 64-bit min/max, so this is about half the instructions of the plain int64 form below.
+        # For shift >= 33 the rounding term 2^(s-1) is a multiple of 2^32 and moves to the int32 side.
+        rnd64, rnd32 = (1 << 31, 0) if rq.shift == 32 else (0, 1 << (rq.shift - 33))
+        high = _high_dword_of_products(acc, mult, rnd64, lanes)  # |high| < 2^30
+        y = ((high + const(rnd32, "int32")) >> const(rq.shift - 32, "int32")) + const(rq.out_zp, "int32")
+        dtype = "int32"
+    else:
+        prod = T.Cast(vec("int64"), acc) * T.Cast(vec("int64"), mult) + const(1 << (rq.shift - 1), "int64")
+        y, dtype = (prod >> const(rq.shift, "int64")) + const(rq.out_zp, "int64"), "int64"
+    y = T.max(T.min(y, const(rq.qmax, dtype)), const(rq.qmin, dtype))
+    return T.Cast(vec(rq.out_dtype), y)
+
+
+def _tile_order(t, m_blocks, group: int):
+    """Tile index -> (row block, panel): each row block visits a group of `group` panels in turn.
+
+    The A rows of a row block then stay in L1 while the group's weight panels stay in L2, and with
+    static parallel chunks each thread mostly owns whole groups, i.e. its own slice of the weights."""
+    per_group = m_blocks * group
+    g, r = t // per_group, t % per_group
+    return r // group, g * group + r % group
 
 
 def _panel_group(panels: int, wanted: int) -> int:
@@ -188,33 +270,26 @@ def _panel_group(panels: int, wanted: int) -> int:
 
 
 def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Tiling) -> tvm.tirx.PrimFunc:
-    """main(A: uint8 [M, k], Wp: packed words, bias: int32, [mult: int32,] Out) with M free.
+    """main(A: uint8 [M, k], Wp: packed words, bias: int32 [NP], mult: int32 [NP], Out) with M free.
 
-    Out is `requant.out_dtype` [M, n], or the int32 accumulator when `requant` is None.
+    Out is `requant.out_dtype` [M, n], or the int32 accumulator when `requant` is None (mult unused).
+    bias and mult are zero-padded to NP = ceil(n / nr) * nr.
     """
     _check_tiling(isa, tiling)
     L, G, MR, NR = isa.lanes, isa.group, tiling.mr, tiling.nr
     NV = NR // L
     NO, KW = _ceil_div(n, NR), _ceil_div(k, G)
     NP, KG = NO * NR, KW * G
-    full_n = n % NR == 0  # no ragged last panel: no column guard is needed in the epilogue
+    full_n = n % NR == 0  # no ragged last panel, so the epilogue needs no column guard
     # A is read as G-element words; it needs a padded (and, on AVX2, widened) copy unless it can be
     # read in place: VNNI with k % 4 == 0.
     copy_a = isa.a_dtype != "uint8" or k % G != 0
-    group = _panel_group(NO, tiling.panels)
+    panel_group = _panel_group(NO, tiling.panels)
     dot = isa.dot
     out_dtype = requant.out_dtype if requant else "int32"
-    if requant:
-        rnd, shift = T.int64(1 << (requant.shift - 1)), T.int64(requant.shift)
-        zp, lo, hi = T.int64(requant.out_zp), T.int64(requant.qmin), T.int64(requant.qmax)
 
     def requantize(acc, mult, lanes):
-        """int32 accumulators (`lanes` of them) -> clamped output, in int64 like requantize_fixed."""
-        wide = "int64x%d" % lanes if lanes > 1 else "int64"
-        bc = (lambda c: tvm.tirx.Broadcast(c, lanes)) if lanes > 1 else (lambda c: c)
-        y = (T.Cast(wide, acc) * T.Cast(wide, mult) + bc(rnd)) >> bc(shift)
-        y = T.max(T.min(y + bc(zp), bc(hi)), bc(lo))
-        return T.Cast(out_dtype if lanes == 1 else "%sx%d" % (out_dtype, lanes), y)
+        return _requantize(acc, mult, lanes, requant)
 
     @T.macro
     def widen_a(A, A_w, M):
@@ -226,9 +301,9 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
                 A_w[m, kk] = T.Cast(isa.a_dtype, 0)
 
     @T.macro
-    def store_tile(acc, Out, mult, M, m0, n0):
+    def store_rows(acc, Out, mult, M, m0, n0, guard_rows):
         for mi in T.unroll(MR):
-            if m0 + mi < M:
+            if not guard_rows or m0 + mi < M:
                 if full_n or n0 + NR <= n:
                     for v in T.unroll(NV):
                         if requant is not None:
@@ -245,12 +320,24 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
                                 Out[m0 + mi, n0 + ni] = acc[mi, ni]
 
     @T.macro
+    def store_tile(acc, Out, mult, M, m0, n0):
+        # Row guards only in the last row block: elsewhere the epilogue is one straight-line block,
+        # in which LLVM shares the per-column work (multiplier loads and shifts) between the rows.
+        if m0 + MR <= M:
+            store_rows(acc, Out, mult, M, m0, n0, False)
+        else:
+            store_rows(acc, Out, mult, M, m0, n0, True)
+
+    @T.macro
     def tiles(A_w, Wp, bias, mult, Out, M):
-        MO = (M + MR - 1) // MR
+        MO = T.meta_var((M + MR - 1) // MR)  # meta_var: a plain `MO = ...` would allocate a 1-element buffer
         for t in T.parallel(MO * NO):
-            mo, po = T.meta_var(_tile_order(MO, NO, group)(t))
+            mo, po = T.meta_var(_tile_order(t, MO, panel_group))
             m0, n0 = T.meta_var((mo * MR, po * NR))
-            acc = T.alloc_buffer((MR, NR), "int32", scope="local")  # lives in vector registers
+            # The accumulators live in vector registers. Scope "global": in TVM 0.27 a "local" buffer
+            # becomes a TVMBackendAllocWorkspace call per tile, a small "global" one a stack alloca
+            # that LLVM promotes to registers.
+            acc = T.alloc_buffer((MR, NR), "int32")
             for mi in T.unroll(MR):
                 for v in T.unroll(NV):
                     acc[mi, T.ramp(v * L, 1, L)] = bias[T.ramp(n0 + v * L, 1, L)]
@@ -290,9 +377,14 @@ class GemmKernel:
         self.n, self.k, self.out_dtype = n, k, out_dtype
         self._func = executable["main"]
         self._consts = consts  # tvm tensors: packed weight, bias, mult
+        # A kernel built for another CPU (e.g. AVX512-VNNI on an AVX2 host) can be exported, not run here.
+        self.runs_on_host = host_supports(isa)
 
     def run(self, a, out) -> None:
         """Write into a preallocated `out`; `a` and `out` may be torch tensors (DLPack) or tvm tensors."""
+        if not self.runs_on_host:
+            raise RuntimeError(f"this CPU lacks {', '.join(self.isa.features)}: "
+                               f"the {self.isa.name} kernel cannot run here")
         self._func(a, *self._consts, out)
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
@@ -314,18 +406,20 @@ def build_gemm(
     requant: Requant | None = None,
     target: dict | None = None,
     tiling: Tiling | None = None,
+    isa: Isa | None = None,
 ) -> GemmKernel:
     """Compile `out = requant(A @ weight.T + bias)` (or the int32 accumulator when requant is None).
 
-    m: the expected number of rows, or None; the kernel accepts any M either way (M is a free variable).
-    weight: int8 [N, K]; bias, mult: int32 [N]; target: a TVM target dict, default the host CPU.
+    m: the expected number of rows (picks the tile height), or None; the kernel accepts any M either
+       way (M is a free variable of the TIR function).
+    weight: int8 [N, K]; bias, mult: int32 [N] (numpy or torch); target: a TVM target dict, default the
+    host CPU, whose features pick the kernel (AVX512-VNNI, else AVX2) unless `isa` is given.
     """
-    del m  # the tile shape does not depend on M; kept so call sites can say what they expect
     weight = weight.numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
     n, k = weight.shape
     target = tvm.target.Target(target or host_target())
-    isa = isa_for(target)
-    tiling = tiling or isa.default_tiling()
+    isa = isa or isa_for(target)
+    tiling = tiling or isa.default_tiling(m)
     if (requant is None) != (mult is None):
         raise ValueError("mult and requant go together")
     np_ = _ceil_div(n, tiling.nr) * tiling.nr
@@ -337,7 +431,7 @@ def build_gemm(
     consts = [
         to_dev(pack_weight(weight, isa, tiling.nr)),
         to_dev(pad_channels(_as_numpy(bias), np_)),
-        to_dev(pad_channels(_as_numpy(mult) if mult is not None else np.zeros(n), np_)),
+        to_dev(pad_channels(_as_numpy(mult) if mult is not None else np.zeros(n, np.int32), np_)),
     ]
     return GemmKernel(executable, isa, tiling, n, k, requant.out_dtype if requant else "int32", consts)
 
@@ -347,10 +441,11 @@ def _as_numpy(x) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- reference
-def reference_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, mult=None, requant: Requant | None = None):
-    """The same formula in plain torch int64 (the ground truth the kernel must match bit for bit)."""
+def reference_gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, mult=None,
+                   requant: Requant | None = None) -> torch.Tensor:
+    """The same formula in plain torch int64: the ground truth the kernel must match bit for bit."""
     acc = a.to(torch.int64) @ w.to(torch.int64).T + bias.to(torch.int64)
-    acc = acc.to(torch.int32).to(torch.int64)  # the accumulator is int32, as in linear_int
+    acc = acc.to(torch.int32).to(torch.int64)  # the accumulator is int32 (wraps), as in the kernel
     if requant is None:
         return acc.to(torch.int32)
     y = (acc * mult.to(torch.int64) + (1 << (requant.shift - 1))) >> requant.shift

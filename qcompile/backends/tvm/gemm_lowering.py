@@ -56,7 +56,9 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     w2 = w.reshape(w.shape[0], -1).numpy()
     n, k = w2.shape
     isa = isa_for(target)
-    tiling = isa.default_tiling()
+    shape = list(x_n.meta["val"].shape)
+    rows = int(np.prod(shape[:-1])) if acc.target == qc.linear_int.default else shape[0] * shape[2] * shape[3]
+    tiling = isa.default_tiling(rows)  # short M (batch-1 linear) gets a short register tile
     padded = -(-n // tiling.nr) * tiling.nr
     mult = constant(gm, mult_n).to(torch.int32).expand(n) if constant(gm, mult_n).numel() == 1 else constant(gm, mult_n)
     out_dtype = str(dtype).replace("torch.", "")
@@ -71,13 +73,11 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
     x = env[x_n]
-    shape = list(x_n.meta["val"].shape)
     if acc.target == qc.conv2d_int.default:
         b, c, h, wd = shape
-        rows = bb.emit(relax.op.reshape(relax.op.permute_dims(x, [0, 2, 3, 1]), (b * h * wd, c)))
-        out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((b * h * wd, n), out_dtype)))
+        pixels = bb.emit(relax.op.reshape(relax.op.permute_dims(x, [0, 2, 3, 1]), (rows, c)))
+        out = bb.emit(relax.call_tir(gv, [pixels, *consts], relax.TensorType((rows, n), out_dtype)))
         return bb.emit(relax.op.permute_dims(relax.op.reshape(out, (b, h, wd, n)), [0, 3, 1, 2]))
-    m = int(np.prod(shape[:-1]))
-    rows = bb.emit(relax.op.reshape(x, (m, k)))
-    out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)))
+    flat = bb.emit(relax.op.reshape(x, (rows, k)))
+    out = bb.emit(relax.call_tir(gv, [flat, *consts], relax.TensorType((rows, n), out_dtype)))
     return bb.emit(relax.op.reshape(out, (*shape[:-1], n)))

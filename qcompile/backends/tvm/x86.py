@@ -1,6 +1,7 @@
 """`target="x86"`: the integer graph built with TVM + LLVM for the host CPU, scheduled without tuning."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -14,11 +15,13 @@ from .schedule_cpu import FusedIntegerKernel
 
 LIBRARY = "model.so"
 
+# TVM's CPU thread pool defaults to half the logical CPUs (one thread on a 2-vCPU machine); use them all
+# unless the user chose. Read when the pool starts, i.e. at the first parallel call, after this import.
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
 
 def host_target() -> tvm.target.Target:
     """LLVM for this machine's CPU (detected, never hard-coded), on all its cores."""
-    import os
-
     cpu = tvm.target.codegen.llvm_get_system_cpu()
     return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
 

@@ -38,6 +38,10 @@ from typing import Callable
 
 import torch
 
+# TVM's worker threads spin for 300000 sched_yield calls after each call, stealing both cores from whatever
+# runs next in the interleaved rounds (ONNX Runtime, torch); cap the spin as bench/gemm_int8.py does.
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "2000")
+
 # ----------------------------------------------------------------------------------------------------------
 # Hooks: extra systems and extra GEMM kernels
 # ----------------------------------------------------------------------------------------------------------

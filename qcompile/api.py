@@ -13,6 +13,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .backends import get_backend
+from .errors import UsageError
 from .frontend.capture import Captured, capture
 from .ir import shapes
 from .passes import PassContext, as_passes
@@ -169,6 +170,9 @@ def compile(
     """
     config = config or QuantConfig(bits=bits)
     backend = get_backend(target)
+    if dynamic_shapes is not None and not getattr(backend, "supports_dynamic_shapes", False):
+        raise UsageError(f"target {backend.name!r} builds for the example input shapes; dynamic_shapes is "
+                         "supported by target='reference' for now")
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
     session = Session.start(model, example_inputs, calibration, config, dynamic_shapes)
     instruments = Instruments.from_env(dump_dir=dump_dir, print_after=print_after, verify_each=verify_each)

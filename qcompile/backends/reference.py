@@ -10,6 +10,7 @@ from .base import register_backend
 @register_backend("reference")
 class ReferenceBackend:
     name = "reference"
+    supports_dynamic_shapes = True
 
     def build(self, gm: fx.GraphModule):
         return gm

@@ -93,3 +93,10 @@ def test_minilm_bit_exact(minilm):
     ref, x86 = _both(emb, batches[0], batches[1:])
     for bt in batches:
         assert torch.equal(x86(*bt), ref(*bt))
+
+
+def test_dynamic_shapes_are_refused_with_a_clear_error():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="dynamic_shapes is supported by target='reference'"):
+        qcompile.compile(ConvBnRelu().eval(), (x,), target="x86", calibration=[x],
+                         dynamic_shapes={"x": {0: torch.export.Dim("b")}})

@@ -58,6 +58,7 @@ class TVMRunner:
 
 class X86Backend:
     name = "x86"
+    supports_dynamic_shapes = False  # the TVM module is built for the example shapes (for now)
 
     def __init__(self, target: tvm.target.Target | None = None):
         self.target = target or host_target()

@@ -64,7 +64,7 @@ def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     })
 
 
-def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None, target=None):
+def to_relax(gm: fx.GraphModule, target=None):
     """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`.
 
     With an x86 `target`, accumulate -> requantize pairs that the hand-written GEMM kernel handles
@@ -76,8 +76,8 @@ def to_relax(gm: fx.GraphModule, input_shapes: list[list] | None = None, target=
     bb = relax.BlockBuilder()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     params = []
-    for i, p in enumerate(placeholders):
-        shape = input_shapes[i] if input_shapes is not None else _shape(p)
+    for p in placeholders:
+        shape = _shape(p)
         params.append(relax.Var(p.name, relax.TensorType(shape, tvm_dtype(p.meta["val"].dtype))))
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
     gemms = gemm_lowering.plan(gm) if target is not None else {}

@@ -15,7 +15,6 @@ from torch.utils import _pytree as pytree
 from .backends import get_backend
 from .errors import UsageError
 from .frontend.capture import Captured, capture
-from .ir import shapes
 from .passes import PassContext, as_passes
 from .passes.base import place
 from .passes.calibrate import validate_calibration

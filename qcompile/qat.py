@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from .api import CompiledModel, Session
 from .backends import get_backend
 from .ir import meta
-from .ir.rewrite import Rewriter
+from .ir.rewrite import Rewriter, constant
 from .passes.base import as_passes, place
 from .passes.instruments import Instruments
 from .quant.config import QuantConfig
@@ -61,17 +61,23 @@ def _fake_quantize(rw: Rewriter, x: fx.Node, q: fx.Node, qp) -> fx.Node:
     return node
 
 
+def _rebind(gm: fx.GraphModule, name: str, register) -> None:
+    """Remove the tensor at dotted `name` and register a replacement with `register(owner, attr, old)`."""
+    *path, attr = name.split(".")
+    owner = gm.get_submodule(".".join(path)) if path else gm
+    old = getattr(owner, attr)
+    delattr(owner, attr)
+    register(owner, attr, old)
+
+
 def _make_trainable(gm: fx.GraphModule) -> None:
     """Float constants that feed computation (weights, biases) become parameters."""
     for node in gm.graph.nodes:
         if node.op != "get_attr" or any(u.target in _FAKE_QUANT and u.args[0] is not node for u in node.users):
             continue
-        *path, attr = node.target.split(".")
-        owner = gm.get_submodule(".".join(path)) if path else gm
-        t = getattr(owner, attr)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not isinstance(t, nn.Parameter):
-            delattr(owner, attr)
-            owner.register_parameter(attr, nn.Parameter(t.detach().clone()))
+        t = constant(gm, node)
+        if t.is_floating_point() and not isinstance(t, nn.Parameter):
+            _rebind(gm, node.target, lambda o, a, old: o.register_parameter(a, nn.Parameter(old.detach().clone())))
 
 
 _FAKE_QUANT = {aten.fake_quantize_per_tensor_affine.default, aten.fake_quantize_per_channel_affine.default}
@@ -112,9 +118,6 @@ def _detached_copy(gm: fx.GraphModule) -> fx.GraphModule:
     """A deep copy whose parameters are plain buffers again (the integer graph is not trained)."""
     with torch.no_grad():
         out = copy.deepcopy(gm)
-    for name, p in list(out.named_parameters()):
-        *path, attr = name.split(".")
-        owner = out.get_submodule(".".join(path)) if path else out
-        delattr(owner, attr)
-        owner.register_buffer(attr, p.detach().clone())
+    for name, _ in list(out.named_parameters()):
+        _rebind(out, name, lambda o, a, old: o.register_buffer(a, old.detach().clone()))
     return out

@@ -65,7 +65,7 @@ def test_pipeline_string_with_options_and_custom_pass(model, tmp_path):
 
 
 def test_placing_a_pass_before_a_named_pass(model, tmp_path):
-    cm = qcompile.compile(
+    qcompile.compile(
         model, (X,), calibration=[X], passes=[qcompile.at(CountIntegerOpsPass(), before="fold-scales")],
         dump_dir=tmp_path, progress=False,
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import tvm
 from torch import fx
 from tvm import relax
 
@@ -60,7 +59,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     rows = int(np.prod(shape[:-1])) if acc.target == qc.linear_int.default else shape[0] * shape[2] * shape[3]
     tiling = isa.default_tiling(rows)  # short M (batch-1 linear) gets a short register tile
     padded = -(-n // tiling.nr) * tiling.nr
-    mult = constant(gm, mult_n).to(torch.int32).expand(n) if constant(gm, mult_n).numel() == 1 else constant(gm, mult_n)
+    mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
     out_dtype = str(dtype).replace("torch.", "")
     requant = Requant(int(constant(gm, shift_n)), out_zp, qmin, qmax, out_dtype)
     name = f"gemm_{acc.name}"

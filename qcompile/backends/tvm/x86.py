@@ -10,6 +10,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
+from . import x86_gemm
 from .lower import to_relax
 from .schedule_cpu import FusedIntegerKernel
 
@@ -22,8 +23,7 @@ os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 def host_target() -> tvm.target.Target:
     """LLVM for this machine's CPU (detected, never hard-coded), on all its cores."""
-    cpu = tvm.target.codegen.llvm_get_system_cpu()
-    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1})
+    return tvm.target.Target(x86_gemm.host_target())
 
 
 def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

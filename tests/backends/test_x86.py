@@ -44,6 +44,32 @@ def test_conv_kernels_bit_exact_on_odd_shapes(cin, cout, k, stride, groups):
     assert torch.equal(x86(probe), ref(probe))
 
 
+class LayoutBoundaries(nn.Module):
+    """Channels-last values meeting every kind of consumer: max pool, a float island reducing over
+    channels, an output taken straight from a conv, a 5x5 ungrouped conv with stride and padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 5, 2, 2)
+        self.mid = nn.Conv2d(12, 19, 3, 1, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.stem(x))
+        b = self.mid(nn.functional.max_pool2d(a, 3, 2, 1))
+        return b, torch.softmax(b, dim=1).sum(dim=(2, 3))
+
+
+def test_channels_last_values_reach_every_consumer_exactly():
+    torch.manual_seed(3)
+    model = LayoutBoundaries().eval()
+    x = torch.randn(2, 3, 21, 17)
+    ref, x86 = _both(model, (x,), [torch.randn(2, 3, 21, 17) for _ in range(3)])
+    probe = torch.randn(2, 3, 21, 17)
+    got, want = x86(probe), ref(probe)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
 def test_resnet_and_op_zoo_bit_exact():
     torch.manual_seed(0)
     model = TinyResNet().eval()

@@ -1,17 +1,22 @@
 """Lower `linear_int` / pointwise `conv2d_int` followed by `requantize_fixed` to the hand-written x86 GEMM
 kernel (x86_gemm.py) with weights packed at compile time; the int32 accumulator never reaches memory.
 
-A pointwise convolution in NCHW is a GEMM over pixels once the activations are transposed to
-pixel-major rows; the two transposes cost O(pixels x channels), the GEMM O(pixels x channels^2).
+A convolution is a GEMM over output pixels: a pointwise one reads its channels-last input (layout.py)
+as the row-major [pixels, channels] matrix it already is; any other ungrouped one (the stem, ResNet's 3x3)
+first gathers each pixel's receptive field into a row (im2col, padded with the input zero point, which the
+folded bias cancels), whose (ky, kx, channel) order matches the weights reordered at build time. The
+output rows are the channels-last result.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import fx
-from tvm import relax
+from tvm import relax, te
+from tvm import tirx as tir
 
 from ...ir.rewrite import constant
+from .layout import Layouts
 from .x86_gemm import Requant, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
@@ -24,10 +29,10 @@ def _args(node: fx.Node, *names):
 def _is_pointwise(conv: fx.Node) -> bool:
     a = _args(conv, "x", "w", "bias", "x_zp", "folded", "stride", "padding", "dilation", "groups")
     kh, kw = a["w"].meta["val"].shape[2:]
-    return (kh, kw) == (1, 1) and list(a["stride"]) == [1, 1] and list(a["padding"]) == [0, 0] and a["groups"] == 1
+    return (kh, kw) == (1, 1) and list(a["stride"]) == [1, 1] and list(a["padding"]) == [0, 0]
 
 
-_HEADS = {qc.linear_int.default: lambda n: True, qc.conv2d_int.default: _is_pointwise}
+_HEADS = {qc.linear_int.default: lambda n: True, qc.conv2d_int.default: lambda n: n.args[8] == 1}
 
 
 def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
@@ -39,6 +44,7 @@ def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
         acc, x_zp, mult, shift = rq.args[:4]
         ok = (
             isinstance(acc, fx.Node) and acc.target in _HEADS and len(acc.users) == 1 and x_zp == 0
+            and acc.args[1].op == "get_attr"
             and constant(gm, shift).numel() == 1 and _HEADS[acc.target](acc)
             and (acc.args[3] == 0 or acc.args[4])  # input zero point folded into the bias (or zero)
             and acc.args[2] is not None
@@ -48,16 +54,52 @@ def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
     return pairs
 
 
-def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, env: dict, target) -> relax.Expr:
+def _im2col(x: te.Tensor, conv: fx.Node) -> te.Tensor:
+    """[pixels, kh * kw * cin] rows of an NHWC input; outside the image every tap reads the zero point."""
+    _, _, _, x_zp, _, stride, padding, dilation, _ = conv.args
+    kh, kw = conv.args[1].meta["val"].shape[2:]
+    n, h, w, c = (int(d) for d in x.shape)
+    _, _, oh, ow = conv.meta["val"].shape
+
+    def body(r, k):
+        b, y, xx = r // (oh * ow), r % (oh * ow) // ow, r % ow
+        ky, kx, ci = k // (kw * c), k % (kw * c) // c, k % c
+        iy, ix = y * stride[0] + ky * dilation[0] - padding[0], xx * stride[1] + kx * dilation[1] - padding[1]
+        inside = tir.all(iy >= 0, iy < h, ix >= 0, ix < w)
+        return tir.if_then_else(inside, x[b, iy, ix, ci], tir.const(x_zp, str(x.dtype)))
+
+    return te.compute((n * oh * ow, kh * kw * c), body, name="im2col")
+
+
+def _rows(bb: relax.BlockBuilder, acc: fx.Node, layouts: Layouts) -> relax.Expr:
+    """The GEMM's left operand: one row per output element (linear) or output pixel (conv)."""
+    x_n = acc.args[0]
+    shape = list(x_n.meta["val"].shape)
+    if acc.target == qc.linear_int.default:
+        return bb.emit(relax.op.reshape(layouts.get(x_n, False), (int(np.prod(shape[:-1])), shape[-1])))
+    x = layouts.get(x_n, True)
+    if _is_pointwise(acc):
+        return bb.emit(relax.op.reshape(x, (shape[0] * shape[2] * shape[3], shape[1])))
+    return bb.emit_te(lambda t: _im2col(t, acc), x, primfunc_name_hint=f"im2col_{acc.name}")
+
+
+def _weight_matrix(gm: fx.GraphModule, acc: fx.Node) -> np.ndarray:
+    """int8 [N, K] with K in the order of the rows' columns (for a conv: ky, kx, input channel)."""
+    w = constant(gm, acc.args[1]).detach()
+    if w.ndim == 4:
+        w = w.permute(0, 2, 3, 1)
+    return w.reshape(w.shape[0], -1).numpy()
+
+
+def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, layouts: Layouts, target) -> relax.Expr:
     _, _, mult_n, shift_n, _axis, out_zp, qmin, qmax, dtype = rq.args
-    x_n, w_n, bias_n = acc.args[:3]
-    w = constant(gm, w_n).detach()
-    w2 = w.reshape(w.shape[0], -1).numpy()
+    bias_n = acc.args[2]
+    w2 = _weight_matrix(gm, acc)
     n, k = w2.shape
     isa = isa_for(target)
-    shape = list(x_n.meta["val"].shape)
-    rows = int(np.prod(shape[:-1])) if acc.target == qc.linear_int.default else shape[0] * shape[2] * shape[3]
-    tiling = isa.default_tiling(rows)  # short M (batch-1 linear) gets a short register tile
+    rows = _rows(bb, acc, layouts)
+    m = int(rows.ty.shape.values[0])
+    tiling = isa.default_tiling(m)  # short M (batch-1 linear) gets a short register tile
     padded = -(-n // tiling.nr) * tiling.nr
     mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
     out_dtype = str(dtype).replace("torch.", "")
@@ -71,12 +113,9 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
         relax.const(pad_channels(constant(gm, bias_n).numpy(), padded), "int32"),
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
-    x = env[x_n]
+    out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)))
+    out_shape = list(rq.meta["val"].shape)
     if acc.target == qc.conv2d_int.default:
-        b, c, h, wd = shape
-        pixels = bb.emit(relax.op.reshape(relax.op.permute_dims(x, [0, 2, 3, 1]), (rows, c)))
-        out = bb.emit(relax.call_tir(gv, [pixels, *consts], relax.TensorType((rows, n), out_dtype)))
-        return bb.emit(relax.op.permute_dims(relax.op.reshape(out, (b, h, wd, n)), [0, 3, 1, 2]))
-    flat = bb.emit(relax.op.reshape(x, (rows, k)))
-    out = bb.emit(relax.call_tir(gv, [flat, *consts], relax.TensorType((rows, n), out_dtype)))
-    return bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
+        layouts.channels_last.add(rq)
+        out_shape = [out_shape[0], out_shape[2], out_shape[3], n]
+    return bb.emit(relax.op.reshape(out, out_shape))

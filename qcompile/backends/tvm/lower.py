@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import operator
+from collections import ChainMap
 
 import torch
 from torch import fx
@@ -9,7 +10,8 @@ from tvm import relax
 
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
-from . import gemm_lowering
+from . import gemm_lowering, ops_nhwc
+from .layout import FOLLOWERS, Layouts
 from .ops import CONVERTERS, tvm_dtype
 
 
@@ -44,14 +46,14 @@ class _FloatIslands:
         return self.importer.convert_map[node.target.__name__](node)
 
 
-def _additive_attention_mask(bb: relax.BlockBuilder, node: fx.Node, env: dict) -> dict:
+def _additive_attention_mask(bb: relax.BlockBuilder, node: fx.Node, env):
     """TVM's attention takes only float masks: a boolean mask (True = attend) becomes 0 / -inf."""
     mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
     if mask is None or mask.meta["val"].dtype != torch.bool:
         return env
     zero, neg = relax.const(0.0, "float32"), relax.const(float("-inf"), "float32")
     keep = bb.emit(relax.op.astype(env[mask], "bool"))  # some producers hand it over as integers
-    return {**env, mask: bb.emit(relax.op.where(keep, zero, neg))}
+    return ChainMap({mask: bb.emit(relax.op.where(keep, zero, neg))}, env)
 
 
 _ADAPTERS = {torch.ops.aten.scaled_dot_product_attention.default: _additive_attention_mask}
@@ -60,15 +62,17 @@ _ADAPTERS = {torch.ops.aten.scaled_dot_product_attention.default: _additive_atte
 def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     return sorted({
         target_name(n) for n in gm.graph.nodes
-        if n.op == "call_function" and n.target not in CONVERTERS and not floats.supports(n)
+        if n.op == "call_function" and n.target not in CONVERTERS and n.target not in ops_nhwc.NHWC_OPS
+        and not floats.supports(n)
     })
 
 
 def to_relax(gm: fx.GraphModule, target=None):
     """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`.
 
-    With an x86 `target`, accumulate -> requantize pairs that the hand-written GEMM kernel handles
-    (linear, pointwise conv) are lowered to it; everything else to TE definitions."""
+    Convolutions and pools run channels-last (layout.py). With an x86 `target`, accumulate -> requantize
+    pairs that the hand-written GEMM kernel handles (linear, pointwise conv) are lowered to it; everything
+    else to TE definitions."""
     floats = _FloatIslands()
     missing = unsupported_ops(gm, floats)
     if missing:
@@ -80,6 +84,7 @@ def to_relax(gm: fx.GraphModule, target=None):
         shape = _shape(p)
         params.append(relax.Var(p.name, relax.TensorType(shape, tvm_dtype(p.meta["val"].dtype))))
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
+    layouts = Layouts(bb, env)
     gemms = gemm_lowering.plan(gm) if target is not None else {}
     absorbed = set(gemms.values())
     with bb.function("main", params):
@@ -90,27 +95,35 @@ def to_relax(gm: fx.GraphModule, target=None):
                 elif node in absorbed:
                     continue  # emitted together with its requantize
                 elif node in gemms:
-                    env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], env, target)
+                    env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], layouts, target)
+                elif node.op == "call_function" and node.target in ops_nhwc.NHWC_OPS:
+                    env[node] = ops_nhwc.emit(bb, gm, node, layouts)
                 elif node.op == "call_function" and node.target in CONVERTERS:
-                    env[node] = _emit(bb, node, env)
+                    env[node] = _emit(bb, node, layouts)
                 elif node.op == "call_function":
-                    env[node] = floats.emit(bb, node, env)
+                    env[node] = floats.emit(bb, node, layouts.nchw_view())
                 elif node.op == "output":
-                    outs = [env[a] for a in node.args[0]]
+                    outs = [layouts.get(a, False) for a in node.args[0]]
                     result = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(result)
     return bb.get()
 
 
-def _emit(bb: relax.BlockBuilder, node: fx.Node, env: dict) -> relax.Expr:
+def _emit(bb: relax.BlockBuilder, node: fx.Node, layouts: Layouts) -> relax.Expr:
     """emit_te the node's converter: tensor arguments (also inside lists) go through emit_te as
-    TE tensors, everything else (ints, lists of ints, dtypes) is passed to the converter as is."""
-    tensors = [env[n] for n in node.all_input_nodes]
+    TE tensors, everything else (ints, lists of ints, dtypes) is passed to the converter as is.
+    An element-wise op whose input is channels-last runs channels-last; any other op reads NCHW."""
+    nhwc = layouts.follows_nhwc(node)
+    activations = layouts.activation_nodes(node) if nhwc else set()
+    tensors = [layouts.get(n, n in activations) for n in node.all_input_nodes]
+    args = FOLLOWERS[node.target].in_layout(node.args) if nhwc else node.args
     fn = CONVERTERS[node.target]
 
     def build(*te_tensors):
         lookup = dict(zip(node.all_input_nodes, te_tensors))
-        args = fx.node.map_arg(node.args, lambda n: lookup[n])
-        return fn(node, *args)
+        return fn(node, *fx.node.map_arg(args, lambda n: lookup[n]))
 
-    return bb.emit_te(build, *tensors, primfunc_name_hint=node.name)
+    out = bb.emit_te(build, *tensors, primfunc_name_hint=node.name)
+    if nhwc:
+        layouts.channels_last.add(node)
+    return out

@@ -91,29 +91,6 @@ def _product16(x, x_zp: int, w):
     return (_i(x, "int16") - tir.const(x_zp, "int16")) * _i(w, "int16")
 
 
-@converter(qc.conv2d_int.default)
-def _conv2d(node, x, w, bias, x_zp, zp_folded, stride, padding, dilation, groups):
-    n, cin, h, wd = x.shape
-    cout, cin_g, kh, kw = w.shape
-    cout_g = cout // groups
-    ph, pw = padding
-    xp = topi.nn.pad(x, [0, 0, ph, pw], [0, 0, ph, pw], pad_value=tir.const(x_zp, _dtype(x)), name="pad")
-    sub = 0 if zp_folded else x_zp
-    oh = (h + 2 * ph - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * pw - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    rc, ry, rx = te.reduce_axis((0, cin_g), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-
-    def body(b, co, y, xx):
-        ci = (co // cout_g) * cin_g + rc
-        pix = xp[b, ci, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1]]
-        return te.sum(_i(_product16(pix, sub, w[co, rc, ry, rx])), axis=[rc, ry, rx])
-
-    acc = te.compute((n, cout, oh, ow), body, name="conv2d_int")
-    if bias is None:
-        return acc
-    return te.compute(acc.shape, lambda b, co, y, xx: acc[b, co, y, xx] + bias[co], name="conv2d_bias")
-
-
 @converter(qc.linear_int.default)
 def _linear(node, x, w, bias, x_zp, zp_folded):
     k = te.reduce_axis((0, w.shape[1]), "k")
@@ -161,26 +138,6 @@ def _cast(t, dtype="int32"):
 def _sum(node, x, x_zp, dims, keepdim):
     shifted = topi.subtract(_cast(x), x_zp)
     return topi.sum(shifted, axis=[d % len(x.shape) for d in dims], keepdims=keepdim)
-
-
-@converter(qc.avg_pool2d_int.default)
-def _avg_pool_sum(node, x, x_zp, kernel, stride, padding, ceil_mode):
-    if ceil_mode:
-        raise NotImplementedError("avg_pool2d with ceil_mode")
-    shifted = topi.subtract(_cast(x), x_zp)
-    padded = topi.nn.pad(shifted, [0, 0, padding[0], padding[1]], [0, 0, padding[0], padding[1]], pad_value=0)
-    n, c, h, w = padded.shape
-    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
-    ry, rx = te.reduce_axis((0, kernel[0]), "ry"), te.reduce_axis((0, kernel[1]), "rx")
-    return te.compute(
-        (n, c, oh, ow), lambda b, ch, y, xx: te.sum(padded[b, ch, y * stride[0] + ry, xx * stride[1] + rx], axis=[ry, rx]),
-        name="avg_pool_sum",
-    )
-
-
-@converter(qc.max_pool2d_int.default)
-def _max_pool(node, x, kernel, stride, padding, dilation, ceil_mode):
-    return topi.nn.pool2d(x, kernel, stride, dilation, [padding[0], padding[1], padding[0], padding[1]], "max", ceil_mode, "NCHW")
 
 
 # ------------------------------------------------------------------ requantization

@@ -1,7 +1,7 @@
 """A hand-written CPU schedule for the fused integer kernels (no tuning needed).
 
-Per fused function: producers of the main reduction stay separate (the padded input is materialised
-once, outside the hot loop), injective epilogue blocks (bias, requantize, residual add) collapse into one
+Per fused function: producers of the main reduction (the zero-point padding) are inlined into its loads,
+injective epilogue blocks (bias, requantize, residual add) collapse into one
 block computed right behind each output tile of the reduction, the reduction is tiled so a small
 (channels x width) tile of int32 accumulators stays in registers with the width loop vectorized, and
 the outer spatial loops run in parallel over the cores. Functions without a reduction are parallelised
@@ -40,6 +40,15 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, max_vector: int = _VECTOR) -
         sch.vectorize(vec)
         loops = [*loops[:-1], outer]
     sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 1)]) if len(loops) > 1 else loops[0])
+
+
+def _inline_or_parallelize(sch: s_tir.Schedule, block) -> None:
+    """A producer of the reduction (the zero-point padding) is cheaper recomputed in the reduction's loads
+    (a select on a loop-invariant condition) than written to and re-read from an extra padded buffer."""
+    try:
+        sch.compute_inline(block)
+    except s_tir.ScheduleError:
+        _parallel_vectorize(sch, block)
 
 
 def _schedule_reduction(sch: s_tir.Schedule, red, epilogue) -> None:
@@ -92,6 +101,6 @@ class FusedIntegerKernel(dlight.ScheduleRule):
             sch.compute_inline(info.block_rv)
         epilogue = after[-1].block_rv if after else None
         for info in infos[: names.index(red.name)]:
-            _parallel_vectorize(sch, info.block_rv)
+            _inline_or_parallelize(sch, info.block_rv)
         _schedule_reduction(sch, red.block_rv, epilogue)
         return sch

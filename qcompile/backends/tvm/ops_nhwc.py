@@ -1,0 +1,107 @@
+"""TE definitions of the spatial integer ops in NHWC (see layout.py for why), one per fx target.
+
+Semantics are those of qcompile/quant/ops.py, only the activations are channels-last: the conv reads
+its weights as [kh, kw, cin/groups, cout], prepared once at lowering, so that the innermost output loop
+(over output channels) reads input pixels and weights with unit stride and vectorizes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import fx
+from tvm import relax, te, topi
+from tvm import tirx as tir
+
+from ...ir.rewrite import constant
+from .layout import Layouts, is_4d
+from .ops import _cast, _dtype, _i, _product16, tvm_dtype
+
+qc = torch.ops.qcompile
+
+HWIO = (2, 3, 1, 0)
+
+
+def _pad_nhwc(x, ph: int, pw: int, value):
+    return topi.nn.pad(x, [0, ph, pw, 0], [0, ph, pw, 0], pad_value=value, name="pad")
+
+
+def conv2d_nhwc(node, x, w_hwio, bias, x_zp, zp_folded, stride, padding, dilation, groups):
+    n, h, wd, _ = x.shape
+    kh, kw, cin_g, cout = w_hwio.shape
+    cout_g = cout // groups
+    xp = _pad_nhwc(x, padding[0], padding[1], tir.const(x_zp, _dtype(x)))
+    sub = 0 if zp_folded else x_zp
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, cin_g), "rc")
+
+    def body(b, y, xx, co):
+        ci = (co // cout_g) * cin_g + rc
+        pix = xp[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], ci]
+        return te.sum(_i(_product16(pix, sub, w_hwio[ry, rx, rc, co])), axis=[ry, rx, rc])
+
+    acc = te.compute((n, oh, ow, cout), body, name="conv2d_int")
+    if bias is None:
+        return acc
+    return te.compute(acc.shape, lambda b, y, xx, co: acc[b, y, xx, co] + bias[co], name="conv2d_bias")
+
+
+def avg_pool2d_nhwc(node, x, x_zp, kernel, stride, padding, ceil_mode):
+    if ceil_mode:
+        raise NotImplementedError("avg_pool2d with ceil_mode")
+    shifted = topi.subtract(_cast(x), x_zp)
+    padded = _pad_nhwc(shifted, padding[0], padding[1], 0)
+    n, h, w, c = padded.shape
+    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    ry, rx = te.reduce_axis((0, kernel[0]), "ry"), te.reduce_axis((0, kernel[1]), "rx")
+    return te.compute(
+        (n, oh, ow, c),
+        lambda b, y, xx, ch: te.sum(padded[b, y * stride[0] + ry, xx * stride[1] + rx, ch], axis=[ry, rx]),
+        name="avg_pool_sum",
+    )
+
+
+def max_pool2d_nhwc(node, x, kernel, stride, padding, dilation, ceil_mode):
+    pads = [padding[0], padding[1], padding[0], padding[1]]
+    return topi.nn.pool2d(x, kernel, stride, dilation, pads, "max", ceil_mode, "NHWC")
+
+
+def _conv_weight(gm: fx.GraphModule, w: fx.Node, env: dict) -> relax.Expr:
+    if w.op == "get_attr":
+        t = constant(gm, w).detach().permute(*HWIO).contiguous()
+        return relax.const(t.numpy(), tvm_dtype(t.dtype))
+    return relax.op.permute_dims(env[w], HWIO)
+
+
+@dataclass(frozen=True)
+class NhwcOp:
+    convert: Callable
+    # Arguments replaced before the converter sees them: argument position -> (gm, node, env) -> Relax value.
+    prepare: dict[int, Callable]
+
+
+NHWC_OPS: dict[object, NhwcOp] = {
+    qc.conv2d_int.default: NhwcOp(conv2d_nhwc, {1: _conv_weight}),
+    qc.avg_pool2d_int.default: NhwcOp(avg_pool2d_nhwc, {}),
+    qc.max_pool2d_int.default: NhwcOp(max_pool2d_nhwc, {}),
+}
+
+
+def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: Layouts) -> relax.Expr:
+    """The node's NHWC kernel; its first argument (the activation) is read channels-last."""
+    if not is_4d(node.args[0]):
+        raise NotImplementedError(f"{node.target} on a {node.args[0].meta['val'].ndim}-D input (only batched NCHW)")
+    op = NHWC_OPS[node.target]
+    prepared = {node.args[i]: fn(gm, node.args[i], layouts.env) for i, fn in op.prepare.items()}
+    inputs = node.all_input_nodes
+    values = [prepared[n] if n in prepared else layouts.get(n, n is node.args[0]) for n in inputs]
+
+    def build(*te_tensors):
+        lookup = dict(zip(inputs, te_tensors))
+        return op.convert(node, *fx.node.map_arg(node.args, lambda n: lookup[n]))
+
+    out = bb.emit_te(build, *values, primfunc_name_hint=node.name)
+    layouts.channels_last.add(node)
+    return out

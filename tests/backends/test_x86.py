@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 import qcompile
+from qcompile.backends.tvm.lower import to_relax
+from qcompile.backends.tvm.x86 import host_target
 from tests.models import ConvBnRelu, OpZoo, TinyResNet
 
 
@@ -68,6 +70,8 @@ def test_channels_last_values_reach_every_consumer_exactly():
     got, want = x86(probe), ref(probe)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+    kernels = {gv.name_hint for gv in to_relax(x86.graph_module, target=host_target()).get_global_vars()}
+    assert any(k.startswith("im2col") for k in kernels) and any(k.startswith("gemm_") for k in kernels)
 
 
 def test_resnet_and_op_zoo_bit_exact():

@@ -57,7 +57,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     isa = isa_for(target)
     shape = list(x_n.meta["val"].shape)
     rows = int(np.prod(shape[:-1])) if acc.target == qc.linear_int.default else shape[0] * shape[2] * shape[3]
-    tiling = isa.default_tiling(rows)  # short M (batch-1 linear) gets a short register tile
+    tiling = isa.default_tiling(rows, n, k)  # the cost model picks the register tile for this shape
     padded = -(-n // tiling.nr) * tiling.nr
     mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
     out_dtype = str(dtype).replace("torch.", "")

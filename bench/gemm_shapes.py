@@ -3,6 +3,7 @@ and the classifier linear), one row per shape and their sum.
 
     python bench/gemm_shapes.py                     # the kernel of this checkout
     python bench/gemm_shapes.py --baseline main     # side by side with x86_gemm.py as of a git revision
+    python bench/gemm_shapes.py --isa avx2 --mcpu znver3   # the AVX2 kernel, compiled for Zen 3
 
 Every kernel is built with the tiling the lowering would pick (`default_tiling(M)`) and timed on random
 full-range data; with --baseline the two kernels of a shape are timed interleaved in the same process,
@@ -37,6 +38,7 @@ SHAPES = [
     (49, 320, 1280), (1, 1280, 1000),
 ]
 REQUANT = x86_gemm.Requant(shift=38, out_zp=128)
+ISAS = {"avx2": "AVX2", "avx512-vnni": "AVX512_VNNI"}  # --isa -> the module attribute
 
 
 def module_at(rev: str):
@@ -62,10 +64,12 @@ def problem(m: int, k: int, n: int):
     return a, w, bias, mult
 
 
-def runner(module, m: int, k: int, n: int):
+def runner(module, m: int, k: int, n: int, isa: str | None, mcpu: str | None):
     """A zero-argument callable running the module's kernel once; checks it against the reference first."""
     a, w, bias, mult = problem(m, k, n)
-    kernel = module.build_gemm(m, w, bias, mult, module.Requant(**vars(REQUANT)))
+    target = module.host_target() | ({"mcpu": mcpu} if mcpu else {})
+    kernel = module.build_gemm(m, w, bias, mult, module.Requant(**vars(REQUANT)), target=target,
+                               isa=getattr(module, ISAS[isa]) if isa else None)
     out = torch.empty(m, n, dtype=torch.uint8)
     kernel.run(a, out)
     if not torch.equal(out, x86_gemm.reference_gemm(a, w, bias, mult, REQUANT)):
@@ -89,19 +93,21 @@ def main() -> None:
     parser.add_argument("--baseline", help="git revision whose x86_gemm.py to time alongside")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--sample-ms", type=float, default=5.0)
+    parser.add_argument("--isa", choices=sorted(ISAS), help="kernel ISA (default: the best the host has)")
+    parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's, e.g. znver3")
     args = parser.parse_args()
 
     modules = {"this": x86_gemm}
     if args.baseline:
         modules = {args.baseline: module_at(args.baseline), **modules}
-    print(f"target {x86_gemm.host_target()}, TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}, "
+    print(f"target {x86_gemm.host_target()}, isa {args.isa or 'host'}, mcpu {args.mcpu or 'host'}, TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}, "
           f"median of {args.rounds} interleaved rounds; load average {'%.2f %.2f %.2f' % os.getloadavg()}")
     names = list(modules)
     print(f"{'M':>6} {'K':>5} {'N':>5}  " + "  ".join(f"{name + ' us':>14} {'tile':>6}" for name in names)
           + ("  speed-up" if len(names) == 2 else ""))
     totals = dict.fromkeys(names, 0.0)
     for m, k, n in SHAPES:
-        built = {name: runner(module, m, k, n) for name, module in modules.items()}
+        built = {name: runner(module, m, k, n, args.isa, args.mcpu) for name, module in modules.items()}
         samples = {name: [] for name in names}
         for r in range(args.rounds):
             for name in names[r % 2:] + names[: r % 2]:

@@ -204,8 +204,9 @@ def _tile_cycles(isa: Isa, mr: int, nr: int, m: int, n: int, k: int, threads: in
 
 
 def _candidate_tiles(isa: Isa):
-    # At most registers - 4 accumulators: more made LLVM spill in the K loop.
-    for nv in range(1, isa.registers):
+    # At most registers - 4 accumulators: more made LLVM spill in the K loop. At most 3 weight vectors
+    # per k-group: wider tiles (2x128, 1x256, 3x32, ...) measured slower than the model says.
+    for nv in range(1, 4):
         for mr in range(1, (isa.registers - 4) // nv + 1):
             tiling = Tiling(mr, nv * isa.lanes)
             if mr * tiling.nr * 4 <= _STACK_BYTES:
@@ -232,7 +233,8 @@ def choose_tiling(isa: Isa, m: int, n: int, k: int, threads: int) -> Tiling:
     the most accumulators, then the fewest loads per k-group counting a weight vector (streamed from L2)
     as two broadcasts (A rows stay in L1), then the tallest. Measured: 6x16 beat 4x24 and 8x32 beat
     16x16 and 5x48."""
-    cycles = {t: _tile_cycles(isa, t.mr, t.nr, m, n, k, threads) for t in _candidate_tiles(isa)}
+    # A tile taller than M only recomputes the last row.
+    cycles = {t: _tile_cycles(isa, t.mr, t.nr, m, n, k, threads) for t in _candidate_tiles(isa) if t.mr <= max(m, 1)}
     fastest = min(cycles.values())
     best = max((t for t, c in cycles.items() if c <= 1.03 * fastest), key=lambda t: _preference(isa, t))
     return dataclasses.replace(best, panels=_panels_per_job(isa, best, m, n, k, threads))

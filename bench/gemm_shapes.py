@@ -4,10 +4,11 @@ and the classifier linear), one row per shape and their sum.
     python bench/gemm_shapes.py                     # the kernel of this checkout
     python bench/gemm_shapes.py --baseline main     # side by side with x86_gemm.py as of a git revision
     python bench/gemm_shapes.py --isa avx2 --mcpu znver3   # the AVX2 kernel, compiled for Zen 3
+    python bench/gemm_shapes.py --baseline main --stat min  # on a loaded machine
 
 Every kernel is built with the tiling the lowering would pick (`default_tiling(M)`) and timed on random
 full-range data; with --baseline the two kernels of a shape are timed interleaved in the same process,
-round by round in alternating order, and the table reports medians. The baseline module is loaded from
+round by round in alternating order, and the table reports medians (or minima, --stat min). The baseline module is loaded from
 `git show REV:qcompile/backends/tvm/x86_gemm.py`, so it must have the same public interface.
 """
 from __future__ import annotations
@@ -39,6 +40,8 @@ SHAPES = [
 ]
 REQUANT = x86_gemm.Requant(shift=38, out_zp=128)
 ISAS = {"avx2": "AVX2", "avx512-vnni": "AVX512_VNNI"}  # --isa -> the module attribute
+# min: the least disturbed sample, steadier than the median when other processes load the cores.
+STATS = {"median": statistics.median, "min": min}
 
 
 def module_at(rev: str):
@@ -95,13 +98,15 @@ def main() -> None:
     parser.add_argument("--sample-ms", type=float, default=5.0)
     parser.add_argument("--isa", choices=sorted(ISAS), help="kernel ISA (default: the best the host has)")
     parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's, e.g. znver3")
+    parser.add_argument("--stat", choices=sorted(STATS), default="median", help="per-shape statistic of the rounds")
     args = parser.parse_args()
 
     modules = {"this": x86_gemm}
     if args.baseline:
         modules = {args.baseline: module_at(args.baseline), **modules}
-    print(f"target {x86_gemm.host_target()}, isa {args.isa or 'host'}, mcpu {args.mcpu or 'host'}, TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}, "
-          f"median of {args.rounds} interleaved rounds; load average {'%.2f %.2f %.2f' % os.getloadavg()}")
+    print(f"target {x86_gemm.host_target()}, isa {args.isa or 'host'}, mcpu {args.mcpu or 'host'}, "
+          f"TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}, {args.stat} of {args.rounds} interleaved rounds; "
+          f"load average {'%.2f %.2f %.2f' % os.getloadavg()}")
     names = list(modules)
     print(f"{'M':>6} {'K':>5} {'N':>5}  " + "  ".join(f"{name + ' us':>14} {'tile':>6}" for name in names)
           + ("  speed-up" if len(names) == 2 else ""))
@@ -112,7 +117,7 @@ def main() -> None:
         for r in range(args.rounds):
             for name in names[r % 2:] + names[: r % 2]:
                 samples[name].append(sample(built[name][0], args.sample_ms * 1e-3))
-        med = {name: statistics.median(s) for name, s in samples.items()}
+        med = {name: STATS[args.stat](s) for name, s in samples.items()}
         for name in names:
             totals[name] += med[name]
         cells = "  ".join(f"{med[x] * 1e6:14.1f} {f'{built[x][1].mr}x{built[x][1].nr}':>6}" for x in names)

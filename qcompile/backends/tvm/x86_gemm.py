@@ -18,17 +18,20 @@ fbgemm linear really does return a clipped result then; its x86 qconfig uses 7-b
   On Zen 3 the register-tile loop alone (data in L1) runs as fast as fbgemm's whole 1024^3 GEMM; the
   full kernel loses ~5% to weight-panel refetches from L3 and ~5% to the epilogue (measured).
 - AVX512-VNNI: vpdpbusd (four u8*s8 products summed into s32 without intermediate saturation) is exact
-  and reads A in place. It is chosen from the target's CPU features; it compiles to a clean 8x48
-  vpdpbusd kernel but has never run: the machine this was written on is an AMD Zen 3 without AVX-512.
+  and reads A in place. It is chosen from the target's CPU features. On a 2-core Intel Xeon with
+  AVX512-VNNI it ran 1024^3 at 1.4x fbgemm's (AVX-512) int8 linear.
 
 Kernel shape (GotoBLAS-style register blocking):
 - W is packed as int32 "words" [N/NR, K/G, NR]: each word holds the G (2 for int16, 4 for int8) k-values
   of one output column, so one vector load is the weight operand of one vpmaddwd / vpdpbusd.
 - Each MR x NR output tile keeps MR * NR/L int32 accumulator vectors in registers over the whole K
   loop; per k-group it loads NR/L weight vectors, broadcasts one A word per row (vpbroadcastd) and
-  issues MR * NR/L dot products.
-- The tiles run in parallel; each row block visits a group of weight panels in turn, so the block's A
-  rows stay in L1 and the group's weight panels in L2, and each thread owns a slice of the weights.
+  issues MR * NR/L dot products. MR x NR is chosen per shape by a small cost model (choose_tiling):
+  padding rows and columns, loads per dot product, accumulator latency, the epilogue and the split
+  over threads; e.g. 6x16 / 4x24 (AVX2) and 8x32 / 16x16 / 5x48 (VNNI) for MobileNetV2's narrow GEMMs.
+- Jobs (a row block times a group of weight panels) run in parallel; the row block visits the group's
+  panels in turn, so its A rows stay in L1 and the group's weight panels in L2, and each thread owns a
+  slice of the weights.
 - The accumulators start from the bias, and the requantize epilogue runs on the register tile right
   after its K loop: the int32 accumulator matrix is never written to memory.
 
@@ -95,7 +98,7 @@ class Isa:
     group: int  # k-values per packed word (and per dot-product lane)
     a_dtype: str  # element type the inner loop reads A as
     registers: int
-    latency: int  # cycles from one accumulate into a register to the next (bounds the K loop with few accumulators)
+    latency: int  # cycles between two accumulates into one register (bounds a K loop with few accumulators)
     dot: Callable  # (acc int32xL, a_word int32, w_words int32xL) -> int32xL
 
     def default_tiling(self, m: int | None = None, n: int | None = None, k: int | None = None,

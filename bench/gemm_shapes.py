@@ -6,10 +6,11 @@ and the classifier linear), one row per shape and their sum.
     python bench/gemm_shapes.py --isa avx2 --mcpu znver3   # the AVX2 kernel, compiled for Zen 3
     python bench/gemm_shapes.py --baseline main --stat min  # on a loaded machine
 
-Every kernel is built with the tiling the lowering would pick (`default_tiling(M)`) and timed on random
-full-range data; with --baseline the two kernels of a shape are timed interleaved in the same process,
-round by round in alternating order, and the table reports medians (or minima, --stat min). The baseline module is loaded from
-`git show REV:qcompile/backends/tvm/x86_gemm.py`, so it must have the same public interface.
+Every kernel is built with the tiling build_gemm picks by default (the lowering's choice) and timed on
+random full-range data; with --baseline the two kernels of a shape are timed interleaved in the same
+process, round by round in alternating order, and the table reports medians (or minima, --stat min).
+The baseline module is loaded from `git show REV:qcompile/backends/tvm/x86_gemm.py`, so it must have the
+same build_gemm interface.
 """
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ SHAPES = [(1024, 1024, 1024), (256, 256, 1024), (3136, 144, 24), (196, 960, 160)
 # Odd sizes (N, K not multiples of the tile / word widths) for the exactness check.
 CHECK_SHAPES = [(1, 1, 1), (7, 33, 65), (13, 17, 31), (100, 129, 257), (3136, 144, 24), (196, 960, 160)]
 REQUANT = G.Requant(shift=38, out_zp=128, qmin=0, qmax=255)
+ISAS = {"avx2": G.AVX2, "avx512-vnni": G.AVX512_VNNI}
+FBGEMM_ISA = {"avx2": "AVX2"}  # fbgemm's FBGEMM_ENABLE_INSTRUCTIONS value for the same instruction set
 
 
 def random_problem(m: int, n: int, k: int, seed: int = 0):
@@ -75,11 +77,11 @@ def simd_summary(kernel: G.GemmKernel) -> str:
     return ", ".join(found) or "no SIMD dot-product instructions"
 
 
-def implementations(m: int, n: int, k: int, target: dict):
+def implementations(m: int, n: int, k: int, target: dict, isa: G.Isa):
     """name -> zero-argument callable; every callable writes/returns the full [M, N] result."""
     a, w, bias, mult = random_problem(m, n, k)
-    fused = G.build_gemm(m, w, bias, mult, REQUANT, target=target)
-    acc_only = G.build_gemm(m, w, bias, target=target)
+    fused = G.build_gemm(m, w, bias, mult, REQUANT, target=target, isa=isa)
+    acc_only = G.build_gemm(m, w, bias, target=target, isa=isa)
     out_u8 = torch.empty(m, n, dtype=torch.uint8)
     out_i32 = torch.empty(m, n, dtype=torch.int32)
 
@@ -132,21 +134,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--shapes", nargs="*", help="MxNxK, default: the four benchmark shapes")
     parser.add_argument("--no-check", action="store_true", help="skip the exactness check")
+    parser.add_argument("--isa", choices=sorted(ISAS), help="kernel ISA (default: the best the host has); "
+                        "avx2 also restricts fbgemm to its AVX2 kernels, for an AVX2-vs-AVX2 comparison")
+    parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's, e.g. znver3 "
+                        "(on a newer host, LLVM would otherwise fuse the AVX2 kernel's vpmaddwd + vpaddd into VNNI)")
     args = parser.parse_args()
+    if args.isa in FBGEMM_ISA:
+        # Read by fbgemm when it first picks its kernels, i.e. at the first quantized op below.
+        os.environ["FBGEMM_ENABLE_INSTRUCTIONS"] = FBGEMM_ISA[args.isa]
 
     # Same thread count for everyone: TVM's pool reads TVM_NUM_THREADS when it first starts.
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "fbgemm"
-    target = G.host_target()
+    target = G.host_target() | ({"mcpu": args.mcpu} if args.mcpu else {})
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
 
-    print(f"target {target}, kernel ISA {G.isa_for(target).name}, {args.threads} threads, "
+    isa = ISAS[args.isa] if args.isa else G.isa_for(target)
+    print(f"target {target}, kernel ISA {isa.name}, {args.threads} threads, "
           f"torch {torch.__version__}, median of {args.rounds} interleaved rounds, "
-          f"TVM_THREAD_POOL_SPIN_COUNT={os.environ['TVM_THREAD_POOL_SPIN_COUNT']}")
+          f"TVM_THREAD_POOL_SPIN_COUNT={os.environ['TVM_THREAD_POOL_SPIN_COUNT']}, "
+          f"FBGEMM_ENABLE_INSTRUCTIONS={os.environ.get('FBGEMM_ENABLE_INSTRUCTIONS', '(unset)')}")
     print("load average before: %.2f %.2f %.2f" % os.getloadavg())
     if not args.no_check:
-        isa = G.isa_for(target)
         check_exact(target, isa)
         if isa is not G.AVX512_VNNI:  # the VNNI kernel with vpdpbusd emulated: all but that instruction
             check_exact(target, G.AVX512_VNNI_EMULATED)
@@ -155,7 +165,7 @@ def main() -> None:
               f"{'speed vs fbgemm':>16}")
     rows = []
     for m, n, k in shapes:
-        impls, fused = implementations(m, n, k, target)
+        impls, fused = implementations(m, n, k, target, isa)
         if not rows:
             print(f"asm of the fused kernel: {simd_summary(fused)}")
         stats = time_interleaved(impls, args.rounds)

@@ -99,7 +99,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     isa = isa_for(target)
     rows = _rows(bb, acc, layouts)
     m = int(rows.ty.shape.values[0])
-    tiling = isa.default_tiling(m)  # short M (batch-1 linear) gets a short register tile
+    tiling = isa.default_tiling(m, n, k)  # the cost model picks the register tile for this shape
     padded = -(-n // tiling.nr) * tiling.nr
     mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
     out_dtype = str(dtype).replace("torch.", "")

@@ -1,0 +1,84 @@
+"""The hand-written x86 GEMM kernel (qcompile/backends/tvm/x86_gemm.py): bit-exact against the int64
+reference for every ISA this CPU can run, on odd shapes and the tiles the cost model picks."""
+import pytest
+import torch
+
+from qcompile.backends.tvm import x86_gemm as G
+
+# The AVX512-VNNI kernel with vpdpbusd spelled out runs on any AVX2 host; the real one where the CPU has it.
+RUNNABLE = [G.AVX2, G.AVX512_VNNI_EMULATED] + ([G.AVX512_VNNI] if G.host_supports(G.AVX512_VNNI) else [])
+REQUANTS = [None, G.Requant(shift=38, out_zp=128), G.Requant(shift=31, out_zp=3, qmin=2, qmax=250),
+            G.Requant(shift=62, out_zp=-5, qmin=-128, qmax=127, out_dtype="int8")]
+# M, N, K of MobileNetV2 GEMMs with small N / K / M: N=16 and 24 (narrow tiles), K=16, the classifier.
+MOBILENET = [(12544, 16, 32), (3136, 24, 96), (784, 192, 32), (49, 1280, 320), (1, 1000, 1280)]
+
+
+def problem(m, n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
+    w = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    a[0], w[0] = 255, -128  # the extreme products: a saturating inner product would show here
+    bias = torch.randint(-(2**20), 2**20, (n,), dtype=torch.int32, generator=g)
+    mult = torch.randint(2**20, 2**31 - 1, (n,), dtype=torch.int32, generator=g)
+    return a, w, bias, mult
+
+
+def assert_exact(kernel, a, w, bias, mult, requant, rows):
+    mult = None if requant is None else mult
+    for m in rows:
+        got, want = kernel(a[:m]), G.reference_gemm(a[:m], w, bias, mult, requant)
+        assert torch.equal(got, want), f"{kernel.isa.name} {kernel.tiling} M={m} requant={requant}"
+
+
+@pytest.mark.parametrize("isa", RUNNABLE, ids=lambda i: i.name)
+@pytest.mark.parametrize("requant", REQUANTS, ids=str)
+def test_odd_shapes_and_tiles_bit_exact(isa, requant):
+    # Ragged N and K, M not a multiple of mr, and tiles of every width the cost model may pick.
+    for (m, n, k), nv in [((13, 17, 31), 1), ((7, 33, 65), 2), ((29, 50, 9), 3)]:
+        a, w, bias, mult = problem(m, n, k, seed=m + n + k)
+        tiling = G.Tiling(mr=4, nr=nv * isa.lanes, panels=2)
+        kernel = G.build_gemm(m, w, bias, None if requant is None else mult, requant, isa=isa, tiling=tiling)
+        assert_exact(kernel, a, w, bias, mult, requant, rows=[1, 5, m])
+
+
+@pytest.mark.parametrize("isa", RUNNABLE, ids=lambda i: i.name)
+def test_mobilenet_shapes_with_chosen_tiles_bit_exact(isa):
+    requant = REQUANTS[1]
+    for m, n, k in MOBILENET:
+        a, w, bias, mult = problem(m, n, k, seed=n)
+        kernel = G.build_gemm(m, w, bias, mult, requant, isa=isa)
+        assert_exact(kernel, a, w, bias, mult, requant, rows=[m])
+
+
+@pytest.mark.parametrize("isa", [G.AVX2, G.AVX512_VNNI], ids=lambda i: i.name)
+def test_chosen_tiles_fit_the_shape(isa):
+    for m, n, k in MOBILENET:
+        tiling = isa.default_tiling(m, n, k, threads=2)
+        G.gemm_prim_func(n, k, None, isa, tiling)  # legal: registers, stack-sized accumulators
+        assert tiling.mr <= m
+    # A narrow N gets a tile no wider than N instead of computing padding columns.
+    assert isa.default_tiling(12544, 16, 32, threads=2).nr == 16
+    # A single row (the classifier) is parallelised over N: every thread gets several panels.
+    gemv = isa.default_tiling(1, 1000, 1280, threads=2)
+    assert gemv.mr == 1 and -(-1000 // gemv.nr) // gemv.panels >= 4 * 2
+
+
+def test_vnni_kernel_compiles_to_vpdpbusd():
+    a, w, bias, mult = problem(8, 40, 24)
+    target = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}
+    kernel = G.build_gemm(8, w, bias, mult, REQUANTS[1], target=target)
+    assert kernel.isa is G.AVX512_VNNI and "vpdpbusd" in kernel.assembly()
+
+
+@pytest.mark.parametrize("tiling, message", [
+    (G.Tiling(mr=6, nr=12), "multiple of 8 lanes"),
+    (G.Tiling(mr=8, nr=16), "more than 16 vector registers"),
+])
+def test_bad_avx2_tiles_are_refused(tiling, message):
+    with pytest.raises(ValueError, match=message):
+        G.gemm_prim_func(32, 32, None, G.AVX2, tiling)
+
+
+def test_vnni_tile_over_the_stack_limit_is_refused():
+    with pytest.raises(ValueError, match="1024 bytes of accumulators"):
+        G.gemm_prim_func(32, 32, None, G.AVX512_VNNI, G.Tiling(mr=8, nr=48))

@@ -12,7 +12,7 @@ def test_int8_accuracy_against_fp32(mobilenet, mobilenet_compiled):
     result = compare(logits(model, x, 20), logits(cm, x), labels, originals)
     print(result)
     assert result.agreement >= 0.95
-    assert result.top1_quant >= result.top1_float - 1 / 20 + 1e-6
+    assert result.top1_quant >= result.top1_float - 1 / 20 - 1e-6  # at most one photo below fp32
     assert result.top1_float >= 0.85  # the fp32 model and the photos are the real ones
 
 

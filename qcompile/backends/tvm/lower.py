@@ -12,7 +12,7 @@ from ...ir.printer import target_name
 from ...ir.rewrite import constant
 from . import gemm_lowering, ops_nhwc
 from .layout import FOLLOWERS, Layouts
-from .ops import CONVERTERS, tvm_dtype
+from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
 
 
 class LoweringError(NotImplementedError):
@@ -99,7 +99,7 @@ def to_relax(gm: fx.GraphModule, target=None):
                 elif node.op == "call_function" and node.target in ops_nhwc.NHWC_OPS:
                     env[node] = ops_nhwc.emit(bb, gm, node, layouts)
                 elif node.op == "call_function" and node.target in CONVERTERS:
-                    env[node] = _emit(bb, node, layouts)
+                    env[node] = _emit(bb, gm, node, layouts)
                 elif node.op == "call_function":
                     env[node] = floats.emit(bb, node, layouts.nchw_view())
                 elif node.op == "output":
@@ -109,18 +109,35 @@ def to_relax(gm: fx.GraphModule, target=None):
     return bb.get()
 
 
-def _emit(bb: relax.BlockBuilder, node: fx.Node, layouts: Layouts) -> relax.Expr:
+def _scalars_inlined(gm: fx.GraphModule, node: fx.Node) -> tuple:
+    """node.args with the one-element constants its converter wants as Python ints replaced by their value."""
+    args = list(node.args)
+    for i in SCALAR_CONSTANTS.get(node.target, ()):
+        if isinstance(args[i], fx.Node) and args[i].op == "get_attr" and constant(gm, args[i]).numel() == 1:
+            args[i] = int(constant(gm, args[i]))
+    return tuple(args)
+
+
+def _input_nodes(args) -> list[fx.Node]:
+    nodes: list[fx.Node] = []
+    fx.node.map_arg(args, nodes.append)
+    return list(dict.fromkeys(nodes))
+
+
+def _emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: Layouts) -> relax.Expr:
     """emit_te the node's converter: tensor arguments (also inside lists) go through emit_te as
     TE tensors, everything else (ints, lists of ints, dtypes) is passed to the converter as is.
     An element-wise op whose input is channels-last runs channels-last; any other op reads NCHW."""
     nhwc = layouts.follows_nhwc(node)
     activations = layouts.activation_nodes(node) if nhwc else set()
-    tensors = [layouts.get(n, n in activations) for n in node.all_input_nodes]
-    args = FOLLOWERS[node.target].in_layout(node.args) if nhwc else node.args
+    args = _scalars_inlined(gm, node)
+    inputs = _input_nodes(args)
+    tensors = [layouts.get(n, n in activations) for n in inputs]
+    args = FOLLOWERS[node.target].in_layout(args) if nhwc else args
     fn = CONVERTERS[node.target]
 
     def build(*te_tensors):
-        lookup = dict(zip(node.all_input_nodes, te_tensors))
+        lookup = dict(zip(inputs, te_tensors))
         return fn(node, *fx.node.map_arg(args, lambda n: lookup[n]))
 
     out = bb.emit_te(build, *tensors, primfunc_name_hint=node.name)

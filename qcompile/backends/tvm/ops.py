@@ -147,16 +147,39 @@ def _rounding_shift(v64, m, s):
     return tir.shift_right(v64 * m.astype("int64") + tir.shift_left(one, s64 - one), s64)
 
 
+def _high_word_requantize(acc32, m, shift: int):
+    """floor((acc * m + 2^(shift-1)) / 2^shift) for shift >= 32 without 64-bit shifts or clamps: take the
+    high dword of the 64-bit product (LLVM emits a 32x32->64 multiply and a shuffle), finish in int32.
+    floor(p / 2^s) == floor(floor(p / 2^32) / 2^(s - 32)), and for s >= 33 the rounding term 2^(s-1)
+    is a multiple of 2^32 that moves to the int32 side. |acc * m| <= 2^62, so |high| <= 2^30."""
+    rnd64, rnd32 = (1 << 31, 0) if shift == 32 else (0, 1 << (shift - 33))
+    prod = acc32.astype("int64") * m.astype("int64") + tir.const(rnd64, "int64")
+    high = tir.shift_right(prod, tir.const(32, "int64")).astype("int32")
+    return tir.shift_right(high + tir.const(rnd32, "int32"), tir.const(shift - 32, "int32"))
+
+
 @converter(qc.requantize_fixed.default)
 def _requantize_fixed(node, x, x_zp, mult, shift, axis, out_zp, qmin, qmax, dtype):
+    """`shift` is a Python int when the lowering found it constant (scalar_constants), else a tensor."""
     nd = len(x.shape)
+    if isinstance(shift, int) and shift >= 32 and x_zp == 0 and _dtype(x) == "int32" and abs(out_zp) < 2**29:
+        def body(*i):
+            y = _high_word_requantize(x(*i), _channel(mult, i, axis, nd), shift) + tir.const(out_zp, "int32")
+            return _clamp_cast(y, qmin, qmax, dtype)
+
+        return te.compute(x.shape, body, name="requantize")
 
     def body(*i):
+        s = tir.const(shift, "int64") if isinstance(shift, int) else _channel(shift, i, axis, nd)
         v = x(*i).astype("int64") - tir.const(x_zp, "int64")
-        y = _rounding_shift(v, _channel(mult, i, axis, nd), _channel(shift, i, axis, nd)) + tir.const(out_zp, "int64")
+        y = _rounding_shift(v, _channel(mult, i, axis, nd), s) + tir.const(out_zp, "int64")
         return _clamp_cast(y, qmin, qmax, dtype)
 
     return te.compute(x.shape, body, name="requantize")
+
+
+# Arguments a converter takes as a Python int when the graph holds them as one-element constants.
+SCALAR_CONSTANTS = {qc.requantize_fixed.default: (3,)}
 
 
 @converter(qc.add_fixed.default)

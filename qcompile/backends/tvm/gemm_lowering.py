@@ -6,15 +6,19 @@ pixel-major rows; the two transposes cost O(pixels x channels), the GEMM O(pixel
 """
 from __future__ import annotations
 
-import numpy as np
+import functools
+import operator
+
 import torch
+import tvm
 from torch import fx
-from tvm import relax
+from tvm import relax, tirx
 
 from ...ir.rewrite import constant
 from .x86_gemm import Requant, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
+_ANALYZER = tvm.sym.Analyzer()
 
 
 def _args(node: fx.Node, *names):
@@ -48,6 +52,12 @@ def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
     return pairs
 
 
+def _rows(acc: fx.Node, shape: list):
+    """GEMM rows: every position but the channel (last for linear, dim 1 of NCHW for conv)."""
+    outer = shape[:-1] if acc.target == qc.linear_int.default else [shape[0], *shape[2:]]
+    return _ANALYZER.simplify(functools.reduce(operator.mul, outer))
+
+
 def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, env: dict, target) -> relax.Expr:
     _, _, mult_n, shift_n, _axis, out_zp, qmin, qmax, dtype = rq.args
     x_n, w_n, bias_n = acc.args[:3]
@@ -55,9 +65,10 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     w2 = w.reshape(w.shape[0], -1).numpy()
     n, k = w2.shape
     isa = isa_for(target)
-    shape = list(x_n.meta["val"].shape)
-    rows = int(np.prod(shape[:-1])) if acc.target == qc.linear_int.default else shape[0] * shape[2] * shape[3]
-    tiling = isa.default_tiling(rows)  # short M (batch-1 linear) gets a short register tile
+    x = env[x_n]
+    shape = list(x.ty.shape)  # symbolic where the module has dynamic dims; the kernel takes any M
+    rows = _rows(acc, shape)
+    tiling = isa.default_tiling(int(rows) if isinstance(rows, tirx.IntImm) else None)  # short M gets a short tile
     padded = -(-n // tiling.nr) * tiling.nr
     mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
     out_dtype = str(dtype).replace("torch.", "")
@@ -71,7 +82,6 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
         relax.const(pad_channels(constant(gm, bias_n).numpy(), padded), "int32"),
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
-    x = env[x_n]
     if acc.target == qc.conv2d_int.default:
         b, c, h, wd = shape
         pixels = bb.emit(relax.op.reshape(relax.op.permute_dims(x, [0, 2, 3, 1]), (rows, c)))

@@ -52,6 +52,22 @@ class CompiledModel:
             )
             if not fits or got["dtype"] != w["dtype"]:
                 raise ValueError(f"input {i}: expected {self._describe([w])}, got {self._describe([got])}")
+        self._check_free_dims(flat)
+
+    def _check_free_dims(self, flat: list) -> None:
+        """Sizes of dynamic dims within the ranges declared in dynamic_shapes, and equal where they share
+        a symbol: what torch.export's own guards check, and what a compiled backend relies on."""
+        seen: dict[str, tuple[int, int, int]] = {}
+        for i, (t, w) in enumerate(zip(flat, self._signature)):
+            for axis, expr, lo, hi in w.get("free", []):  # artifacts saved before "free" existed have none
+                size = t.shape[axis]
+                if size < lo or (hi is not None and size > hi):
+                    raise ValueError(f"input {i}: dimension {axis} is {size}, outside the range "
+                                     f"[{lo}, {'inf' if hi is None else hi}] declared in dynamic_shapes")
+                j, other_axis, other = seen.setdefault(expr, (i, axis, size))
+                if other != size:
+                    raise ValueError(f"input {i}: dimension {axis} is {size} but input {j} dimension {other_axis} "
+                                     f"is {other}; dynamic_shapes declares them the same size")
 
     @staticmethod
     def _describe(sig: list[dict]) -> str:

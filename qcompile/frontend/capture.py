@@ -25,13 +25,32 @@ class Captured:
     signature: list[dict]  # per flat input: {"shape": [int or None (dynamic)], "dtype": str}
 
 
+def record_input_dims(gm: fx.GraphModule, declared: dict) -> None:
+    """Keep each placeholder's symbolic shape (meta.input_dims) before shapes are made concrete.
+    `declared`: torch.export's range_constraints (sympy expression -> the user's range), when known."""
+    for node in gm.graph.find_nodes(op="placeholder"):
+        shape = node.meta["val"].shape
+        meta.set_input_dims(node, [d if isinstance(d, int) else _free_dim(d, declared) for d in shape])
+
+
+def _free_dim(size: torch.SymInt, declared: dict) -> meta.FreeDim:
+    expr = size.node.expr
+    rng = declared.get(expr) or size.node.shape_env.bound_sympy(expr)
+    return meta.FreeDim(expr, int(rng.lower), int(rng.upper) if rng.upper.is_finite else None)
+
+
 def input_signature(gm: fx.GraphModule) -> list[dict]:
-    """Shapes and dtypes the graph accepts, read before shapes are made concrete; symbolic dims -> None."""
+    """Shapes and dtypes the graph accepts; symbolic dims -> None in "shape", and [axis, expr, min, max]
+    in "free" (dims with the same expr must agree)."""
     sig = []
     for node in gm.graph.find_nodes(op="placeholder"):
-        v = node.meta["val"]
-        shape = [d if isinstance(d, int) else None for d in v.shape]
-        sig.append({"shape": shape, "dtype": str(v.dtype).replace("torch.", "")})
+        dims = meta.input_dims(node)
+        free = [[axis, str(d.expr), d.min, d.max] for axis, d in enumerate(dims) if isinstance(d, meta.FreeDim)]
+        sig.append({
+            "shape": [d if isinstance(d, int) else None for d in dims],
+            "dtype": str(node.meta["val"].dtype).replace("torch.", ""),
+            "free": free,
+        })
     return sig
 
 
@@ -98,6 +117,7 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
         gm = copy.deepcopy(model)  # never modify the user's graph
         in_spec, out_spec = _strip_pytree_codegen(gm)
         normalize(gm)
+        record_input_dims(gm, {})
         return Captured(gm, in_spec, out_spec, input_signature(gm))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -116,5 +136,6 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
     gm = ep.module()
     in_spec, out_spec = _strip_pytree_codegen(gm)
     normalize(gm)
+    record_input_dims(gm, ep.range_constraints)
     return Captured(gm, in_spec, out_spec, input_signature(gm))
 

@@ -21,6 +21,7 @@ _SOURCE = "qc_source"  # Source: where in the user's code this node comes from
 _ORIGIN = "qc_origin"  # str: name of the float-graph node whose value this node represents
 _CREATED = "qc_created_by"  # str: the pass that created this node
 _LAYER = "qc_layer"  # LayerInfo: what the report shows for an integer layer
+_INPUT_DIMS = "qc_input_dims"  # tuple[int | FreeDim]: a placeholder's shape as torch.export declared it
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,26 @@ class LayerInfo:
     kind: str
     bits: int
     weight_bytes: int
+
+
+@dataclass(frozen=True)
+class FreeDim:
+    """A dimension torch.export left symbolic: its size as a sympy expression of the export's symbols
+    (e.g. s27 or 2*s17) and the range the user declared for it."""
+
+    expr: object  # sympy.Expr
+    min: int
+    max: int | None  # None: unbounded
+
+
+def input_dims(node: fx.Node) -> tuple | None:
+    """The placeholder's shape as captured (ints and FreeDims); later shape propagation only sees the
+    example's sizes."""
+    return node.meta.get(_INPUT_DIMS)
+
+
+def set_input_dims(node: fx.Node, dims: tuple) -> None:
+    node.meta[_INPUT_DIMS] = tuple(dims)
 
 
 def qspec(node: fx.Node) -> QSpec | None:

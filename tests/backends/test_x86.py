@@ -1,4 +1,5 @@
 """target="x86": TVM-built kernels must match the reference backend exactly."""
+import copy
 import subprocess
 import sys
 
@@ -125,8 +126,76 @@ def test_minilm_bit_exact(minilm):
         assert torch.equal(x86(*bt), ref(*bt))
 
 
-def test_dynamic_shapes_are_refused_with_a_clear_error():
-    x = torch.randn(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="dynamic_shapes is supported by target='reference'"):
-        qcompile.compile(ConvBnRelu().eval(), (x,), target="x86", calibration=[x],
-                         dynamic_shapes={"x": {0: torch.export.Dim("b")}})
+def _symbolic_dims(cm) -> list[str]:
+    """Names of the symbolic dims in the Relax main's parameters that `cm`'s integer graph lowers to."""
+    from tvm import tirx
+
+    from qcompile.backends.tvm.lower import to_relax
+
+    params = to_relax(cm.graph_module)["main"].params
+    return [d.name for p in params for d in p.ty.shape.values if isinstance(d, tirx.Var)]
+
+
+def _build_static(cm, *inputs):
+    """cm's integer graph built by the x86 backend for the inputs' exact shapes."""
+    from qcompile.backends.tvm.x86 import X86Backend
+    from qcompile.ir import meta
+
+    gm = copy.deepcopy(cm.graph_module)
+    for p, x in zip(gm.graph.find_nodes(op="placeholder"), inputs):
+        meta.set_input_dims(p, list(x.shape))
+    return X86Backend().build(gm)
+
+
+def _sentences(batch, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2:] = 0  # a padded sentence in each batch
+    return ids, mask
+
+
+def test_minilm_with_dynamic_batch_and_length_is_compiled_once(minilm, tmp_path):
+    emb, batches = minilm
+    dims = {0: torch.export.Dim("batch", min=1, max=8), 1: torch.export.Dim("length", min=2, max=64)}
+    kwargs = dict(calibration=batches[1:], dynamic_shapes={"ids": dims, "mask": dims}, progress=False)
+    ref = qcompile.compile(emb, batches[0], target="reference", **kwargs)
+    x86 = qcompile.compile(emb, batches[0], target="x86", **kwargs)
+    assert len(set(_symbolic_dims(x86))) == 2  # batch and length: one Var each, shared by ids and mask
+    for bt in batches:
+        assert torch.equal(x86(*bt), ref(*bt))
+    shapes = [(1, 5), (2, 17), (3, 64)]
+    outs = [x86(*_sentences(b, n, i)) for i, (b, n) in enumerate(shapes)]
+    for i, ((b, n), out) in enumerate(zip(shapes, outs)):
+        x = _sentences(b, n, i)
+        # Bit-exact with a module built for this very shape; against PyTorch the float islands
+        # (layer_norm, softmax, the mean pooling) round in a different order at some lengths.
+        assert torch.equal(out, _build_static(x86, *x)(*x)[0])
+        assert torch.nn.functional.cosine_similarity(out, ref(*x)).min() > 0.99  # same model
+    with pytest.raises(ValueError, match=r"dimension 1 is 65, outside the range \[2, 64\]"):
+        x86(*_sentences(1, 65, 0))
+    with pytest.raises(ValueError, match="dynamic_shapes declares them the same size"):
+        x86(_sentences(1, 6, 0)[0], _sentences(1, 7, 0)[1])
+
+    x86.save(tmp_path / "minilm")
+    loaded = qcompile.load(tmp_path / "minilm")
+    for i, ((b, n), out) in enumerate(zip(shapes, outs)):
+        assert torch.equal(loaded(*_sentences(b, n, i)), out)
+    with pytest.raises(ValueError, match="outside the range"):
+        loaded(*_sentences(9, 8, 0))
+
+
+def test_conv_model_with_dynamic_batch_bit_exact():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(4, 3, 32, 32)
+    kwargs = dict(calibration=[torch.randn(4, 3, 32, 32) for _ in range(2)],
+                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=16)}}, progress=False)
+    ref = qcompile.compile(model, (x,), target="reference", **kwargs)
+    x86 = qcompile.compile(model, (x,), target="x86", **kwargs)
+    assert len(_symbolic_dims(x86)) == 1
+    for batch in (1, 3, 16):
+        probe = torch.randn(batch, 3, 32, 32)
+        assert torch.equal(x86(probe), ref(probe))
+    with pytest.raises(ValueError, match=r"dimension 0 is 17, outside the range \[1, 16\]"):
+        x86(torch.randn(17, 3, 32, 32))

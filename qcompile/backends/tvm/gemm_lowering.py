@@ -9,8 +9,12 @@ output rows are the channels-last result.
 """
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 import torch
+import tvm
 from torch import fx
 from tvm import relax, te
 from tvm import tirx as tir
@@ -20,6 +24,7 @@ from .layout import Layouts
 from .x86_gemm import Requant, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
+_ANALYZER = tvm.sym.Analyzer()
 
 
 def _args(node: fx.Node, *names):
@@ -54,12 +59,23 @@ def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
     return pairs
 
 
+def _product(sizes):
+    return _ANALYZER.simplify(functools.reduce(operator.mul, sizes))
+
+
+def _conv_out_hw(conv: fx.Node, h, w):
+    _, _, _, _, _, stride, padding, dilation, _ = conv.args
+    kh, kw = conv.args[1].meta["val"].shape[2:]
+    return ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+            (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+
+
 def _im2col(x: te.Tensor, conv: fx.Node) -> te.Tensor:
     """[pixels, kh * kw * cin] rows of an NHWC input; outside the image every tap reads the zero point."""
     _, _, _, x_zp, _, stride, padding, dilation, _ = conv.args
     kh, kw = conv.args[1].meta["val"].shape[2:]
-    n, h, w, c = (int(d) for d in x.shape)
-    _, _, oh, ow = conv.meta["val"].shape
+    n, h, w, c = x.shape
+    oh, ow = _conv_out_hw(conv, h, w)
 
     def body(r, k):
         b, y, xx = r // (oh * ow), r % (oh * ow) // ow, r % ow
@@ -71,16 +87,21 @@ def _im2col(x: te.Tensor, conv: fx.Node) -> te.Tensor:
     return te.compute((n * oh * ow, kh * kw * c), body, name="im2col")
 
 
-def _rows(bb: relax.BlockBuilder, acc: fx.Node, layouts: Layouts) -> relax.Expr:
-    """The GEMM's left operand: one row per output element (linear) or output pixel (conv)."""
+def _rows(bb: relax.BlockBuilder, acc: fx.Node, layouts: Layouts) -> tuple[relax.Expr, list]:
+    """The GEMM's left operand (one row per output element of a linear, per output pixel of a conv) and
+    the result's shape without its channel dim; sizes are symbolic where the module has free dims."""
     x_n = acc.args[0]
-    shape = list(x_n.meta["val"].shape)
     if acc.target == qc.linear_int.default:
-        return bb.emit(relax.op.reshape(layouts.get(x_n, False), (int(np.prod(shape[:-1])), shape[-1])))
+        x = layouts.get(x_n, False)
+        *outer, k = x.ty.shape.values
+        return bb.emit(relax.op.reshape(x, (_product(outer), k))), outer
     x = layouts.get(x_n, True)
+    b, h, w, c = x.ty.shape.values
     if _is_pointwise(acc):
-        return bb.emit(relax.op.reshape(x, (shape[0] * shape[2] * shape[3], shape[1])))
-    return bb.emit_te(lambda t: _im2col(t, acc), x, primfunc_name_hint=f"im2col_{acc.name}")
+        return bb.emit(relax.op.reshape(x, (_product([b, h, w]), c))), [b, h, w]
+    oh, ow = _conv_out_hw(acc, h, w)
+    cols = bb.emit_te(lambda t: _im2col(t, acc), x, primfunc_name_hint=f"im2col_{acc.name}")
+    return cols, [b, _ANALYZER.simplify(oh), _ANALYZER.simplify(ow)]
 
 
 def _weight_matrix(gm: fx.GraphModule, acc: fx.Node) -> np.ndarray:
@@ -97,9 +118,10 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     w2 = _weight_matrix(gm, acc)
     n, k = w2.shape
     isa = isa_for(target)
-    rows = _rows(bb, acc, layouts)
-    m = int(rows.ty.shape.values[0])
-    tiling = isa.default_tiling(m, n, k)  # the cost model picks the register tile for this shape
+    rows, outer = _rows(bb, acc, layouts)
+    m = rows.ty.shape.values[0]
+    # The cost model picks the register tile for this shape (for free M: for any M).
+    tiling = isa.default_tiling(int(m) if isinstance(m, tir.IntImm) else None, n, k)
     padded = -(-n // tiling.nr) * tiling.nr
     mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
     out_dtype = str(dtype).replace("torch.", "")
@@ -114,8 +136,6 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
     out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)))
-    out_shape = list(rq.meta["val"].shape)
     if acc.target == qc.conv2d_int.default:
         layouts.channels_last.add(rq)
-        out_shape = [out_shape[0], out_shape[2], out_shape[3], n]
-    return bb.emit(relax.op.reshape(out, out_shape))
+    return bb.emit(relax.op.reshape(out, (*outer, n)))

@@ -1,17 +1,23 @@
 """Lower qcompile's integer fx graph to a Relax module whose ops are TE-defined TIR functions."""
 from __future__ import annotations
 
+import functools
 import operator
 from collections import ChainMap
 
+import sympy
 import torch
+import tvm
+import tvm_ffi
 from torch import fx
-from tvm import relax
+from torch.utils._sympy.functions import FloorDiv
+from tvm import relax, tirx
 
+from ...ir import meta
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
 from . import gemm_lowering, ops_nhwc
-from .layout import FOLLOWERS, Layouts
+from .layout import FOLLOWERS, Layouts, nhwc_axis
 from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
 
 
@@ -19,8 +25,69 @@ class LoweringError(NotImplementedError):
     """An op of the integer graph has no TVM lowering yet."""
 
 
-def _shape(node: fx.Node) -> list:
-    return list(node.meta["val"].shape)
+# sympy node type -> how its (translated) arguments combine: what torch.export writes for sizes derived
+# from its symbols (`2*s0`, `s0 + 1`, `s0 // 2`).
+_SYMPY_OPS = {sympy.Add: operator.add, sympy.Mul: operator.mul, FloorDiv: tirx.floordiv}
+
+
+class _Symbols:
+    """torch.export's shape symbols as int64 TIR variables, one per symbol, so that Relax shape inference
+    carries the free dimensions from the inputs through every op."""
+
+    def __init__(self):
+        self.vars: dict[str, tirx.Var] = {}
+        self.ranges: dict[str, tuple[int, int | None]] = {}
+        self.analyzer = tvm.sym.Analyzer()
+
+    def shape(self, placeholder: fx.Node) -> list:
+        dims = meta.input_dims(placeholder)
+        if dims is None:  # a graph that did not come through capture: the example's shape
+            return list(placeholder.meta["val"].shape)
+        return [d if isinstance(d, int) else self._free(d) for d in dims]
+
+    def _free(self, d: meta.FreeDim):
+        size = self._prim(d.expr)
+        if d.expr.is_Symbol:
+            self.ranges[str(d.expr)] = (d.min, d.max)
+            hi = d.max if d.max is not None else tvm.sym.ConstIntBound.POS_INF
+            self.analyzer.update(size, tvm.sym.ConstIntBound(d.min, hi), override=True)
+        return size
+
+    def _prim(self, expr):
+        if expr.is_Integer:
+            return tirx.IntImm("int64", int(expr))
+        if expr.is_Symbol:
+            return self.vars.setdefault(str(expr), tirx.Var(str(expr), "int64"))
+        combine = _SYMPY_OPS.get(type(expr))
+        if combine is None:
+            raise LoweringError(f"the TVM backend cannot express the dynamic size {expr} "
+                                "(sums, products and floor divisions of the export's symbols only)")
+        return functools.reduce(combine, [self._prim(a) for a in expr.args])
+
+    def bounds(self) -> dict:
+        """Function attributes with the declared ranges: Relax plans memory for the largest sizes."""
+        attrs = {}
+        if self.ranges:
+            attrs["tir_var_lower_bound"] = {name: lo for name, (lo, _) in self.ranges.items()}
+        upper = {name: hi for name, (_, hi) in self.ranges.items() if hi is not None}
+        if upper:
+            attrs["tir_var_upper_bound"] = upper
+        return attrs
+
+
+    def tighten(self, bb: relax.BlockBuilder, value):
+        """The value with its shape simplified under the declared ranges. TVM's importer gives a slice
+        up to s27 of a 512-long buffer the length min(s27, 512); torch.export proved s27 <= 512 (it is
+        in the ranges), and without that Relax cannot broadcast the slice against s27-long tensors."""
+        ty = getattr(value, "ty", None)
+        if not isinstance(ty, relax.TensorType) or not isinstance(ty.shape, relax.ShapeExpr):
+            return value
+        dims = [self.analyzer.simplify(d) for d in ty.shape.values]
+        if tvm_ffi.structural_equal(dims, list(ty.shape.values)):
+            return value
+        # A reshape (a free view), not a match_cast: Relax would read the match_cast as a definition of
+        # s27 in terms of itself, and CanonicalizeTIRVariables recurses forever.
+        return bb.emit(relax.op.reshape(value, relax.ShapeExpr(dims)))
 
 
 def _const(t: torch.Tensor) -> relax.Expr:
@@ -59,6 +126,16 @@ def _additive_attention_mask(bb: relax.BlockBuilder, node: fx.Node, env):
 _ADAPTERS = {torch.ops.aten.scaled_dot_product_attention.default: _additive_attention_mask}
 
 
+def _sym_size(node: fx.Node, layouts: Layouts):
+    """A size read off the tensor's Relax shape: a TIR expression of the module's shape variables, or a
+    constant (TVM's importer would turn a static size into a tensor, which shape arguments reject)."""
+    x, dim = node.args
+    return layouts.env[x].ty.shape[nhwc_axis(dim) if layouts.is_nhwc(x) else dim]
+
+
+_SIZES = {torch.ops.aten.sym_size.int: _sym_size}
+
+
 def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     return sorted({
         target_name(n) for n in gm.graph.nodes
@@ -79,15 +156,15 @@ def to_relax(gm: fx.GraphModule, target=None):
         raise LoweringError(f"the TVM backend cannot lower {', '.join(missing)} yet")
     bb = relax.BlockBuilder()
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    params = []
-    for p in placeholders:
-        shape = _shape(p)
-        params.append(relax.Var(p.name, relax.TensorType(shape, tvm_dtype(p.meta["val"].dtype))))
+    symbols = _Symbols()
+    params = [
+        relax.Var(p.name, relax.TensorType(symbols.shape(p), tvm_dtype(p.meta["val"].dtype))) for p in placeholders
+    ]
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
     layouts = Layouts(bb, env)
     gemms = gemm_lowering.plan(gm) if target is not None else {}
     absorbed = set(gemms.values())
-    with bb.function("main", params):
+    with bb.function("main", params, attrs=symbols.bounds()):
         with bb.dataflow():
             for node in gm.graph.nodes:
                 if node.op == "get_attr":
@@ -96,12 +173,14 @@ def to_relax(gm: fx.GraphModule, target=None):
                     continue  # emitted together with its requantize
                 elif node in gemms:
                     env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], layouts, target)
+                elif node.target in _SIZES:
+                    env[node] = _SIZES[node.target](node, layouts)
                 elif node.op == "call_function" and node.target in ops_nhwc.NHWC_OPS:
                     env[node] = ops_nhwc.emit(bb, gm, node, layouts)
                 elif node.op == "call_function" and node.target in CONVERTERS:
                     env[node] = _emit(bb, gm, node, layouts)
                 elif node.op == "call_function":
-                    env[node] = floats.emit(bb, node, layouts.nchw_view())
+                    env[node] = symbols.tighten(bb, floats.emit(bb, node, layouts.nchw_view()))
                 elif node.op == "output":
                     outs = [layouts.get(a, False) for a in node.args[0]]
                     result = bb.emit_output(relax.Tuple(outs))
@@ -126,7 +205,8 @@ def _input_nodes(args) -> list[fx.Node]:
 
 def _emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: Layouts) -> relax.Expr:
     """emit_te the node's converter: tensor arguments (also inside lists) go through emit_te as
-    TE tensors, everything else (ints, lists of ints, dtypes) is passed to the converter as is.
+    TE tensors, symbolic sizes as TIR expressions (also through emit_te, which renames the shape
+    variables inside the kernel), everything else (ints, lists of ints, dtypes) as is.
     An element-wise op whose input is channels-last runs channels-last; any other op reads NCHW."""
     nhwc = layouts.follows_nhwc(node)
     activations = layouts.activation_nodes(node) if nhwc else set()

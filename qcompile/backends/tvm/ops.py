@@ -6,9 +6,12 @@ requantization in int64 with round-half-up shifts, quantize rounding half to eve
 """
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Callable
 
 import torch
+import tvm
 from tvm import te, topi
 from tvm import tirx as tir
 
@@ -16,6 +19,7 @@ qc = torch.ops.qcompile
 aten = torch.ops.aten
 
 CONVERTERS: dict[object, Callable] = {}
+_SIMPLIFY = tvm.sym.Analyzer()
 
 
 def converter(*targets):
@@ -199,13 +203,27 @@ def _lut(node, x, table, qmin_in):
 
 
 # ------------------------------------------------------------------ data movement on integer tensors
-def _out_shape(node) -> list[int]:
-    return list(node.meta["val"].shape)
+# Output sizes come from the op's arguments and the input's TE shape, never from node.meta (the example's
+# sizes): with dynamic_shapes they are expressions of the module's symbolic dims.
+def _product(sizes):
+    return functools.reduce(operator.mul, sizes, tir.const(1, "int64"))
 
 
-@converter(aten.flatten.using_ints, aten.view.default, aten.reshape.default)
-def _reshape(node, x, *rest):
-    return topi.reshape(x, _out_shape(node))
+@converter(aten.view.default, aten.reshape.default)
+def _reshape(node, x, shape):
+    shape = list(shape)
+    wild = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
+    if wild:
+        known = _product(d for i, d in enumerate(shape) if i != wild[0])
+        shape[wild[0]] = _SIMPLIFY.simplify(tir.floordiv(_product(x.shape), known))
+    return topi.reshape(x, shape)
+
+
+@converter(aten.flatten.using_ints)
+def _flatten(node, x, start=0, end=-1):
+    dims = list(x.shape)
+    s, e = start % len(dims), end % len(dims)
+    return topi.reshape(x, [*dims[:s], _SIMPLIFY.simplify(_product(dims[s:e + 1])), *dims[e + 1:]])
 
 
 @converter(aten.to.device, aten.to.dtype, aten._to_copy.default)

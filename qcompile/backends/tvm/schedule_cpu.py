@@ -68,10 +68,16 @@ def _schedule_reduction(sch: s_tir.Schedule, red, epilogue) -> None:
     sch.parallel(par)
     sch.vectorize(wi)  # before decompose_reduction: afterwards the update block has no init and cannot be checked
     sch.decompose_reduction(red, reduce[0])
-    if epilogue is not None:
+    if epilogue is None:
+        return
+    try:
         sch.reverse_compute_at(epilogue, wo)
-        eloops = sch.get_loops(epilogue)
-        sch.vectorize(eloops[-1])
+    except s_tir.ScheduleError:
+        # With symbolic extents TVM cannot always prove the tile's producers cover the epilogue's
+        # reads; the epilogue then runs as its own element-wise pass over the accumulator.
+        _parallel_vectorize(sch, epilogue)
+        return
+    sch.vectorize(sch.get_loops(epilogue)[-1])
 
 
 class FusedIntegerKernel(dlight.ScheduleRule):

@@ -58,7 +58,7 @@ class TVMRunner:
 
 class X86Backend:
     name = "x86"
-    supports_dynamic_shapes = False  # the TVM module is built for the example shapes (for now)
+    supports_dynamic_shapes = True  # dims that torch.export leaves free stay symbolic in the module
 
     def __init__(self, target: tvm.target.Target | None = None):
         self.target = target or host_target()

@@ -90,3 +90,5 @@ def test_dynamic_batch_dimension_stays_free_and_exact():
     assert torch.equal(whole, singles)  # integer arithmetic: no batch-size-dependent rounding
     with pytest.raises(ValueError, match=r"expected float32\[\*, 3, 32, 32\], got float32\[2, 3, 16, 16\]"):
         cm(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"dimension 0 is 65, outside the range \[1, 64\] declared in dynamic_shapes"):
+        cm(torch.randn(65, 3, 32, 32))  # what torch.export's own guards would refuse

@@ -74,7 +74,6 @@ class _Symbols:
             attrs["tir_var_upper_bound"] = upper
         return attrs
 
-
     def tighten(self, bb: relax.BlockBuilder, value):
         """The value with its shape simplified under the declared ranges. TVM's importer gives a slice
         up to s27 of a 512-long buffer the length min(s27, 512); torch.export proved s27 <= 512 (it is

@@ -12,6 +12,7 @@ from torch import fx
 from tvm import relax
 
 from ...ir.rewrite import constant
+from .var_names import var_name
 from .x86_gemm import Requant, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
@@ -74,9 +75,9 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     x = env[x_n]
     if acc.target == qc.conv2d_int.default:
         b, c, h, wd = shape
-        pixels = bb.emit(relax.op.reshape(relax.op.permute_dims(x, [0, 2, 3, 1]), (rows, c)))
-        out = bb.emit(relax.call_tir(gv, [pixels, *consts], relax.TensorType((rows, n), out_dtype)))
-        return bb.emit(relax.op.permute_dims(relax.op.reshape(out, (b, h, wd, n)), [0, 3, 1, 2]))
-    flat = bb.emit(relax.op.reshape(x, (rows, k)))
-    out = bb.emit(relax.call_tir(gv, [flat, *consts], relax.TensorType((rows, n), out_dtype)))
-    return bb.emit(relax.op.reshape(out, (*shape[:-1], n)))
+        pixels = bb.emit(relax.op.reshape(relax.op.permute_dims(x, [0, 2, 3, 1]), (rows, c)), var_name(acc))
+        out = bb.emit(relax.call_tir(gv, [pixels, *consts], relax.TensorType((rows, n), out_dtype)), var_name(rq))
+        return bb.emit(relax.op.permute_dims(relax.op.reshape(out, (b, h, wd, n)), [0, 3, 1, 2]), var_name(rq))
+    flat = bb.emit(relax.op.reshape(x, (rows, k)), var_name(acc))
+    out = bb.emit(relax.call_tir(gv, [flat, *consts], relax.TensorType((rows, n), out_dtype)), var_name(rq))
+    return bb.emit(relax.op.reshape(out, (*shape[:-1], n)), var_name(rq))

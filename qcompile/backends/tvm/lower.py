@@ -11,6 +11,7 @@ from ...ir.printer import target_name
 from ...ir.rewrite import constant
 from . import gemm_lowering
 from .ops import CONVERTERS, tvm_dtype
+from .var_names import var_name
 
 
 class LoweringError(NotImplementedError):
@@ -113,4 +114,4 @@ def _emit(bb: relax.BlockBuilder, node: fx.Node, env: dict) -> relax.Expr:
         args = fx.node.map_arg(node.args, lambda n: lookup[n])
         return fn(node, *args)
 
-    return bb.emit_te(build, *tensors, primfunc_name_hint=node.name)
+    return bb.emit_te(build, *tensors, primfunc_name_hint=node.name, name_hint=var_name(node))

@@ -36,32 +36,52 @@ def layer_names(gm: fx.GraphModule) -> dict[str, str]:
     return {n.name: meta.origin(n) or n.name for n in gm.graph.nodes}
 
 
-def _bound_names(call: relax.Call, mod: tvm.IRModule) -> list[str]:
-    if call.op.same_as(_CALL_TIR):
-        return []
-    fused = mod[call.op]
-    return [b.var.name for block in fused.body.blocks for b in block.bindings]
+def _bindings(func: relax.Function):
+    return [b for block in func.body.blocks for b in block.bindings]
 
 
-def call_sites(grouped: tvm.IRModule, layers: dict[str, str]) -> list[CallSite]:
-    """Every kernel call of the grouped module's `main` (FuseOps applied, FuseTIR not yet)."""
+def _key(callee, args, env: dict) -> tuple:
+    """A call_tir's identity: its PrimFunc and the (pre-fusion) objects it reads."""
+    return (callee.name_hint, *(hash(env.get(hash(a), a)) for a in args))
+
+
+def _is_call_tir(value) -> bool:
+    return isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR)
+
+
+def call_sites(before: tvm.IRModule, grouped: tvm.IRModule, layers: dict[str, str]) -> list[CallSite]:
+    """Every kernel call of `main` in `grouped` (FuseOps applied to `before`, FuseTIR not yet), with
+    the layers it computes. FuseOps shares one fused function among structurally equal groups, so
+    each grouped call is replayed on the module before fusion: every binding inside the fused function
+    is matched, through the objects it reads, to the binding it was, whose name says its fx node."""
+    origin = {_key(b.value.args[0], b.value.args[1].fields, {}): b.var for b in _bindings(before["main"]) if _is_call_tir(b.value)}
+    env: dict[int, object] = {}  # hash of a grouped-module var -> the pre-fusion var it stands for
     sites = []
-    for block in grouped["main"].body.blocks:
-        for b in block.bindings:
-            call = b.value
-            if not isinstance(call, relax.Call):
-                continue
-            if call.op.same_as(_CALL_TIR):
-                kernel = call.args[0].name_hint
-            elif isinstance(call.op, tvm.ir.GlobalVar):
-                kernel = call.op.name_hint
-            else:
-                continue  # a Relax op the VM runs as a builtin
-            names = [b.var.name, *_bound_names(call, grouped)]
-            nodes = [node_of_var(n) for n in names]
-            found = dict.fromkeys(layers[n] for n in nodes if n in layers)
-            sites.append(CallSite(kernel, tuple(found)))
+    for b in _bindings(grouped["main"]):
+        call = b.value
+        if _is_call_tir(call):
+            kernel, pre = call.args[0].name_hint, [origin.get(_key(call.args[0], call.args[1].fields, env))]
+        elif isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.GlobalVar):
+            kernel, pre = call.op.name_hint, _replay(grouped[call.op], call.args, env, origin)
+        else:
+            continue  # a Relax op the VM runs as a builtin
+        if pre[-1] is not None:
+            env[hash(b.var)] = pre[-1]
+        nodes = [node_of_var(v.name) for v in pre if v is not None]
+        sites.append(CallSite(kernel, tuple(dict.fromkeys(layers[n] for n in nodes if n in layers))))
     return sites
+
+
+def _replay(fused: relax.Function, args, env: dict, origin: dict) -> list:
+    """The pre-fusion var of every binding inside `fused` when called with `args` (None if unmatched)."""
+    inner = {hash(p): env.get(hash(a), a) for p, a in zip(fused.params, args)}
+    pre = []
+    for b in _bindings(fused):
+        v = origin.get(_key(b.value.args[0], b.value.args[1].fields, inner)) if _is_call_tir(b.value) else None
+        if v is not None:
+            inner[hash(b.var)] = v
+        pre.append(v)
+    return pre
 
 
 def _one_run(vm: relax.VirtualMachine, args: list) -> list[tuple[str, float]]:

@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import profile, x86_gemm
+from . import float_yardstick, profile, x86_gemm
 from .lower import to_relax
 from .schedule_cpu import FusedIntegerKernel
 
@@ -29,13 +29,14 @@ def host_target() -> tvm.target.Target:
     return tvm.target.Target(x86_gemm.host_target())
 
 
-def group(mod: tvm.IRModule) -> tvm.IRModule:
-    """Group each accumulator with its epilogue (bias, requantize, residual add) into one Relax function."""
-    return tvm.transform.Sequential([
+def group(mod: tvm.IRModule) -> tuple[tvm.IRModule, tvm.IRModule]:
+    """Group each accumulator with its epilogue (bias, requantize, residual add) into one Relax function.
+    Returns the module before and after grouping: the profile reads kernels' layers from the pair."""
+    before = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),  # float islands arrive as high-level Relax ops
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FuseOps(),
     ])(mod)
+    return before, relax.transform.FuseOps()(before)
 
 
 def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -46,7 +47,7 @@ def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    return schedule(group(mod), target)
+    return schedule(group(mod)[1], target)
 
 
 class TVMRunner:
@@ -75,13 +76,33 @@ class X86Backend:
     name = "x86"
     supports_dynamic_shapes = False  # the TVM module is built for the example shapes (for now)
 
-    def __init__(self, target: tvm.target.Target | None = None):
+    def __init__(self, target: tvm.target.Target | None = None, *, float_fallback: bool = False, min_speedup: float = 1.0):
+        """float_fallback: after the build, time every integer conv/linear layer against a float32
+        version of it (float_yardstick.py) and keep the layers where int8 is not `min_speedup` times
+        faster in float (compile() then rebuilds once). Off by default: it adds a build of the float
+        layers and a few timed runs to every compile."""
         self.target = target or host_target()
+        self.float_fallback = float_fallback
+        self.min_speedup = min_speedup
+
+    def _build(self, mod: tvm.IRModule, layers: dict[str, str]) -> TVMRunner:
+        before, grouped = group(mod)
+        sites = profile.call_sites(before, grouped, layers)
+        return TVMRunner(tvm.compile(schedule(grouped, self.target), target=self.target), sites)
 
     def build(self, gm: fx.GraphModule) -> TVMRunner:
-        grouped = group(to_relax(gm, target=self.target))
-        sites = profile.call_sites(grouped, profile.layer_names(gm))
-        return TVMRunner(tvm.compile(schedule(grouped, self.target), target=self.target), sites)
+        return self._build(to_relax(gm, target=self.target), profile.layer_names(gm))
+
+    def slower_than_float(self, gm: fx.GraphModule, runner: TVMRunner) -> dict[str, str]:
+        """layer -> reason, for the integer layers that should stay float (empty unless float_fallback)."""
+        floats = float_yardstick.float_module(gm) if self.float_fallback else None
+        if floats is None:
+            return {}
+        mod, zeros = floats
+        float_us = float_yardstick.layer_times(self._build(mod, profile.layer_names(gm)).profile(*zeros))
+        inputs = [torch.zeros(p.meta["val"].shape, dtype=p.meta["val"].dtype) for p in gm.graph.find_nodes(op="placeholder")]
+        int_us = float_yardstick.layer_times(runner.profile(*inputs))
+        return float_yardstick.verdicts(int_us, float_us, self.min_speedup)
 
     def load(self, directory: Path, gm: fx.GraphModule) -> TVMRunner:
         lib = Path(directory) / LIBRARY

@@ -172,7 +172,7 @@ def compile(
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
     dynamic_shapes: as for torch.export (e.g. {"x": {0: torch.export.Dim("batch")}}): those dimensions
         stay free in the compiled model.
-    backend_options: passed to the target's backend, e.g. target="x86", tune=True or float_fallback=True
+    backend_options: passed to the target's backend, e.g. target="x86", float_fallback=True
         (see qcompile/backends/tvm/x86.py); an option the backend does not take is an error.
     """
     config = config or QuantConfig(bits=bits)

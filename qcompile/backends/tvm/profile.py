@@ -2,8 +2,8 @@
 
 The kernels are timed inside one real run of the Relax VM (its instrument hook fires around every
 call), so each time includes the real data layout, cache state and thread-pool wake-up of that call.
-Which layers a kernel computes is read from the grouped module (after FuseOps): the bindings inside
-each fused function keep the variable names the lowering gave them (var_names.py).
+Which layers a kernel computes comes from the variable names the lowering gives (var_names.py): each
+fused call is matched back to the bindings it replaced in the module before FuseOps (call_sites).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """How Relax variables are named after the fx nodes they compute.
 
-FuseOps keeps these names on the bindings inside each fused function (only the fused function's own
-output is renamed), so the profile can map every kernel back to the fx nodes it computes. A name is
+The profile matches every fused kernel call to the named bindings it replaced, and so to the fx
+nodes it computes (profile.call_sites). A name is
 `<fx node>:` plus whatever digits TVM appends to keep names unique; fx names never contain a colon.
 """
 from __future__ import annotations

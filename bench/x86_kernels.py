@@ -1,24 +1,20 @@
-"""Where the x86 backend's time goes: every kernel of MobileNetV2's TVM module timed alone, grouped by kind.
+"""Where the x86 backend's time goes on MobileNetV2: the report's per-kernel profile, summed by kind.
 
     .venv/bin/python bench/x86_kernels.py
 
-Each call site of the Relax `main` function is timed with TVM's time_evaluator on zero tensors of its
-shapes (kernels are data-independent), so the sum approximates one inference without VM overhead.
+The numbers are cm.report()'s (qcompile/backends/tvm/profile.py): every kernel call of one real run,
+median of several runs; this script only groups them and times the compile.
 """
 from __future__ import annotations
 
 import collections
 import datetime
+import time
 import warnings
 
-import numpy as np
 import torch
-import tvm
-from tvm import relax
 
 import qcompile
-from qcompile.backends.tvm.lower import to_relax
-from qcompile.backends.tvm.x86 import host_target, optimize
 from qcompile.zoo.evaluate import mobilenet_setup
 
 _KINDS = (("gemm", "pointwise conv / linear (GEMM kernel)"), ("transpose", "layout transposes"),
@@ -29,37 +25,24 @@ def kind_of(name: str) -> str:
     return next((label for key, label in _KINDS if key in name), name)
 
 
-def call_sites(mod: tvm.IRModule):
-    for block in mod["main"].body.blocks:
-        for b in block.bindings:
-            v = b.value
-            if isinstance(v, relax.Call) and len(v.args) == 2 and isinstance(v.args[0], tvm.ir.GlobalVar):
-                yield v.args[0], list(v.args[1].fields), b.var.ty
-
-
-def _zeros(ty, dev):
-    shape = [int(s) for s in ty.shape.values]
-    return tvm.runtime.tensor(np.zeros(shape, dtype=str(ty.dtype)), dev)
-
-
 def main() -> None:
     warnings.filterwarnings("ignore")
     model, example, calibration, *_ = mobilenet_setup()
-    cm = qcompile.compile(model, example, calibration=calibration[:8], progress=False)
-    target = host_target()
-    mod = optimize(to_relax(cm.graph_module, target=target), target)
-    dev, times, totals = tvm.cpu(), {}, collections.defaultdict(float)
-    for gv, ins, out_ty in call_sites(mod):
-        if gv.name_hint not in times:
-            lib = tvm.compile(tvm.IRModule({"main": mod[gv].with_attr("global_symbol", "main")}), target=target)
-            args = [_zeros(a.ty, dev) for a in ins] + [_zeros(out_ty, dev)]
-            times[gv.name_hint] = lib.mod.time_evaluator("main", dev, number=10, repeat=3)(*args).median * 1e3
-        totals[kind_of(gv.name_hint)] += times[gv.name_hint]
-    print(f"{datetime.date.today()}, {target}")
+    t0 = time.perf_counter()
+    cm = qcompile.compile(model, example, target="x86", calibration=calibration[:8], progress=False)
+    compiled = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = cm.report()
+    profiled = time.perf_counter() - t0
+    totals = collections.defaultdict(float)
+    for k in report.kernels:
+        totals[kind_of(k["kernel"])] += k["us"] / 1e3
+    print(f"{datetime.date.today()}: compile {compiled:.1f} s, profile {profiled:.1f} s")
     total = sum(totals.values())
     for kind, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<45} {ms:7.2f} ms  {100 * ms / total:5.1f}%")
     print(f"  {'sum of kernels':<45} {total:7.2f} ms")
+    print(report)
 
 
 if __name__ == "__main__":

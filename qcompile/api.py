@@ -82,6 +82,11 @@ class CompiledModel:
         return pytree.tree_unflatten(list(out), self._out_spec)
 
     def report(self) -> Report:
+        """The per-layer report. On a backend that can profile (x86), the first call also times every
+        kernel of one run (on zero inputs: the kernels do not depend on the data) and adds µs per layer."""
+        if not self._report.kernels and hasattr(self._runner, "profile"):
+            zeros = [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in self._signature]
+            self._report.add_profile(self._runner.profile(*zeros))
         return self._report
 
     def save(self, path) -> Path:
@@ -173,6 +178,7 @@ def compile(
     verify_each: bool = False,
     progress: bool = True,
     dynamic_shapes=None,
+    **backend_options,
 ) -> CompiledModel:
     """Quantize and compile `model` for `target`.
 
@@ -182,17 +188,26 @@ def compile(
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
     dynamic_shapes: as for torch.export (e.g. {"x": {0: torch.export.Dim("batch")}}): those dimensions
         stay free in the compiled model.
+    backend_options: passed to the target's backend, e.g. target="x86", float_fallback=True
+        (see qcompile/backends/tvm/x86.py); an option the backend does not take is an error.
     """
     config = config or QuantConfig(bits=bits)
-    backend = get_backend(target)
+    backend = get_backend(target, **backend_options)
     if dynamic_shapes is not None and not getattr(backend, "supports_dynamic_shapes", False):
         raise UsageError(f"target {backend.name!r} builds for the example input shapes; dynamic_shapes is "
                          "supported by target='reference' for now")
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
-    session = Session.start(model, example_inputs, calibration, config, dynamic_shapes)
-    instruments = Instruments.from_env(dump_dir=dump_dir, print_after=print_after, verify_each=verify_each)
-    gm = session.run(session.captured.gm, pass_list, instruments, progress)
-    return session.finish(gm, backend, instruments)
+
+    def attempt(config: QuantConfig) -> CompiledModel:
+        session = Session.start(model, example_inputs, calibration, config, dynamic_shapes)
+        instruments = Instruments.from_env(dump_dir=dump_dir, print_after=print_after, verify_each=verify_each)
+        gm = session.run(session.captured.gm, pass_list, instruments, progress)
+        return session.finish(gm, backend, instruments)
+
+    cm = attempt(config)
+    slower = backend.slower_than_float(cm.graph_module, cm._runner) if hasattr(backend, "slower_than_float") else {}
+    # One more round only: layers that stay integer after it are not re-measured.
+    return attempt(config.with_float_layers(slower)) if slower else cm
 
 
 def _quiet(p):

@@ -25,6 +25,7 @@ class LayerRow:
     weight_bytes: int
     source: str
     note: str = ""
+    time_us: float | None = None  # measured on the compiled model (x86): its kernels' share of one run
 
 
 @dataclass
@@ -43,6 +44,22 @@ class Report:
     def float_layers(self) -> list[LayerRow]:
         return [r for r in self.rows if r.bits == "float"]
 
+    @property
+    def kernels(self) -> list[dict]:
+        """Every kernel call of one run: {"kernel", "layers", "us"}; empty until profiled."""
+        return self.extra.get("kernels", [])
+
+    def add_profile(self, kernels: list[dict]) -> None:
+        """Record kernel times; a kernel computing several layers counts a share for each."""
+        self.extra["kernels"] = kernels
+        rows = {r.name: r for r in self.rows}
+        for r in self.rows:
+            r.time_us = None
+        for k in kernels:
+            mine = [rows[name] for name in k["layers"] if name in rows]
+            for r in mine:
+                r.time_us = (r.time_us or 0.0) + k["us"] / len(mine)
+
     def to_json(self) -> dict:
         return {
             "rows": [asdict(r) for r in self.rows], "weight_bytes": self.weight_bytes,
@@ -55,20 +72,35 @@ class Report:
 
     def table(self) -> Table:
         t = Table(title=f"qcompile report ({self.backend})", show_lines=False)
-        for col in ("layer", "op", "bits", "scale", "SQNR dB", "bytes", "source", "note"):
+        for col in ("layer", "op", "bits", "scale", "SQNR dB", "bytes", "µs", "source", "note"):
             t.add_column(col, overflow="fold")
         for r in self.rows:
             sq = "" if r.sqnr_db is None else ("inf" if math.isinf(r.sqnr_db) else f"{r.sqnr_db:.1f}")
-            t.add_row(r.name, r.op, r.bits, r.scale, sq, str(r.weight_bytes or ""), r.source, r.note)
+            us = "" if r.time_us is None else f"{r.time_us:.1f}"
+            t.add_row(r.name, r.op, r.bits, r.scale, sq, str(r.weight_bytes or ""), us, r.source, r.note)
+        return t
+
+    def kernel_table(self) -> Table:
+        """The profiled kernels, slowest first, with their share of the summed kernel time."""
+        total = sum(k["us"] for k in self.kernels) or 1.0
+        t = Table(title="kernels (one run, median µs per call)")
+        for col in ("kernel", "layers", "µs", "share"):
+            t.add_column(col, overflow="fold")
+        for k in sorted(self.kernels, key=lambda k: -k["us"]):
+            t.add_row(k["kernel"], ", ".join(k["layers"]) or "(layout / unattributed)", f"{k['us']:.1f}", f"{100 * k['us'] / total:.1f}%")
         return t
 
     def __str__(self) -> str:
         console = Console(width=180, record=True, file=io.StringIO())
         console.print(self.table())
+        if self.kernels:
+            console.print(self.kernel_table())
         summary = (
             f"weights: {self.weight_bytes:,} bytes stored vs {self.float_bytes:,} bytes fp32 "
             f"({self.compression:.2f}x smaller); {len(self.float_layers)} op(s) left in float"
         )
+        if self.kernels:
+            summary += f"; {len(self.kernels)} kernel calls, {sum(k['us'] for k in self.kernels):,.0f} µs in all"
         return console.export_text() + summary + "\n"
 
     def __repr__(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
+from ..errors import UsageError
 from ..ir import meta, shapes
 from .config import QuantConfig
 from .qdq import is_dequantize, is_quantize
@@ -45,6 +46,8 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
     if is_prequantized(gm):
         return
 
+    requested: set[str] = set()
+
     def need(n: fx.Node) -> None:
         if not meta.is_annotated(n) and _is_float_tensor(n):
             meta.set_qspec(n, act_spec)
@@ -59,7 +62,7 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             continue
         if meta.is_annotated(node):  # an activation fused by its producer
             continue
-        reason = rule.unsupported(node)
+        reason = rule.unsupported(node) or _requested_float(node, config, requested)
         if reason:
             meta.set_float_reason(node, reason)
             continue
@@ -78,7 +81,23 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             meta.set_qspec(act, act_spec)
         else:
             meta.set_qspec(node, act_spec)
+    unknown = sorted({name for name, _ in config.float_layers} - requested)
+    if unknown:
+        raise UsageError(f"QuantConfig.float_layers names no quantizable layer: {', '.join(unknown)} "
+                         "(use the names of the report's `layer` column)")
     _drop_unconsumed(gm)
+
+
+def _requested_float(node: fx.Node, config: QuantConfig, requested: set[str]) -> str | None:
+    """The user's reason to keep this op float: the report names a layer by its op, or by the
+    activation fused into it."""
+    act = _fusable_activation(node) if rule_for(node).fuses_activation else None
+    for n in (node, act):
+        name = n is not None and (meta.origin(n) or n.name)
+        if name and config.float_reason(name) is not None:
+            requested.add(name)
+            return config.float_reason(name)
+    return None
 
 
 def _consumes_quantized(user: fx.Node) -> bool:

@@ -199,3 +199,59 @@ def test_conv_model_with_dynamic_batch_bit_exact():
         assert torch.equal(x86(probe), ref(probe))
     with pytest.raises(ValueError, match=r"dimension 0 is 17, outside the range \[1, 16\]"):
         x86(torch.randn(17, 3, 32, 32))
+
+
+def test_report_profiles_every_kernel_and_names_its_layers(tmp_path):
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(1, 3, 32, 32)
+    cm = qcompile.compile(model, (x,), target="x86", calibration=[x], progress=False)
+    report = cm.report()
+    kernels = report.kernels
+    assert kernels and all(k["us"] > 0 for k in kernels)
+    rows = {r.name: r for r in report.rows}
+    convs = [r for r in report.rows if r.op == "conv2d"]
+    assert convs and all(r.time_us and r.time_us > 0 for r in convs)
+    # Every conv row's time comes from kernels that name it, and no kernel is counted twice.
+    attributed = sum(k["us"] for k in kernels if any(name in rows for name in k["layers"]))
+    assert sum(r.time_us or 0 for r in report.rows) == pytest.approx(attributed)
+    assert "µs" in str(report) and "share" in str(report)
+    # Two equal convolutions share one fused kernel; each call is still charged to its own layer.
+    names = [k["kernel"] for k in kernels]
+    assert len(set(names)) < len(names) or len({tuple(k["layers"]) for k in kernels}) == len(kernels)
+    cm.save(tmp_path / "a")
+    loaded = qcompile.load(tmp_path / "a")
+    assert [k["layers"] for k in loaded.report().kernels] == [k["layers"] for k in kernels]
+    (tmp_path / "a" / "manifest.json").write_text(
+        (tmp_path / "a" / "manifest.json").read_text().replace('"kernels"', '"dropped"'))
+    reprofiled = qcompile.load(tmp_path / "a").report().kernels  # recomputed from the saved library
+    assert [k["layers"] for k in reprofiled] == [k["layers"] for k in kernels]
+
+
+def test_layers_slower_than_float_fall_back_and_stay_bit_exact():
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    x = torch.randn(1, 3, 32, 32)
+    # An impossible required speed-up makes every integer conv/linear "lose" against its float version.
+    cm = qcompile.compile(model, (x,), target="x86", calibration=[x], progress=False,
+                          float_fallback=True, min_speedup=1e9)
+    fell = {r.name: r.note for r in cm.report().float_layers if "than float" in r.note}
+    assert "relu_" in fell and "µs vs" in fell["relu_"]  # the stem conv (fused relu) fell back, with both times
+    assert all(r.bits == "float" for r in cm.report().rows if r.op == "conv2d")
+    ref = qcompile.compile(model, (x,), calibration=[x], progress=False,
+                           config=qcompile.QuantConfig(float_layers=fell))
+    # Same graph as the reference compiled with those layers float; the float convs now sum in TVM's
+    # order instead of PyTorch's, so only float rounding may differ.
+    assert str(cm.graph_module.code) == str(ref.graph_module.code)
+    torch.testing.assert_close(cm(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_float_layers_and_backend_options_are_checked():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="float_layers names no quantizable layer: nope"):
+        qcompile.compile(ConvBnRelu().eval(), (x,), calibration=[x], progress=False,
+                         config=qcompile.QuantConfig(float_layers=["nope"]))
+    with pytest.raises(ValueError, match="target 'x86' has no option.*float_fallback"):
+        qcompile.compile(ConvBnRelu().eval(), (x,), target="x86", calibration=[x], tnue=True)
+    with pytest.raises(ValueError, match="target 'reference' has no option"):
+        qcompile.compile(ConvBnRelu().eval(), (x,), calibration=[x], float_fallback=True)

@@ -21,6 +21,7 @@ from tvm import tirx as tir
 
 from ...ir.rewrite import constant
 from .layout import Layouts
+from .var_names import var_name
 from .x86_gemm import Requant, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
@@ -94,13 +95,13 @@ def _rows(bb: relax.BlockBuilder, acc: fx.Node, layouts: Layouts) -> tuple[relax
     if acc.target == qc.linear_int.default:
         x = layouts.get(x_n, False)
         *outer, k = x.ty.shape.values
-        return bb.emit(relax.op.reshape(x, (_product(outer), k))), outer
+        return bb.emit(relax.op.reshape(x, (_product(outer), k)), var_name(acc)), outer
     x = layouts.get(x_n, True)
     b, h, w, c = x.ty.shape.values
     if _is_pointwise(acc):
-        return bb.emit(relax.op.reshape(x, (_product([b, h, w]), c))), [b, h, w]
+        return bb.emit(relax.op.reshape(x, (_product([b, h, w]), c)), var_name(acc)), [b, h, w]
     oh, ow = _conv_out_hw(acc, h, w)
-    cols = bb.emit_te(lambda t: _im2col(t, acc), x, primfunc_name_hint=f"im2col_{acc.name}")
+    cols = bb.emit_te(lambda t: _im2col(t, acc), x, primfunc_name_hint=f"im2col_{acc.name}", name_hint=var_name(acc))
     return cols, [b, _ANALYZER.simplify(oh), _ANALYZER.simplify(ow)]
 
 
@@ -135,7 +136,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
         relax.const(pad_channels(constant(gm, bias_n).numpy(), padded), "int32"),
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
-    out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)))
+    out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)), var_name(rq))
     if acc.target == qc.conv2d_int.default:
         layouts.channels_last.add(rq)
-    return bb.emit(relax.op.reshape(out, (*outer, n)))
+    return bb.emit(relax.op.reshape(out, (*outer, n)), var_name(rq))

@@ -19,6 +19,7 @@ from ...ir.rewrite import constant
 from . import gemm_lowering, ops_nhwc
 from .layout import FOLLOWERS, Layouts, nhwc_axis
 from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
+from .var_names import var_name
 
 
 class LoweringError(NotImplementedError):
@@ -219,7 +220,7 @@ def _emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: La
         lookup = dict(zip(inputs, te_tensors))
         return fn(node, *fx.node.map_arg(args, lambda n: lookup[n]))
 
-    out = bb.emit_te(build, *tensors, primfunc_name_hint=node.name)
+    out = bb.emit_te(build, *tensors, primfunc_name_hint=node.name, name_hint=var_name(node))
     if nhwc:
         layouts.channels_last.add(node)
     return out

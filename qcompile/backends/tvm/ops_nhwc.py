@@ -17,6 +17,7 @@ from tvm import tirx as tir
 from ...ir.rewrite import constant
 from .layout import Layouts, is_4d
 from .ops import _cast, _dtype, _i, _product16, tvm_dtype
+from .var_names import var_name
 
 qc = torch.ops.qcompile
 
@@ -102,6 +103,6 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: Lay
         lookup = dict(zip(inputs, te_tensors))
         return op.convert(node, *fx.node.map_arg(node.args, lambda n: lookup[n]))
 
-    out = bb.emit_te(build, *values, primfunc_name_hint=node.name)
+    out = bb.emit_te(build, *values, primfunc_name_hint=node.name, name_hint=var_name(node))
     layouts.channels_last.add(node)
     return out

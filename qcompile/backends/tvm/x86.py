@@ -1,7 +1,9 @@
 """`target="x86"`: the integer graph built with TVM + LLVM for the host CPU, scheduled without tuning."""
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -10,11 +12,12 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import x86_gemm
+from . import float_yardstick, profile, x86_gemm
 from .lower import to_relax
 from .schedule_cpu import FusedIntegerKernel
 
 LIBRARY = "model.so"
+KERNELS = "kernels.json"  # the library's kernel calls and the layers each computes, for the profile
 
 # TVM's CPU thread pool defaults to half the logical CPUs (one thread on a 2-vCPU machine); use them all
 # unless the user chose. Read when the pool starts, i.e. at the first parallel call, after this import.
@@ -26,25 +29,33 @@ def host_target() -> tvm.target.Target:
     return tvm.target.Target(x86_gemm.host_target())
 
 
-def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Fuse each accumulator with its epilogue (bias, requantize, residual add), then schedule every kernel."""
-    fuse = tvm.transform.Sequential([
+def group(mod: tvm.IRModule) -> tuple[tvm.IRModule, tvm.IRModule]:
+    """Group each accumulator with its epilogue (bias, requantize, residual add) into one Relax function.
+    Returns the module before and after grouping: the profile reads kernels' layers from the pair."""
+    before = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),  # float islands arrive as high-level Relax ops
         relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ])
-    mod = fuse(mod)
+    ])(mod)
+    return before, relax.transform.FuseOps()(before)
+
+
+def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Turn each group into one kernel and schedule every kernel."""
+    mod = tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(grouped)
     with target:
         return dlight.ApplyDefaultSchedule(FusedIntegerKernel())(mod)
+
+
+def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    return schedule(group(mod)[1], target)
 
 
 class TVMRunner:
     """Calls a built Relax VM function with torch tensors (zero-copy through DLPack)."""
 
-    def __init__(self, executable, device=None):
+    def __init__(self, executable, sites: list[profile.CallSite], device=None):
         self.executable = executable
+        self.sites = sites
         self.device = device or tvm.cpu()
         self.vm = relax.VirtualMachine(executable, self.device)
 
@@ -52,20 +63,46 @@ class TVMRunner:
         args = [tvm.runtime.from_dlpack(t.contiguous()) for t in inputs]
         return tuple(torch.from_dlpack(o) for o in self.vm["main"](*args))
 
+    def profile(self, *inputs: torch.Tensor) -> list[dict]:
+        """Median µs of every kernel call of one run, with the layers each computes (see profile.py)."""
+        return profile.profile(self.vm, self.sites, list(inputs))
+
     def save(self, directory: Path) -> None:
         self.executable.export_library(str(Path(directory) / LIBRARY))
+        (Path(directory) / KERNELS).write_text(json.dumps([asdict(s) for s in self.sites]))
 
 
 class X86Backend:
     name = "x86"
     supports_dynamic_shapes = True  # dims that torch.export leaves free stay symbolic in the module
 
-    def __init__(self, target: tvm.target.Target | None = None):
+    def __init__(self, target: tvm.target.Target | None = None, *, float_fallback: bool = False, min_speedup: float = 1.0):
+        """float_fallback: after the build, time every integer conv/linear layer against a float32
+        version of it (float_yardstick.py) and keep the layers where int8 is not `min_speedup` times
+        faster in float (compile() then rebuilds once). Off by default: it adds a build of the float
+        layers and a few timed runs to every compile."""
         self.target = target or host_target()
+        self.float_fallback = float_fallback
+        self.min_speedup = min_speedup
+
+    def _build(self, mod: tvm.IRModule, layers: dict[str, str]) -> TVMRunner:
+        before, grouped = group(mod)
+        sites = profile.call_sites(before, grouped, layers)
+        return TVMRunner(tvm.compile(schedule(grouped, self.target), target=self.target), sites)
 
     def build(self, gm: fx.GraphModule) -> TVMRunner:
-        mod = optimize(to_relax(gm, target=self.target), self.target)
-        return TVMRunner(tvm.compile(mod, target=self.target))
+        return self._build(to_relax(gm, target=self.target), profile.layer_names(gm))
+
+    def slower_than_float(self, gm: fx.GraphModule, runner: TVMRunner) -> dict[str, str]:
+        """layer -> reason, for the integer layers that should stay float (empty unless float_fallback)."""
+        floats = float_yardstick.float_module(gm) if self.float_fallback else None
+        if floats is None:
+            return {}
+        mod, zeros = floats
+        float_us = float_yardstick.layer_times(self._build(mod, profile.layer_names(gm)).profile(*zeros))
+        inputs = [torch.zeros(p.meta["val"].shape, dtype=p.meta["val"].dtype) for p in gm.graph.find_nodes(op="placeholder")]
+        int_us = float_yardstick.layer_times(runner.profile(*inputs))
+        return float_yardstick.verdicts(int_us, float_us, self.min_speedup)
 
     def load(self, directory: Path, gm: fx.GraphModule) -> TVMRunner:
         lib = Path(directory) / LIBRARY
@@ -73,4 +110,6 @@ class X86Backend:
             from ...serialize import ArtifactError
 
             raise ArtifactError(f"{directory} has no {LIBRARY}: it was not saved by the x86 backend")
-        return TVMRunner(tvm.runtime.load_module(str(lib)))
+        kernels = Path(directory) / KERNELS
+        sites = [profile.CallSite(s["kernel"], tuple(s["layers"])) for s in json.loads(kernels.read_text())] if kernels.is_file() else []
+        return TVMRunner(tvm.runtime.load_module(str(lib)), sites)

@@ -1,5 +1,6 @@
-"""Lower `linear_int` / pointwise `conv2d_int` followed by `requantize_fixed` to the hand-written x86 GEMM
-kernel (x86_gemm.py) with weights packed at compile time; the int32 accumulator never reaches memory.
+"""Lower `linear_int` / ungrouped `conv2d_int` (followed by `requantize_fixed`, or alone) to the hand-written
+x86 GEMM kernel (x86_gemm.py) with weights packed at compile time; with the requantize, the int32
+accumulator never reaches memory.
 
 A convolution is a GEMM over output pixels: a pointwise one reads its channels-last input (layout.py)
 as the row-major [pixels, channels] matrix it already is; any other ungrouped one (the stem, ResNet's 3x3)
@@ -41,23 +42,28 @@ def _is_pointwise(conv: fx.Node) -> bool:
 _HEADS = {qc.linear_int.default: lambda n: True, qc.conv2d_int.default: lambda n: n.args[8] == 1}
 
 
+def _gemm_ready(gm: fx.GraphModule, acc) -> bool:
+    return (
+        isinstance(acc, fx.Node) and acc.target in _HEADS and _HEADS[acc.target](acc)
+        and acc.args[1].op == "get_attr"
+        and (acc.args[3] == 0 or acc.args[4])  # input zero point folded into the bias (or zero)
+    )
+
+
 def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
-    """requantize node -> its accumulator node, for every pair the GEMM kernel can take over."""
+    """result node -> its accumulator node, for every accumulator the GEMM kernel takes over: a
+    requantize with its accumulator (requantized on the register tile), or an accumulator alone (int32
+    out, e.g. the classifier before its float dequantize)."""
     pairs = {}
     for rq in gm.graph.nodes:
         if rq.target != qc.requantize_fixed.default:
             continue
-        acc, x_zp, mult, shift = rq.args[:4]
-        ok = (
-            isinstance(acc, fx.Node) and acc.target in _HEADS and len(acc.users) == 1 and x_zp == 0
-            and acc.args[1].op == "get_attr"
-            and constant(gm, shift).numel() == 1 and _HEADS[acc.target](acc)
-            and (acc.args[3] == 0 or acc.args[4])  # input zero point folded into the bias (or zero)
-            and acc.args[2] is not None
-        )
-        if ok:
+        acc, x_zp, _, shift = rq.args[:4]
+        if _gemm_ready(gm, acc) and len(acc.users) == 1 and x_zp == 0 and constant(gm, shift).numel() == 1:
             pairs[rq] = acc
-    return pairs
+    absorbed = set(pairs.values())
+    alone = {n: n for n in gm.graph.nodes if n not in absorbed and _gemm_ready(gm, n)}
+    return {**pairs, **alone}
 
 
 def _product(sizes):
@@ -113,9 +119,17 @@ def _weight_matrix(gm: fx.GraphModule, acc: fx.Node) -> np.ndarray:
     return w.reshape(w.shape[0], -1).numpy()
 
 
-def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, layouts: Layouts, target) -> relax.Expr:
+def _requant(gm: fx.GraphModule, rq: fx.Node | None, n: int) -> tuple[Requant | None, torch.Tensor]:
+    if rq is None:
+        return None, torch.zeros(n, dtype=torch.int32)
     _, _, mult_n, shift_n, _axis, out_zp, qmin, qmax, dtype = rq.args
-    bias_n = acc.args[2]
+    out_dtype = str(dtype).replace("torch.", "")
+    mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
+    return Requant(int(constant(gm, shift_n)), out_zp, qmin, qmax, out_dtype), mult
+
+
+def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.Node, layouts: Layouts, target) -> relax.Expr:
+    """The GEMM computing `result`: `acc` requantized when result is its requantize, else `acc` itself."""
     w2 = _weight_matrix(gm, acc)
     n, k = w2.shape
     isa = isa_for(target)
@@ -124,19 +138,19 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, rq: fx.Node, acc: fx.Node, 
     # The cost model picks the register tile for this shape (for free M: for any M).
     tiling = isa.default_tiling(int(m) if isinstance(m, tir.IntImm) else None, n, k)
     padded = -(-n // tiling.nr) * tiling.nr
-    mult = constant(gm, mult_n).to(torch.int32).expand(n)  # per-channel, or one value for all channels
-    out_dtype = str(dtype).replace("torch.", "")
-    requant = Requant(int(constant(gm, shift_n)), out_zp, qmin, qmax, out_dtype)
+    requant, mult = _requant(gm, result if result is not acc else None, n)
+    bias = constant(gm, acc.args[2]).numpy() if acc.args[2] is not None else np.zeros(n, np.int32)
     name = f"gemm_{acc.name}"
     func = gemm_prim_func(n, k, requant, isa, tiling)
     func = func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name)
     gv = bb.add_func(func, name)
     consts = [
         relax.const(pack_weight(w2, isa, tiling.nr), "int32"),
-        relax.const(pad_channels(constant(gm, bias_n).numpy(), padded), "int32"),
+        relax.const(pad_channels(bias, padded), "int32"),
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
-    out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)), var_name(rq))
+    out_dtype = requant.out_dtype if requant else "int32"
+    out = bb.emit(relax.call_tir(gv, [rows, *consts], relax.TensorType((m, n), out_dtype)), var_name(result))
     if acc.target == qc.conv2d_int.default:
-        layouts.channels_last.add(rq)
-    return bb.emit(relax.op.reshape(out, (*outer, n)), var_name(rq))
+        layouts.channels_last.add(result)
+    return bb.emit(relax.op.reshape(out, (*outer, n)), var_name(result))

@@ -163,7 +163,7 @@ def to_relax(gm: fx.GraphModule, target=None):
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
     layouts = Layouts(bb, env)
     gemms = gemm_lowering.plan(gm) if target is not None else {}
-    absorbed = set(gemms.values())
+    absorbed = {acc for result, acc in gemms.items() if result is not acc}
     with bb.function("main", params, attrs=symbols.bounds()):
         with bb.dataflow():
             for node in gm.graph.nodes:

@@ -34,6 +34,9 @@ def group(mod: tvm.IRModule) -> tuple[tvm.IRModule, tvm.IRModule]:
     Returns the module before and after grouping: the profile reads kernels' layers from the pair."""
     before = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),  # float islands arrive as high-level Relax ops
+        # Reshapes become views before fusion: fused into a neighbour (two GEMMs' row/NHWC reshapes, a
+        # residual add's) they would be copies.
+        relax.transform.RewriteDataflowReshape(),
         relax.transform.AnnotateTIROpPattern(),
     ])(mod)
     return before, relax.transform.FuseOps()(before)

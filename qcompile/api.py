@@ -160,7 +160,10 @@ class Session:
         report.extra["timings_ms"] = dict(instruments.timings)
         report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
         c = self.captured
-        return CompiledModel(gm, backend.build(gm), backend.name, c.in_spec, c.out_spec, c.signature, report)
+        runner = backend.build(gm)
+        if getattr(runner, "tuning", None):  # what a tuned build measured and what it reused (x86, tune=True)
+            report.extra["tuning"] = runner.tuning
+        return CompiledModel(gm, runner, backend.name, c.in_spec, c.out_spec, c.signature, report)
 
 
 def compile(

@@ -82,3 +82,15 @@ def test_bad_avx2_tiles_are_refused(tiling, message):
 def test_vnni_tile_over_the_stack_limit_is_refused():
     with pytest.raises(ValueError, match="1024 bytes of accumulators"):
         G.gemm_prim_func(32, 32, None, G.AVX512_VNNI, G.Tiling(mr=8, nr=48))
+
+
+@pytest.mark.parametrize("isa", RUNNABLE, ids=lambda i: i.name)
+def test_tiles_tuning_measures_are_legal_and_bit_exact(isa):
+    m, n, k = 29, 50, 9
+    tilings = G.ranked_tilings(isa, m, n, k, count=6, threads=2)
+    assert tilings[0] == isa.default_tiling(m, n, k, threads=2)  # the cost model's pick is always measured
+    assert len({(t.mr, t.nr) for t in tilings}) == 6 and len({t.nr for t in tilings}) > 1
+    a, w, bias, mult = problem(m, n, k)
+    for tiling in tilings:
+        kernel = G.build_gemm(m, w, bias, mult, REQUANTS[1], isa=isa, tiling=tiling)
+        assert_exact(kernel, a, w, bias, mult, REQUANTS[1], rows=[m])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import operator
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,10 +25,29 @@ from tvm import tirx as tir
 from ...ir.rewrite import constant
 from .layout import Layouts
 from .var_names import var_name
-from .x86_gemm import Requant, gemm_prim_func, isa_for, pack_weight, pad_channels
+from .x86_gemm import Isa, Requant, Tiling, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
 _ANALYZER = tvm.sym.Analyzer()
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """What one GEMM kernel's register tile is chosen for; m is None where the rows are free at run time."""
+
+    isa: Isa
+    m: int | None
+    n: int
+    k: int
+    requant: Requant | None  # None: the kernel returns the int32 accumulator
+
+
+def default_tiling(shape: GemmShape) -> Tiling:
+    """The cost model's tile (for free M: for any M)."""
+    return shape.isa.default_tiling(shape.m, shape.n, shape.k)
+
+
+ChooseTiling = Callable[[GemmShape], Tiling]
 
 
 def _args(node: fx.Node, *names):
@@ -128,18 +149,18 @@ def _requant(gm: fx.GraphModule, rq: fx.Node | None, n: int) -> tuple[Requant | 
     return Requant(int(constant(gm, shift_n)), out_zp, qmin, qmax, out_dtype), mult
 
 
-def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.Node, layouts: Layouts, target) -> relax.Expr:
+def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.Node, layouts: Layouts, target,
+         choose_tiling: ChooseTiling = default_tiling) -> relax.Expr:
     """The GEMM computing `result`: `acc` requantized when result is its requantize, else `acc` itself."""
     w2 = _weight_matrix(gm, acc)
     n, k = w2.shape
     isa = isa_for(target)
     rows, outer = _rows(bb, acc, layouts)
     m = rows.ty.shape.values[0]
-    # The cost model picks the register tile for this shape (for free M: for any M).
-    tiling = isa.default_tiling(int(m) if isinstance(m, tir.IntImm) else None, n, k)
-    padded = -(-n // tiling.nr) * tiling.nr
     requant, mult = _requant(gm, result if result is not acc else None, n)
     bias = constant(gm, acc.args[2]).numpy() if acc.args[2] is not None else np.zeros(n, np.int32)
+    tiling = choose_tiling(GemmShape(isa, int(m) if isinstance(m, tir.IntImm) else None, n, k, requant))
+    padded = -(-n // tiling.nr) * tiling.nr
     name = f"gemm_{acc.name}"
     func = gemm_prim_func(n, k, requant, isa, tiling)
     func = func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name)

@@ -144,12 +144,12 @@ def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     })
 
 
-def to_relax(gm: fx.GraphModule, target=None):
+def to_relax(gm: fx.GraphModule, target=None, choose_tiling: gemm_lowering.ChooseTiling = gemm_lowering.default_tiling):
     """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`.
 
     Convolutions and pools run channels-last (layout.py). With an x86 `target`, accumulate -> requantize
-    pairs that the hand-written GEMM kernel handles (linear, pointwise conv) are lowered to it; everything
-    else to TE definitions."""
+    pairs that the hand-written GEMM kernel handles (linear, pointwise conv) are lowered to it, with the
+    register tile `choose_tiling` picks (the cost model's unless tuning); everything else to TE definitions."""
     floats = _FloatIslands()
     missing = unsupported_ops(gm, floats)
     if missing:
@@ -172,7 +172,7 @@ def to_relax(gm: fx.GraphModule, target=None):
                 elif node in absorbed:
                     continue  # emitted together with its requantize
                 elif node in gemms:
-                    env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], layouts, target)
+                    env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], layouts, target, choose_tiling)
                 elif node.target in _SIZES:
                     env[node] = _SIZES[node.target](node, layouts)
                 elif node.op == "call_function" and node.target in ops_nhwc.NHWC_OPS:

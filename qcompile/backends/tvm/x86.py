@@ -1,4 +1,5 @@
-"""`target="x86"`: the integer graph built with TVM + LLVM for the host CPU, scheduled without tuning."""
+"""`target="x86"`: the integer graph built with TVM + LLVM for the host CPU, with hand-written schedules
+(tuned per kernel with tune=True: tuning.py)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import float_yardstick, profile, x86_gemm
+from . import float_yardstick, profile, tuning, x86_gemm
+from .gemm_lowering import default_tiling
 from .lower import to_relax
 from .schedule_cpu import FusedIntegerKernel
 
@@ -42,11 +44,12 @@ def group(mod: tvm.IRModule) -> tuple[tvm.IRModule, tvm.IRModule]:
     return before, relax.transform.FuseOps()(before)
 
 
-def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """Turn each group into one kernel and schedule every kernel."""
+def schedule(grouped: tvm.IRModule, target: tvm.target.Target, tuner: tuning.Tuner | None = None) -> tvm.IRModule:
+    """Turn each group into one kernel and schedule every kernel (with the tuner's knobs, if tuning)."""
     mod = tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(grouped)
+    rule = tuner.rule(mod) if tuner else FusedIntegerKernel()
     with target:
-        return dlight.ApplyDefaultSchedule(FusedIntegerKernel())(mod)
+        return dlight.ApplyDefaultSchedule(rule)(mod)
 
 
 def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -56,11 +59,12 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 class TVMRunner:
     """Calls a built Relax VM function with torch tensors (zero-copy through DLPack)."""
 
-    def __init__(self, executable, sites: list[profile.CallSite], device=None):
+    def __init__(self, executable, sites: list[profile.CallSite], device=None, tuning: dict | None = None):
         self.executable = executable
         self.sites = sites
         self.device = device or tvm.cpu()
         self.vm = relax.VirtualMachine(executable, self.device)
+        self.tuning = tuning  # with tune=True: kernels measured / reused from the records, seconds, records file
 
     def __call__(self, *inputs: torch.Tensor):
         args = [tvm.runtime.from_dlpack(t.contiguous()) for t in inputs]
@@ -79,22 +83,32 @@ class X86Backend:
     name = "x86"
     supports_dynamic_shapes = True  # dims that torch.export leaves free stay symbolic in the module
 
-    def __init__(self, target: tvm.target.Target | None = None, *, float_fallback: bool = False, min_speedup: float = 1.0):
+    def __init__(self, target: tvm.target.Target | None = None, *, float_fallback: bool = False, min_speedup: float = 1.0,
+                 tune: bool = False, tune_trials: int | None = None, tune_cache: str | os.PathLike | None = None):
         """float_fallback: after the build, time every integer conv/linear layer against a float32
         version of it (float_yardstick.py) and keep the layers where int8 is not `min_speedup` times
         faster in float (compile() then rebuilds once). Off by default: it adds a build of the float
-        layers and a few timed runs to every compile."""
+        layers and a few timed runs to every compile.
+
+        tune: time up to `tune_trials` (default tuning.DEFAULT_TRIALS) schedules of every kernel and keep
+        the fastest (tuning.py); the decisions are saved in `tune_cache` (a directory, default
+        $QCOMPILE_CACHE/tuning or ~/.cache/qcompile/tuning) and later tuned compiles reuse them without
+        measuring. Off by default, and then the records are never read: untuned builds are deterministic."""
         self.target = target or host_target()
         self.float_fallback = float_fallback
         self.min_speedup = min_speedup
+        self.tune = tuning.options(tune, tune_trials, tune_cache)
 
-    def _build(self, mod: tvm.IRModule, layers: dict[str, str]) -> TVMRunner:
+    def _build(self, mod: tvm.IRModule, layers: dict[str, str], tuner: tuning.Tuner | None = None) -> TVMRunner:
         before, grouped = group(mod)
         sites = profile.call_sites(before, grouped, layers)
-        return TVMRunner(tvm.compile(schedule(grouped, self.target), target=self.target), sites)
+        executable = tvm.compile(schedule(grouped, self.target, tuner), target=self.target)
+        return TVMRunner(executable, sites, tuning=tuner.summary() if tuner else None)
 
     def build(self, gm: fx.GraphModule) -> TVMRunner:
-        return self._build(to_relax(gm, target=self.target), profile.layer_names(gm))
+        tuner = tuning.Tuner(self.target, self.tune) if self.tune else None
+        mod = to_relax(gm, target=self.target, choose_tiling=tuner.tiling if tuner else default_tiling)
+        return self._build(mod, profile.layer_names(gm), tuner)
 
     def slower_than_float(self, gm: fx.GraphModule, runner: TVMRunner) -> dict[str, str]:
         """layer -> reason, for the integer layers that should stay float (empty unless float_fallback)."""

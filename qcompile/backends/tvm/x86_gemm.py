@@ -43,6 +43,7 @@ there (apache-tvm-ffi 0.1.14.post0 works). The loop structure is the one a sched
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -55,7 +56,7 @@ from tvm.target import codegen
 
 __all__ = [
     "Requant", "Tiling", "Isa", "GemmKernel", "build_gemm", "gemm_prim_func", "pack_weight", "pad_channels",
-    "host_target", "host_supports", "isa_for", "reference_gemm", "AVX2", "AVX512_VNNI", "AVX512_VNNI_EMULATED",
+    "host_target", "host_supports", "isa_for", "ranked_tilings", "reference_gemm", "AVX2", "AVX512_VNNI", "AVX512_VNNI_EMULATED",
 ]
 
 
@@ -242,6 +243,21 @@ def choose_tiling(isa: Isa, m: int, n: int, k: int, threads: int) -> Tiling:
     fastest = min(cycles.values())
     best = max((t for t, c in cycles.items() if c <= 1.05 * fastest), key=lambda t: _preference(isa, t))
     return dataclasses.replace(best, panels=_panels_per_job(isa, best, m, n, k, threads))
+
+
+def ranked_tilings(isa: Isa, m: int, n: int, k: int, count: int, threads: int | None = None) -> list[Tiling]:
+    """`count` tiles for an M x K x N GEMM that tuning.py measures, since the model is rough: the model's
+    pick (default_tiling) first, then the best-modelled tile of each width, then the second best of each
+    width, ... (tiles of one width often model alike, and the width is what the model misjudges most)."""
+    threads = threads or os.cpu_count() or 1
+    pick = choose_tiling(isa, m, n, k, threads)
+    cycles = {t: _tile_cycles(isa, t.mr, t.nr, m, n, k, threads) for t in _candidate_tiles(isa)
+              if t.mr <= max(m, 1) and (t.mr, t.nr) != (pick.mr, pick.nr)}
+    by_width: dict[int, list[Tiling]] = {}
+    for t in sorted(cycles, key=lambda t: (cycles[t], tuple(-p for p in _preference(isa, t)))):
+        by_width.setdefault(t.nr, []).append(t)
+    others = [t for rank in itertools.zip_longest(*by_width.values()) for t in rank if t is not None]
+    return [pick, *(dataclasses.replace(t, panels=_panels_per_job(isa, t, m, n, k, threads)) for t in others)][:count]
 
 
 # ---------------------------------------------------------------- packing (build time, numpy)

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -30,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import tirx
 
 from ...errors import UsageError
@@ -137,7 +137,7 @@ def measure(func: tirx.PrimFunc, target: tvm.target.Target, sizes: dict[str, int
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(np.zeros(shape, dtype), dev) for shape, dtype in _shapes(func, sizes)]
     timer = lib.time_evaluator("main", dev, number=1, repeat=_REPEATS, min_repeat_ms=_MIN_REPEAT_MS)
-    return statistics.median(timer(*args).results) * 1e6
+    return timer(*args).median * 1e6
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _search_knobs(func: tirx.PrimFunc, target: tvm.target.Target, trials: int) -
 
     def timed(knobs: Knobs) -> float | None:
         scheduled = _scheduled(func, knobs, target)
-        key = tvm.ir.structural_hash(scheduled)
+        key = tvm_ffi.structural_hash(scheduled)
         if key not in times:
             if len(times) == trials:
                 return None
@@ -169,7 +169,7 @@ def _search_knobs(func: tirx.PrimFunc, target: tvm.target.Target, trials: int) -
 
     best = Knobs()
     # A kernel the knobs do not change (element-wise with one width, a float island) is not timed at all.
-    variants = {tvm.ir.structural_hash(_scheduled(func, dataclasses.replace(best, **{name: v}), target))
+    variants = {tvm_ffi.structural_hash(_scheduled(func, dataclasses.replace(best, **{name: v}), target))
                 for name, values in KNOB_VALUES.items() for v in values}
     if len(variants) == 1:
         return Decision(dataclasses.asdict(best), None, None, 0)
@@ -205,7 +205,7 @@ class _ChosenKnobs(FusedIntegerKernel):
         self.chosen = chosen
 
     def knobs_for(self, func: tirx.PrimFunc) -> Knobs:
-        return self.chosen.get(tvm.ir.structural_hash(func), self.knobs)
+        return self.chosen.get(tvm_ffi.structural_hash(func), self.knobs)
 
 
 def _unscheduled(func) -> bool:
@@ -219,7 +219,7 @@ class Tuner:
         self.target, self.trials = target, opts.trials
         name = str(target)
         self.records = Records(opts.cache / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.json", name)
-        self.measured = self.reused = 0
+        self.tuned = self.reused = 0
         self.seconds = 0.0
 
     def _key(self, kind: str, workload: str) -> str:
@@ -233,7 +233,7 @@ class Tuner:
         start = time.perf_counter()
         decision = search()
         self.seconds += time.perf_counter() - start
-        self.measured += 1
+        self.tuned += 1
         self.records.put(key, {"kind": kind, **dataclasses.asdict(decision)})
         return decision.choice
 
@@ -248,13 +248,15 @@ class Tuner:
     def knobs(self, func: tirx.PrimFunc) -> Knobs:
         if _shapes(func, {}) is None:
             return Knobs()
-        return Knobs(**self._decide(self._key("fused", str(tvm.ir.structural_hash(func))), "fused",
+        # The hash ignores variable and buffer names but not the attributes: the kernel's own name goes.
+        workload = str(tvm_ffi.structural_hash(func.with_attr("global_symbol", "main")))
+        return Knobs(**self._decide(self._key("fused", workload), "fused",
                                     lambda: _search_knobs(func, self.target, self.trials)))
 
     def rule(self, mod: tvm.IRModule) -> FusedIntegerKernel:
         """The schedule rule for the fused kernels of `mod`, every one of them decided first."""
-        return _ChosenKnobs({tvm.ir.structural_hash(f): self.knobs(f) for _, f in mod.functions_items() if _unscheduled(f)})
+        return _ChosenKnobs({tvm_ffi.structural_hash(f): self.knobs(f) for _, f in mod.functions_items() if _unscheduled(f)})
 
     def summary(self) -> dict:
-        return {"measured": self.measured, "reused": self.reused, "seconds": round(self.seconds, 2),
+        return {"tuned": self.tuned, "reused": self.reused, "seconds": round(self.seconds, 2),
                 "records": str(self.records.path)}

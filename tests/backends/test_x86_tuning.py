@@ -46,7 +46,8 @@ def test_first_tuned_compile_writes_records_and_the_next_reuses_them(tmp_path, m
     first = qcompile.compile(model, ex, **tuned)
     summary = first.report().extra["tuning"]
     records = _records(tmp_path)
-    assert measured and summary["tuned"] == len(records) and summary["reused"] == 0
+    # A kernel that occurs twice in the model is tuned once: the second is already in the records.
+    assert measured and summary["tuned"] == len(records)
     kinds = {r["kind"] for r in records.values()}
     assert kinds == {"gemm", "fused"}
     assert all(r["trials"] <= 2 for r in records.values())
@@ -57,7 +58,7 @@ def test_first_tuned_compile_writes_records_and_the_next_reuses_them(tmp_path, m
     second = qcompile.compile(model, ex, **tuned)
     assert not measured  # every kernel's schedule came from the records
     assert second.report().extra["tuning"]["tuned"] == 0
-    assert second.report().extra["tuning"]["reused"] == summary["tuned"]
+    assert second.report().extra["tuning"]["reused"] == summary["tuned"] + summary["reused"]
     assert Path(summary["records"]).read_bytes() == saved
     probe = torch.randn(1, 3, 32, 32)
     assert torch.equal(second(probe), ref(probe)) and torch.equal(second(probe), first(probe))

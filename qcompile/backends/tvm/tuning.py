@@ -121,13 +121,12 @@ def _shapes(func: tirx.PrimFunc, sizes: dict[str, int]) -> list[tuple[list[int],
     """(shape, dtype) of every parameter, free dims taken from `sizes`; None if one is not a static buffer."""
     out = []
     for param in func.params:
-        buf = func.buffer_map.get(param)
-        if buf is None:
+        if not isinstance(param.ty, tirx.BufferType):  # a scalar (a size passed on its own)
             return None
-        dims = [int(d) if isinstance(d, tirx.IntImm) else sizes.get(getattr(d, "name", None)) for d in buf.shape]
+        dims = [int(d) if isinstance(d, tirx.IntImm) else sizes.get(getattr(d, "name", None)) for d in param.shape]
         if None in dims:
             return None
-        out.append((dims, str(buf.dtype)))
+        out.append((dims, str(param.dtype)))
     return out
 
 

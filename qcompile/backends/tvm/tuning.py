@@ -38,10 +38,12 @@ from .schedule_cpu import FusedIntegerKernel, Knobs
 from .x86_gemm import Tiling, gemm_prim_func, ranked_tilings
 
 FORMAT = 1  # records written in another format are ignored (those kernels are tuned again)
-DEFAULT_TRIALS = 6  # measured schedules per kernel: the default plus the five most promising others
+DEFAULT_TRIALS = 6  # measured schedules per kernel (about 85 s for MobileNetV2's 79 kernels on 2 cores)
 
-# The values each knob may take; the search tries them in this order, the default first.
-KNOB_VALUES = {"vector": (16, 8, 32), "channels": (4, 2, 8, 1), "inline_pad": (True, False)}
+# The values each knob may take; the search tries them in this order, the default first and the least
+# promising last, which a small budget cuts: on MobileNetV2 (8 trials) wider vectors and 8-channel tiles
+# won often, materialised padding and 2- or 1-channel tiles never.
+KNOB_VALUES = {"vector": (16, 32, 64, 8), "inline_pad": (True, False), "channels": (4, 8, 2, 1)}
 
 # A candidate replaces the current best only when it is this much faster: closer timings are noise on a
 # shared machine, and the default schedule is the better-understood one.

@@ -242,7 +242,8 @@ class Tuner:
         """gemm_lowering's ChooseTiling: the fastest measured tile (the cost model's for free M)."""
         if shape.m is None:
             return shape.isa.default_tiling(None, shape.n, shape.k)
-        workload = f"{shape.isa.name} m={shape.m} n={shape.n} k={shape.k} out={shape.requant.out_dtype}"
+        out = shape.requant.out_dtype if shape.requant else "int32"
+        workload = f"{shape.isa.name} m={shape.m} n={shape.n} k={shape.k} out={out}"
         return Tiling(**self._decide(self._key("gemm", workload), "gemm",
                                      lambda: _search_tiling(shape, self.target, self.trials)))
 

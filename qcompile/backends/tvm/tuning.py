@@ -33,7 +33,7 @@ import tvm_ffi
 from tvm import tirx
 
 from ...errors import UsageError
-from .gemm_lowering import GemmShape
+from .gemm_lowering import GemmShape, default_tiling
 from .schedule_cpu import FusedIntegerKernel, Knobs
 from .x86_gemm import Tiling, gemm_prim_func, ranked_tilings
 
@@ -241,7 +241,7 @@ class Tuner:
     def tiling(self, shape: GemmShape) -> Tiling:
         """gemm_lowering's ChooseTiling: the fastest measured tile (the cost model's for free M)."""
         if shape.m is None:
-            return shape.isa.default_tiling(None, shape.n, shape.k)
+            return default_tiling(shape)
         out = shape.requant.out_dtype if shape.requant else "int32"
         workload = f"{shape.isa.name} m={shape.m} n={shape.n} k={shape.k} out={out}"
         return Tiling(**self._decide(self._key("gemm", workload), "gemm",

@@ -10,25 +10,23 @@ output rows are the channels-last result.
 """
 from __future__ import annotations
 
-import functools
-import operator
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-import tvm
 from torch import fx
 from tvm import relax, te
 from tvm import tirx as tir
 
 from ...ir.rewrite import constant
 from .layout import Layouts
+from .ops import size_product
+from .ops_nhwc import conv_output_hw
 from .var_names import var_name
 from .x86_gemm import Isa, Requant, Tiling, gemm_prim_func, isa_for, pack_weight, pad_channels
 
 qc = torch.ops.qcompile
-_ANALYZER = tvm.sym.Analyzer()
 
 
 @dataclass(frozen=True)
@@ -87,15 +85,9 @@ def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
     return {**pairs, **alone}
 
 
-def _product(sizes):
-    return _ANALYZER.simplify(functools.reduce(operator.mul, sizes))
-
-
 def _conv_out_hw(conv: fx.Node, h, w):
     _, _, _, _, _, stride, padding, dilation, _ = conv.args
-    kh, kw = conv.args[1].meta["val"].shape[2:]
-    return ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
-            (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)
+    return conv_output_hw(h, w, conv.args[1].meta["val"].shape[2:], stride, padding, dilation)
 
 
 def _im2col(x: te.Tensor, conv: fx.Node) -> te.Tensor:
@@ -122,14 +114,14 @@ def _rows(bb: relax.BlockBuilder, acc: fx.Node, layouts: Layouts) -> tuple[relax
     if acc.target == qc.linear_int.default:
         x = layouts.get(x_n, False)
         *outer, k = x.ty.shape.values
-        return bb.emit(relax.op.reshape(x, (_product(outer), k)), var_name(acc)), outer
+        return bb.emit(relax.op.reshape(x, (size_product(outer), k)), var_name(acc)), outer
     x = layouts.get(x_n, True)
     b, h, w, c = x.ty.shape.values
     if _is_pointwise(acc):
-        return bb.emit(relax.op.reshape(x, (_product([b, h, w]), c)), var_name(acc)), [b, h, w]
+        return bb.emit(relax.op.reshape(x, (size_product([b, h, w]), c)), var_name(acc)), [b, h, w]
     oh, ow = _conv_out_hw(acc, h, w)
     cols = bb.emit_te(lambda t: _im2col(t, acc), x, primfunc_name_hint=f"im2col_{acc.name}", name_hint=var_name(acc))
-    return cols, [b, _ANALYZER.simplify(oh), _ANALYZER.simplify(ow)]
+    return cols, [b, size_product([oh]), size_product([ow])]
 
 
 def _weight_matrix(gm: fx.GraphModule, acc: fx.Node) -> np.ndarray:

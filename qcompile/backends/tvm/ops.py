@@ -15,6 +15,8 @@ import tvm
 from tvm import te, topi
 from tvm import tirx as tir
 
+from .x86_gemm import high_word_rounding
+
 qc = torch.ops.qcompile
 aten = torch.ops.aten
 
@@ -153,10 +155,9 @@ def _rounding_shift(v64, m, s):
 
 def _high_word_requantize(acc32, m, shift: int):
     """floor((acc * m + 2^(shift-1)) / 2^shift) for shift >= 32 without 64-bit shifts or clamps: take the
-    high dword of the 64-bit product (LLVM emits a 32x32->64 multiply and a shuffle), finish in int32.
-    floor(p / 2^s) == floor(floor(p / 2^32) / 2^(s - 32)), and for s >= 33 the rounding term 2^(s-1)
-    is a multiple of 2^32 that moves to the int32 side. |acc * m| <= 2^62, so |high| <= 2^30."""
-    rnd64, rnd32 = (1 << 31, 0) if shift == 32 else (0, 1 << (shift - 33))
+    high dword of the 64-bit product (LLVM emits a 32x32->64 multiply and a shuffle), finish in int32,
+    the rounding term split as in the GEMM kernel's epilogue (x86_gemm.high_word_rounding)."""
+    rnd64, rnd32 = high_word_rounding(shift)
     prod = acc32.astype("int64") * m.astype("int64") + tir.const(rnd64, "int64")
     high = tir.shift_right(prod, tir.const(32, "int64")).astype("int32")
     return tir.shift_right(high + tir.const(rnd32, "int32"), tir.const(shift - 32, "int32"))
@@ -205,8 +206,9 @@ def _lut(node, x, table, qmin_in):
 # ------------------------------------------------------------------ data movement on integer tensors
 # Output sizes come from the op's arguments and the input's TE shape, never from node.meta (the example's
 # sizes): with dynamic_shapes they are expressions of the module's symbolic dims.
-def _product(sizes):
-    return functools.reduce(operator.mul, sizes, tir.const(1, "int64"))
+def size_product(sizes):
+    """The product of (static or symbolic) sizes, simplified: `s0*12//12` would not match `s0` elsewhere."""
+    return _SIMPLIFY.simplify(functools.reduce(operator.mul, sizes, tir.const(1, "int64")))
 
 
 @converter(aten.view.default, aten.reshape.default)
@@ -214,8 +216,8 @@ def _reshape(node, x, shape):
     shape = list(shape)
     wild = [i for i, d in enumerate(shape) if isinstance(d, int) and d == -1]
     if wild:
-        known = _product(d for i, d in enumerate(shape) if i != wild[0])
-        shape[wild[0]] = _SIMPLIFY.simplify(tir.floordiv(_product(x.shape), known))
+        known = size_product(d for i, d in enumerate(shape) if i != wild[0])
+        shape[wild[0]] = _SIMPLIFY.simplify(tir.floordiv(size_product(x.shape), known))
     return topi.reshape(x, shape)
 
 
@@ -223,7 +225,7 @@ def _reshape(node, x, shape):
 def _flatten(node, x, start=0, end=-1):
     dims = list(x.shape)
     s, e = start % len(dims), end % len(dims)
-    return topi.reshape(x, [*dims[:s], _SIMPLIFY.simplify(_product(dims[s:e + 1])), *dims[e + 1:]])
+    return topi.reshape(x, [*dims[:s], size_product(dims[s:e + 1]), *dims[e + 1:]])
 
 
 @converter(aten.to.device, aten.to.dtype, aten._to_copy.default)

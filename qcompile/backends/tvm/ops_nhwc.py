@@ -28,14 +28,19 @@ def _pad_nhwc(x, ph: int, pw: int, value):
     return topi.nn.pad(x, [0, ph, pw, 0], [0, ph, pw, 0], pad_value=value, name="pad")
 
 
+def conv_output_hw(h, w, kernel, stride, padding, dilation):
+    """Output height and width of a convolution (static ints or symbolic sizes)."""
+    return tuple((size + 2 * padding[d] - dilation[d] * (kernel[d] - 1) - 1) // stride[d] + 1
+                 for d, size in enumerate((h, w)))
+
+
 def conv2d_nhwc(node, x, w_hwio, bias, x_zp, zp_folded, stride, padding, dilation, groups):
     n, h, wd, _ = x.shape
     kh, kw, cin_g, cout = w_hwio.shape
     cout_g = cout // groups
     xp = _pad_nhwc(x, padding[0], padding[1], tir.const(x_zp, _dtype(x)))
     sub = 0 if zp_folded else x_zp
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh, ow = conv_output_hw(h, wd, (kh, kw), stride, padding, dilation)
     ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, cin_g), "rc")
 
     def body(b, y, xx, co):

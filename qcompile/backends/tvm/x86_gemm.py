@@ -312,6 +312,13 @@ def _high_dword_of_products(acc, mult, rnd: int, lanes: int):
     return tvm.tirx.Shuffle([as32(even), as32(odd)], high_lanes)
 
 
+def high_word_rounding(shift: int) -> tuple[int, int]:
+    """The rounding term 2^(shift-1) of a shift >= 32, split into (added to the 64-bit product, added to
+    its high dword): floor(p / 2^s) == floor(floor(p / 2^32) / 2^(s - 32)), and for s >= 33 the term is a
+    multiple of 2^32, so it moves whole to the int32 side."""
+    return (1 << 31, 0) if shift == 32 else (0, 1 << (shift - 33))
+
+
 def _requantize(acc, mult, lanes: int, rq: Requant):
     """int32 accumulators (`lanes` of them) -> clamped output; equal to requantize_fixed's int64 math."""
     vec = (lambda dtype: dtype) if lanes == 1 else (lambda dtype: f"{dtype}x{lanes}")
@@ -326,7 +333,7 @@ def _requantize(acc, mult, lanes: int, rq: Requant):
         # (a shuffle), then shift, add and clamp in int32. AVX2 has no 64-bit arithmetic shift and no
         # 64-bit min/max, so this is about half the instructions of the plain int64 form below.
         # For shift >= 33 the rounding term 2^(s-1) is a multiple of 2^32 and moves to the int32 side.
-        rnd64, rnd32 = (1 << 31, 0) if rq.shift == 32 else (0, 1 << (rq.shift - 33))
+        rnd64, rnd32 = high_word_rounding(rq.shift)
         high = _high_dword_of_products(acc, mult, rnd64, lanes)  # |high| < 2^30
         y = ((high + const(rnd32, "int32")) >> const(rq.shift - 32, "int32")) + const(rq.out_zp, "int32")
         dtype = "int32"

@@ -20,7 +20,8 @@ from .passes.base import place
 from .passes.calibrate import validate_calibration
 from .passes.instruments import Instruments
 from .passes.manager import DEFAULT_PIPELINE, run_pipeline
-from .quant.config import QuantConfig
+from .passes.choose_bitwidth import ChooseBitwidthPass
+from .quant.config import MIXED, QuantConfig
 from .report import Report, build_report, model_bytes
 from .serialize import ArtifactError, load_graph, save_graph
 
@@ -159,6 +160,7 @@ class Session:
         report = build_report(gm, ctx.float_gm, sample, self.float_bytes, backend.name)
         report.extra["timings_ms"] = dict(instruments.timings)
         report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
+        report.extra.update(ctx.records)
         c = self.captured
         runner = backend.build(gm)
         if getattr(runner, "tuning", None):  # what a tuned build measured and what it reused (x86, tune=True)
@@ -171,7 +173,7 @@ def compile(
     example_inputs: tuple,
     target="reference",
     calibration: Iterable | None = None,
-    bits: int = 8,
+    bits: int | str = 8,
     pipeline=None,
     passes=(),
     dump_dir=None,
@@ -181,11 +183,14 @@ def compile(
     verify_each: bool = False,
     progress: bool = True,
     dynamic_shapes=None,
+    budget: float | None = None,
     **backend_options,
 ) -> CompiledModel:
     """Quantize and compile `model` for `target`.
 
     calibration: an iterable of batches (a tensor or a tuple of positional inputs each).
+    bits: 8, 4, or "mixed": choose-bitwidth picks 8, 4 or float per layer by measured sensitivity so that
+        the weights average `budget` bits (e.g. bits="mixed", budget=6); see QuantConfig for more options.
     pipeline: replaces the default pass pipeline (a string or a list of passes).
     passes: extra passes (or strings), run after the quantization passes and before lowering; wrap one
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
@@ -194,12 +199,14 @@ def compile(
     backend_options: passed to the target's backend, e.g. target="x86", float_fallback=True
         (see qcompile/backends/tvm/x86.py); an option the backend does not take is an error.
     """
-    config = config or QuantConfig(bits=bits)
+    config = config or QuantConfig(bits=bits, budget=budget)
     backend = get_backend(target, **backend_options)
     if dynamic_shapes is not None and not getattr(backend, "supports_dynamic_shapes", False):
         raise UsageError(f"target {backend.name!r} builds for the example input shapes; dynamic_shapes is "
                          "supported by target='reference' for now")
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
+    if config.bits == MIXED and ChooseBitwidthPass.name not in {p.name for p in pass_list}:
+        raise UsageError(f'bits="mixed" needs the {ChooseBitwidthPass.name!r} pass in the pipeline, before calibrate')
 
     def attempt(config: QuantConfig) -> CompiledModel:
         session = Session.start(model, example_inputs, calibration, config, dynamic_shapes)

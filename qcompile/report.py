@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -11,8 +12,12 @@ from rich.table import Table
 from torch import fx
 
 from .debug import per_node_sqnr
+from .errors import UsageError
 from .ir import meta
 from .ir.printer import target_name
+
+
+BIT_ALLOCATION = "bit_allocation"  # report.extra key written by choose-bitwidth
 
 
 @dataclass
@@ -48,6 +53,20 @@ class Report:
     def kernels(self) -> list[dict]:
         """Every kernel call of one run: {"kernel", "layers", "us"}; empty until profiled."""
         return self.extra.get("kernels", [])
+
+    @property
+    def bit_allocation(self) -> dict | None:
+        """What choose-bitwidth measured and chose (bits="mixed"): per layer its sensitivity at each width,
+        the width chosen and its weight bytes; None when widths were not chosen."""
+        return self.extra.get(BIT_ALLOCATION)
+
+    def plot(self, path) -> Path:
+        """A PNG of each layer's sensitivity and chosen width (bits="mixed")."""
+        if self.bit_allocation is None:
+            raise UsageError('the report has no bit allocation to plot: compile with bits="mixed", budget=...')
+        from .report_plot import plot_bit_allocation  # matplotlib loads only when a plot is asked for
+
+        return plot_bit_allocation(self.bit_allocation, Path(path))
 
     def add_profile(self, kernels: list[dict]) -> None:
         """Record kernel times; a kernel computing several layers counts a share for each."""
@@ -90,9 +109,22 @@ class Report:
             t.add_row(k["kernel"], ", ".join(k["layers"]) or "(layout / unattributed)", f"{k['us']:.1f}", f"{100 * k['us'] / total:.1f}%")
         return t
 
+    def allocation_table(self) -> Table:
+        alloc = self.bit_allocation
+        widths = list(alloc["layers"][0]["sensitivity"]) if alloc["layers"] else []
+        t = Table(title=f"bit allocation ({alloc['metric']} sensitivity; {alloc['avg_bits']:.2f} bits per weight on average)")
+        for col in ("layer", "module", "params", *(f"{alloc['metric']} @{w}b" for w in widths), "bits", "bytes"):
+            t.add_column(col, overflow="fold")
+        for r in alloc["layers"]:
+            sens = [f"{r['sensitivity'][w]:.2e}" for w in widths]
+            t.add_row(r["layer"], r["module"], f"{r['params']:,}", *sens, str(r["bits"]), f"{r['bytes']:,}")
+        return t
+
     def __str__(self) -> str:
         console = Console(width=180, record=True, file=io.StringIO())
         console.print(self.table())
+        if self.bit_allocation is not None:
+            console.print(self.allocation_table())
         if self.kernels:
             console.print(self.kernel_table())
         summary = (

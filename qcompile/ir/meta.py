@@ -22,6 +22,7 @@ _ORIGIN = "qc_origin"  # str: name of the float-graph node whose value this node
 _CREATED = "qc_created_by"  # str: the pass that created this node
 _LAYER = "qc_layer"  # LayerInfo: what the report shows for an integer layer
 _INPUT_DIMS = "qc_input_dims"  # tuple[int | FreeDim]: a placeholder's shape as torch.export declared it
+_WEIGHT_BITS = "qc_weight_bits"  # 8 | 4 | "float": the width choose-bitwidth picked for this op's weights
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,14 @@ def set_qspec(node: fx.Node, spec: QSpec | None) -> None:
         node.meta.pop(_QSPEC, None)
     else:
         node.meta[_QSPEC] = spec
+
+
+def weight_bits(node: fx.Node) -> int | str | None:
+    return node.meta.get(_WEIGHT_BITS)
+
+
+def set_weight_bits(node: fx.Node, bits: int | str) -> None:
+    node.meta[_WEIGHT_BITS] = bits
 
 
 def share_source(node: fx.Node) -> str | None:

@@ -29,6 +29,7 @@ class PassContext:
     calibration: list | None = None
     float_gm: fx.GraphModule | None = None  # snapshot after the float passes: the numeric reference
     stats: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    records: dict[str, object] = field(default_factory=dict)  # JSON-able findings the report carries (by key)
 
     def count(self, pass_name: str, what: str, n: int = 1) -> None:
         self.stats[pass_name][what] += n

@@ -11,7 +11,7 @@ from ..ir import shapes
 from .base import Pass, PassContext, pipeline_string
 from .instruments import Instruments
 
-DEFAULT_PIPELINE = "fold-batch-norm,calibrate,insert-qdq,fuse-qdq,fold-scales"
+DEFAULT_PIPELINE = "fold-batch-norm,choose-bitwidth,calibrate,insert-qdq,fuse-qdq,fold-scales"
 
 
 class PassError(RuntimeError):

@@ -6,7 +6,7 @@ from torch import fx
 
 from ..errors import UsageError
 from ..ir import meta, shapes
-from .config import QuantConfig
+from .config import FLOAT, QuantConfig
 from .qdq import is_dequantize, is_quantize
 from .lower import FLOAT_OUTPUT_KINDS
 from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
@@ -63,11 +63,14 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
         if meta.is_annotated(node):  # an activation fused by its producer
             continue
         reason = rule.unsupported(node) or _requested_float(node, config, requested)
+        width = _weight_width(node, config, requested) if rule.weight_args and not reason else None
+        if width == FLOAT:
+            reason = _FLOAT_WIDTH_REASON
         if reason:
             meta.set_float_reason(node, reason)
             continue
         for w, axis in rule.weight_inputs(node):
-            meta.set_qspec(w, config.weight_spec(axis))
+            meta.set_qspec(w, config.weight_spec(axis, width))
         if rule.output == SHARE:
             sources = rule.activation_inputs(node) or [w for w, _ in rule.weight_inputs(node)]
             if sources and meta.is_annotated(sources[0]):
@@ -81,23 +84,44 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             meta.set_qspec(act, act_spec)
         else:
             meta.set_qspec(node, act_spec)
-    unknown = sorted({name for name, _ in config.float_layers} - requested)
-    if unknown:
-        raise UsageError(f"QuantConfig.float_layers names no quantizable layer: {', '.join(unknown)} "
-                         "(use the names of the report's `layer` column)")
+    for field, named in (("float_layers", config.float_layers), ("layer_bits", config.layer_bits)):
+        unknown = sorted({name for name, _ in named} - requested)
+        if unknown:
+            raise UsageError(f"QuantConfig.{field} names no quantizable layer: {', '.join(unknown)} "
+                             "(use the names of the report's `layer` column or module paths)")
     _drop_unconsumed(gm)
 
 
+_FLOAT_WIDTH_REASON = "weights kept float by the bit-width choice (choose-bitwidth or QuantConfig.layer_bits)"
+
+
+def layer_names(node: fx.Node) -> list[str]:
+    """Every name a user may call a layer by, the report's `layer` column first (the activation fused into
+    the op, if any), then the op's own name and its module path."""
+    rule = rule_for(node)
+    act = _fusable_activation(node) if rule is not None and rule.fuses_activation else None
+    names = [meta.origin(n) or n.name for n in (act, node) if n is not None]
+    src = meta.source(node)
+    return names + ([src.module_path] if src is not None and src.module_path else [])
+
+
 def _requested_float(node: fx.Node, config: QuantConfig, requested: set[str]) -> str | None:
-    """The user's reason to keep this op float: the report names a layer by its op, or by the
-    activation fused into it."""
-    act = _fusable_activation(node) if rule_for(node).fuses_activation else None
-    for n in (node, act):
-        name = n is not None and (meta.origin(n) or n.name)
-        if name and config.float_reason(name) is not None:
+    """The user's reason to keep this op float (QuantConfig.float_layers)."""
+    for name in layer_names(node):
+        if config.float_reason(name) is not None:
             requested.add(name)
             return config.float_reason(name)
     return None
+
+
+def _weight_width(node: fx.Node, config: QuantConfig, requested: set[str]) -> int | str:
+    """A layer's weight width: the user's pin (QuantConfig.layer_bits), else the chooser's, else the config's."""
+    names = layer_names(node)
+    pinned = config.pinned_width(*names)
+    if pinned is not None:
+        requested.update(n for n in names if n in dict(config.layer_bits))
+        return pinned
+    return meta.weight_bits(node) or config.default_weight_bits
 
 
 def _consumes_quantized(user: fx.Node) -> bool:

@@ -14,8 +14,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import UsageError
-
-FLOAT = "float"
+from .config import FLOAT
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,24 @@ from ..errors import UsageError
 from .qspec import OBSERVERS, QSpec
 
 
+FLOAT = "float"  # a layer width: weights (and the op) stay float
+MIXED = "mixed"  # bits: the choose-bitwidth pass picks 8, 4 or float per layer under `budget`
+LAYER_WIDTHS = (8, 4, FLOAT)  # what a layer's weights can be pinned to in `layer_bits`
+FIRST_LAST_POLICIES = ("auto", "8", "float")
+SENSITIVITY_METRICS = ("sqnr", "kl", "hessian")
+
+
+def _pairs(layers, default_reason: str) -> tuple:
+    """A mapping or list of names as sorted (name, value) pairs, so that the config stays hashable."""
+    pairs = layers.items() if isinstance(layers, Mapping) else (
+        (p, default_reason) if isinstance(p, str) else tuple(p) for p in layers
+    )
+    return tuple(sorted(pairs, key=lambda p: p[0]))
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    bits: int = 8
+    bits: int | str = 8  # 8, 4, or "mixed"
     per_channel: bool = True  # weights: one scale per output channel
     symmetric_activations: bool = False  # asymmetric uint8 by default (VNNI wants u8 x s8)
     method: str = "minmax"  # activation observer (measured best on MobileNetV2; see README)
@@ -20,18 +35,48 @@ class QuantConfig:
     # Layers kept in float, by the name the report's `layer` column shows: a list of names, or a mapping
     # name -> the reason the report gives. Stored as sorted (name, reason) pairs so the config stays hashable.
     float_layers: tuple[tuple[str, str], ...] | Mapping[str, str] | tuple[str, ...] = ()
+    # bits="mixed": the size budget, as average bits per quantizable weight (e.g. 6.0) or total weight bytes.
+    budget: float | None = None
+    budget_bytes: int | None = None
+    # Widths the user fixes, by layer name (the report's `layer`, the op's name or its module path):
+    # 8, 4 or "float". Honoured with any `bits`; with bits="mixed" the chooser allocates the rest.
+    layer_bits: tuple[tuple[str, int | str], ...] | Mapping[str, int | str] = ()
+    first_last: str = "auto"  # bits="mixed": "auto" (measured like the rest), "8" or "float" for both
+    sensitivity: str = "sqnr"  # bits="mixed": how a layer's sensitivity is measured (see quant/sensitivity.py)
 
     def __post_init__(self) -> None:
-        layers = self.float_layers
-        pairs = layers.items() if isinstance(layers, Mapping) else (
-            (p, "kept float by QuantConfig.float_layers") if isinstance(p, str) else tuple(p) for p in layers
-        )
-        object.__setattr__(self, "float_layers", tuple(sorted(pairs)))
-        if self.bits not in (8, 4):
-            raise UsageError(f"bits must be 8 or 4, got {self.bits!r}")
+        object.__setattr__(self, "float_layers", _pairs(self.float_layers, "kept float by QuantConfig.float_layers"))
+        object.__setattr__(self, "layer_bits", _pairs(self.layer_bits, ""))
+        self._validate_widths()
         for what, m in (("method", self.method), ("weight_method", self.weight_method)):
             if m not in OBSERVERS:
                 raise UsageError(f"{what} must be one of {OBSERVERS}, got {m!r}")
+
+    def _validate_widths(self) -> None:
+        if self.bits not in (8, 4, MIXED):
+            raise UsageError(f"bits must be 8, 4 or {MIXED!r}, got {self.bits!r}")
+        for name, width in self.layer_bits:
+            if width not in LAYER_WIDTHS:
+                raise UsageError(f"layer_bits[{name!r}] must be one of {LAYER_WIDTHS}, got {width!r}")
+        if self.bits == MIXED and (self.budget is None) == (self.budget_bytes is None):
+            raise UsageError('bits="mixed" needs exactly one budget: budget=<average weight bits, e.g. 6> '
+                             "or budget_bytes=<total weight bytes>")
+        if self.budget is not None and not 0 < self.budget <= 32:
+            raise UsageError(f"budget is average bits per weight, in (0, 32]; got {self.budget!r}")
+        if self.first_last not in FIRST_LAST_POLICIES:
+            raise UsageError(f"first_last must be one of {FIRST_LAST_POLICIES}, got {self.first_last!r}")
+        if self.sensitivity not in SENSITIVITY_METRICS:
+            raise UsageError(f"sensitivity must be one of {SENSITIVITY_METRICS}, got {self.sensitivity!r}")
+
+    @property
+    def default_weight_bits(self) -> int:
+        """The width of a layer nobody chose for: 8 under "mixed" until the chooser decides."""
+        return 8 if self.bits == MIXED else self.bits
+
+    def pinned_width(self, *names: str) -> int | str | None:
+        """The width layer_bits fixes for a layer known by any of `names`."""
+        widths = dict(self.layer_bits)
+        return next((widths[n] for n in names if n in widths), None)
 
     def float_reason(self, layer: str) -> str | None:
         return dict(self.float_layers).get(layer)
@@ -44,8 +89,9 @@ class QuantConfig:
             return QSpec(dtype="int8", symmetric=True, observer=self.method, percentile=self.percentile)
         return QSpec(dtype="uint8", symmetric=False, observer=self.method, percentile=self.percentile)
 
-    def weight_spec(self, axis: int | None) -> QSpec:
-        dtype = "int8" if self.bits == 8 else "int4"
+    def weight_spec(self, axis: int | None, bits: int | None = None) -> QSpec:
+        """Weights at the config's width, or at `bits` (a per-layer choice)."""
+        dtype = "int8" if (bits or self.default_weight_bits) == 8 else "int4"
         return QSpec(
             dtype=dtype, symmetric=True, axis=axis if self.per_channel else None,
             observer=self.weight_method, narrow=True,

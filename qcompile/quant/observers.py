@@ -73,9 +73,15 @@ def _percentile(obs: Observer) -> QParams:
     return qparams_from_range(torch.maximum(lo, obs.lo), torch.minimum(hi, obs.hi), obs.spec)
 
 
-def _fake_quant_error(x: torch.Tensor, qp: QParams, axis: int | None) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """x quantized with `qp` and dequantized again: the value the quantized model sees."""
+    axis = qp.spec.axis
     q = quantize_tensor(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax, torch.int32, axis)
-    err = (dequantize_tensor(q, qp.scale, qp.zero_point, axis) - x) ** 2
+    return dequantize_tensor(q, qp.scale, qp.zero_point, axis)
+
+
+def _fake_quant_error(x: torch.Tensor, qp: QParams, axis: int | None) -> torch.Tensor:
+    err = (fake_quantize(x, qp) - x) ** 2
     if axis is None:
         return err.mean()
     dims = [d for d in range(x.dim()) if d != axis % x.dim()]

@@ -42,7 +42,9 @@ def compile_cmd(
     model: str = typer.Argument(..., help="FILE.py:FUNCTION returning {model, example_inputs, calibration}, or zoo:mobilenet_v2"),
     out: Path = typer.Option(..., "--out", "-o", help="artifact directory to write"),
     target: str = typer.Option("reference", help="backend name"),
-    bits: int = typer.Option(8, help="weight bits"),
+    bits: str = typer.Option("8", help='weight bits: 8, 4, or "mixed" (chosen per layer; give --budget)'),
+    budget: Optional[float] = typer.Option(None, help='bits "mixed": average bits per weight, e.g. 6'),
+    plot: Optional[Path] = typer.Option(None, help='bits "mixed": write the bit-allocation plot (PNG) here'),
     pipeline: Optional[str] = typer.Option(None, help="pass pipeline string (default: the standard one)"),
     dump_dir: Optional[Path] = typer.Option(None, help="write a dump after every pass here"),
     print_after: Optional[str] = typer.Option(None, help="'all' or comma-separated pass names"),
@@ -52,11 +54,14 @@ def compile_cmd(
 
     spec = _load_spec(model)
     cm = qcompile.compile(
-        spec["model"], spec["example_inputs"], target=target, calibration=spec.get("calibration"), bits=bits,
-        pipeline=pipeline, dump_dir=dump_dir, print_after=print_after,
+        spec["model"], spec["example_inputs"], target=target, calibration=spec.get("calibration"),
+        bits=int(bits) if bits.isdigit() else bits, budget=budget, pipeline=pipeline, dump_dir=dump_dir,
+        print_after=print_after,
     )
     cm.save(out)
     typer.echo(str(cm.report()))
+    if plot is not None:
+        typer.echo(f"wrote {cm.report().plot(plot)}")
     typer.echo(f"wrote {out}")
 
 

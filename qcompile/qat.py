@@ -24,7 +24,7 @@ from .quant.config import QuantConfig
 from .quant.qdq import insert_dequantize, insert_quantize, is_quantize, parse_quantize
 
 aten = torch.ops.aten
-PREPARE_PIPELINE = "fold-batch-norm,calibrate,insert-qdq"
+PREPARE_PIPELINE = "fold-batch-norm,choose-bitwidth,calibrate,insert-qdq"
 CONVERT_PIPELINE = "fuse-qdq,fold-scales"
 
 

@@ -52,7 +52,7 @@ def test_custom_pass_runs_changes_graph_and_is_dumped(model, tmp_path):
     cm = qcompile.compile(model, (X,), calibration=[X], passes=[ClampOutputPass()], dump_dir=tmp_path, progress=False)
     assert cm(X).abs().max() <= 0.01 + 1e-7
     assert qcompile.compile(model, (X,), calibration=[X], progress=False)(X).abs().max() > 0.01
-    dump = (tmp_path / "06-clamp-output.txt").read_text()
+    dump = (tmp_path / "07-clamp-output.txt").read_text()
     assert "aten.clamp(" in dump
     assert "clamp-output" in (tmp_path / "index.html").read_text()
     assert cm.report().extra["stats"]["clamp-output"]["clamped"] == 1
@@ -70,7 +70,7 @@ def test_placing_a_pass_before_a_named_pass(model, tmp_path):
         dump_dir=tmp_path, progress=False,
     )
     names = sorted(p.stem for p in tmp_path.glob("*.txt"))
-    assert names.index("05-count-integer-ops") < names.index("06-fold-scales")
+    assert names.index("06-count-integer-ops") < names.index("07-fold-scales")
     with pytest.raises(ValueError, match="not in the pipeline"):
         qcompile.compile(model, (X,), calibration=[X], passes=[qcompile.at(CountIntegerOpsPass(), after="nope")])
 
@@ -89,7 +89,7 @@ def test_env_dump_dir_and_print_after(model, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "// ----- after fuse-qdq -----" in err and "qcompile.conv2d_int" in err
     assert "after fold-scales" not in err
-    assert (tmp_path / "env-dump" / "05-fold-scales.txt").exists()
+    assert (tmp_path / "env-dump" / "06-fold-scales.txt").exists()
 
 
 @qcompile.register_pass
@@ -126,9 +126,13 @@ def test_cli_compile_and_inspect(tmp_path):
     result = runner.invoke(app, ["inspect", str(out), "--graph"])
     assert result.exit_code == 0 and "qcompile.conv2d_int" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "d")])
-    assert result.exit_code == 0 and "05-fold-scales" in result.output
+    assert result.exit_code == 0 and "06-fold-scales" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "d"), "--pass", "insert-qdq"])
     assert result.exit_code == 0 and "quantize_per_tensor" in result.output
+    result = runner.invoke(app, ["compile", f"{spec}:build", "--out", str(tmp_path / "mixed"), "--bits", "mixed",
+                                 "--budget", "6", "--plot", str(tmp_path / "bits.png")])
+    assert result.exit_code == 0, result.output
+    assert "bit allocation" in result.output and (tmp_path / "bits.png").stat().st_size > 10_000
     result = runner.invoke(app, ["compile", "nonexistent.py:build", "--out", str(out)])
     assert result.exit_code != 0 and "expected FILE.py:FUNCTION" in result.output
 
@@ -138,5 +142,5 @@ def test_svg_dump_is_written_when_graphviz_is_installed(model, tmp_path):
 
     assert shutil.which("dot"), "make test installs Debian's graphviz"
     qcompile.compile(model, (X,), calibration=[X], dump_dir=tmp_path, progress=False)
-    svg = (tmp_path / "04-fuse-qdq.svg").read_text()
+    svg = (tmp_path / "05-fuse-qdq.svg").read_text()
     assert "<svg" in svg and "#ffd966" in svg  # nodes created by the pass are highlighted

@@ -56,11 +56,22 @@ def test_dump_dir_has_every_pass(mobilenet_compiled):
     _, dump = mobilenet_compiled
     names = sorted(p.name for p in dump.glob("*.txt"))
     assert names == [
-        "00-input.txt", "01-fold-batch-norm.txt", "02-calibrate.txt", "03-insert-qdq.txt",
-        "04-fuse-qdq.txt", "05-fold-scales.txt",
+        "00-input.txt", "01-fold-batch-norm.txt", "02-choose-bitwidth.txt", "03-calibrate.txt",
+        "04-insert-qdq.txt", "05-fuse-qdq.txt", "06-fold-scales.txt",
     ]
-    assert (dump / "index.html").read_text().count("<tr>") == 7
-    fused = (dump / "04-fuse-qdq.txt").read_text()
+    assert (dump / "index.html").read_text().count("<tr>") == 8
+    fused = (dump / "05-fuse-qdq.txt").read_text()
     assert "qcompile.conv2d_int" in fused and "src=features.0.0 (Conv2d)" in fused and "uint8[1, 32, 112, 112]" in fused
-    assert (dump / "05-fold-scales.dot").read_text().startswith("digraph")
+    assert (dump / "06-fold-scales.dot").read_text().startswith("digraph")
 
+
+
+def test_mixed_precision_at_6_bits_keeps_agreement(mobilenet):
+    """Issue 4's Must-show: bits="mixed", budget=6 (average weight bits) on the real model."""
+    model, example, calibration, x, labels, originals = mobilenet
+    cm = qcompile.compile(model, example, calibration=calibration, bits="mixed", budget=6, progress=False)
+    alloc = cm.report().bit_allocation
+    assert alloc["avg_bits"] <= 6 and {r["bits"] for r in alloc["layers"]} >= {8, 4}
+    result = compare(logits(model, x, 20), logits(cm, x), labels, originals)
+    print(result)
+    assert result.agreement >= 0.93

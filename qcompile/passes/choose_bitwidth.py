@@ -17,12 +17,12 @@ from ..errors import UsageError
 from ..ir import meta
 from ..quant.annotate import layer_names
 from ..quant.bit_allocation import Choice, LayerChoices, allocate, budget_bits
-from ..quant.config import FLOAT, MIXED, QuantConfig
+from ..quant.config import FLOAT, LAYER_WIDTHS, MIXED, QuantConfig
 from ..report import BIT_ALLOCATION
 from ..quant.sensitivity import Layer, sensitivities, weighted_layers
 from .base import Pass, PassContext, PassResult, register_pass
 
-WIDTHS = (8, 4)  # the integer candidates; FLOAT is always a candidate too
+INTEGER_WIDTHS = (8, 4)
 _STORED_BITS = {8: 8, 4: 4, FLOAT: 32}
 
 
@@ -56,10 +56,11 @@ class ChooseBitwidthPass(Pass):
         layers = weighted_layers(gm, config, layer_names)
         if not layers:
             return PassResult(gm, False)
-        costs = sensitivities(gm, layers, WIDTHS, config, _samples(ctx.calibration, self.samples), config.sensitivity, self.progress)
-        options = [_choices(layer, costs[layer.name]) for layer in layers]
+        costs = sensitivities(gm, layers, INTEGER_WIDTHS, config, _samples(ctx.calibration, self.samples), config.sensitivity, self.progress)
+        pins = _pins(layers, config)
+        options = [_choices(layer, costs[layer.name], {*config.widths, pins.get(layer.name)}) for layer in layers]
         budget = budget_bits(options, max_bytes=config.budget_bytes, avg_bits=config.budget)
-        picked = allocate(options, budget, _pins(layers, config))
+        picked = allocate(options, budget, pins)
         for layer in layers:
             meta.set_weight_bits(layer.node, picked[layer.name])
             ctx.count(self.name, f"{picked[layer.name]}-bit layers" if picked[layer.name] != FLOAT else "float layers")
@@ -74,10 +75,11 @@ class ChooseBitwidthPass(Pass):
         return dataclasses.replace(config, sensitivity=self.metric) if self.metric else config
 
 
-def _choices(layer: Layer, costs: dict) -> LayerChoices:
+def _choices(layer: Layer, costs: dict, widths: set) -> LayerChoices:
+    """The layer's candidates among `widths` (the config's, plus what the layer is pinned to)."""
     return LayerChoices(
         layer.name,
-        tuple(Choice(bits, costs[bits], layer.params * _STORED_BITS[bits]) for bits in (*WIDTHS, FLOAT)),
+        tuple(Choice(bits, costs[bits], layer.params * _STORED_BITS[bits]) for bits in LAYER_WIDTHS if bits in widths),
         layer.params,
     )
 
@@ -98,7 +100,7 @@ def _record(layers: list[Layer], costs: dict, picked: dict, config: QuantConfig)
         "layer": layer.name,
         "module": src.module_path if (src := meta.source(layer.node)) else "",
         "params": layer.params,
-        "sensitivity": {str(bits): costs[layer.name][bits] for bits in WIDTHS},
+        "sensitivity": {str(bits): costs[layer.name][bits] for bits in INTEGER_WIDTHS},
         "bits": picked[layer.name],
         "bytes": (layer.params * _STORED_BITS[picked[layer.name]] + 7) // 8,
     } for layer in layers]

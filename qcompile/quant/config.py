@@ -42,6 +42,7 @@ class QuantConfig:
     # 8, 4 or "float". Honoured with any `bits`; with bits="mixed" the chooser allocates the rest.
     layer_bits: tuple[tuple[str, int | str], ...] | Mapping[str, int | str] = ()
     first_last: str = "auto"  # bits="mixed": "auto" (measured like the rest), "8" or "float" for both
+    widths: tuple = LAYER_WIDTHS  # bits="mixed": the candidates; (8, 4) for integer-only hardware
     sensitivity: str = "sqnr"  # bits="mixed": how a layer's sensitivity is measured (see quant/sensitivity.py)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,9 @@ class QuantConfig:
     def _validate_widths(self) -> None:
         if self.bits not in (8, 4, MIXED):
             raise UsageError(f"bits must be 8, 4 or {MIXED!r}, got {self.bits!r}")
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if not self.widths or any(w not in LAYER_WIDTHS for w in self.widths):
+            raise UsageError(f"widths must be a non-empty subset of {LAYER_WIDTHS}, got {self.widths!r}")
         for name, width in self.layer_bits:
             if width not in LAYER_WIDTHS:
                 raise UsageError(f"layer_bits[{name!r}] must be one of {LAYER_WIDTHS}, got {width!r}")

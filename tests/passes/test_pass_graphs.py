@@ -29,7 +29,7 @@ from qcompile.passes.manager import DEFAULT_PIPELINE, PassError, run_pipeline
 aten = torch.ops.aten
 qc = torch.ops.qcompile
 
-PIPELINE = ["fold-batch-norm", "calibrate{progress=false}", "insert-qdq", "fuse-qdq", "fold-scales"]
+PIPELINE = ["fold-batch-norm", "choose-bitwidth{progress=false}", "calibrate{progress=false}", "insert-qdq", "fuse-qdq", "fold-scales"]
 PASS_NAMES = [p.split("{")[0] for p in PIPELINE]
 
 

@@ -226,7 +226,9 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
             node.name = e["name"]
             _dec_meta(node, e["meta"], tensors)
             nodes[e["name"]] = node
-    except (KeyError, TypeError, IndexError) as exc:
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError) as exc:  # ValueError: e.g. metadata on the wrong node kind
         raise ArtifactError(f"graph.json is malformed: {exc!r}") from exc
     gm = fx.GraphModule(root, graph)
     return gm

@@ -39,8 +39,8 @@ int4 weights (WeightFormat, chosen by the weight's storage bits; VNNI only): one
 4-bit weights of two k-groups of its column, as nibbles, so each weight vector load brings 128 weights
 instead of 64 and the weight panel is half the bytes (what a memory-bound GEMV is limited by). The K loop
 does not sign-extend them: a nibble moved to the high half of its byte with the low half zero *is* the
-signed byte 16 * w (low nibble: vpsllw by 4 + mask, high nibble: one vpandd), which vpdpbusd takes as
-is. The accumulators then hold 16 * sum(a * w) (|16 * w| <= 128, so the int32 bound is the int8 kernel's)
+signed byte 16 * w (low nibble: shifted up by 4 and masked, high nibble: masked), which vpdpbusd takes
+as is; the unpacked vectors serve every row of the tile. The accumulators then hold 16 * sum(a * w) (|16 * w| <= 128, so the int32 bound is the int8 kernel's)
 and start from zero; the epilogue shifts by 4 (exact: a multiple of 16) and adds the bias.
 
 The kernel is written directly as TIR (TVMScript with macros) rather than derived from a TE compute
@@ -316,11 +316,13 @@ def _int8_operand(words, g):
 
 def _int4_operand_x16(words, g):
     """k-group g (0: low nibbles, 1: high nibbles) of a vector of int4 words (16 lanes: the format needs
-    VNNI's byte lanes) as bytes 16 * w: (b << 4 - 4g) & 0xF0, i.e. vpsllw + vpandd for the low nibbles
-    (x86 has no byte shift) and one vpandd for the high ones. g is an unrolled loop variable."""
+    VNNI's byte lanes) as bytes 16 * w: (b << 4 - 4g) & 0xF0. x86 has no byte shift: LLVM emits vpsllw +
+    vpandd for the low nibbles (one vgf2p8affineqb where the CPU has GFNI), one vpandd for the high ones.
+    g is an unrolled loop variable, so the shift folds to a constant."""
     as_bytes = tvm.tirx.reinterpret("int8x64", words)
-    splat = lambda v: tvm.tirx.Broadcast(tvm.tirx.const(v, "int8") if isinstance(v, int) else v.astype("int8"), 64)  # noqa: E731
-    return tvm.tirx.reinterpret("int32x16", (as_bytes << splat(4 - 4 * g)) & splat(-16))
+    shift = tvm.tirx.Broadcast((4 - 4 * g).astype("int8"), 64)
+    high_half = tvm.tirx.Broadcast(tvm.tirx.const(-16, "int8"), 64)
+    return tvm.tirx.reinterpret("int32x16", (as_bytes << shift) & high_half)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from torch import nn
 
 import qcompile
 from qcompile.ir import meta
+from qcompile.ir.verify import VerificationError, verify
 from qcompile.quant.packing import pack_int4, unpack_int4
 from qcompile.serialize import ArtifactError
 
@@ -22,7 +23,7 @@ CALIBRATION = [torch.randn(8, 255, generator=torch.Generator().manual_seed(i)) f
 
 
 def compiled(bits):
-    return qcompile.compile(mlp(), (X,), calibration=CALIBRATION, bits=bits, progress=False)
+    return qcompile.compile(mlp(), (X,), calibration=CALIBRATION, bits=bits, progress=False, verify_each=True)
 
 
 def weight_nodes(gm):
@@ -58,6 +59,14 @@ def test_int4_weights_carry_storage_bits_and_round_trip_bit_identically(tmp_path
     stored = load_file(str(tmp_path / "int4" / "weights.safetensors"))
     w = weights[0]
     assert stored[w.target].dtype == torch.uint8 and stored[w.target].numel() == (255 * 129 + 1) // 2
+
+
+def test_verifier_refuses_a_4_bit_constant_holding_wider_values():
+    gm = compiled(4).graph_module
+    weight = weight_nodes(gm)[0]
+    getattr(gm, weight.target)[0, 0] = 8
+    with pytest.raises(VerificationError, match=r"marked 4-bit \(\[-8, 7\]\) but holds torch.int8 values in \[-7, 8\]"):
+        verify(gm)
 
 
 def test_int4_artifact_and_report_are_about_half_of_int8(tmp_path):

@@ -1,5 +1,7 @@
 """int4 constants: typed storage bits on the weight constants, packed two per byte in the artifact
 (quant/packing.py), unpacked bit-identically by qcompile.load, counted at 4 bits by the report."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -104,3 +106,28 @@ def test_bad_packed_weights_raise_artifact_error(tmp_path, change, message):
     _corrupt(tmp_path, lambda t: change(t, key))
     with pytest.raises(ArtifactError, match=message):
         qcompile.load(tmp_path)
+
+
+def _edit_graph(directory, change):
+    path = directory / "graph.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _packed_entry(doc):
+    return next(e for e in doc["nodes"] if "packed" in e)
+
+
+def test_unknown_packing_width_is_an_artifact_error(tmp_path):
+    compiled(4).save(tmp_path)
+    _edit_graph(tmp_path, lambda doc: _packed_entry(doc)["packed"].__setitem__("bits", 3))
+    with pytest.raises(ArtifactError, match="packed at 3 bits"):
+        qcompile.load(tmp_path)
+
+
+def test_version_1_artifacts_without_packing_still_load(tmp_path):
+    cm = compiled(8)
+    cm.save(tmp_path)
+    _edit_graph(tmp_path, lambda doc: doc.__setitem__("version", 1))
+    assert torch.equal(qcompile.load(tmp_path)(X), cm(X))

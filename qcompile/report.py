@@ -15,6 +15,7 @@ from .debug import per_node_sqnr
 from .errors import UsageError
 from .ir import meta
 from .ir.printer import target_name
+from .quant.packing import PACKINGS, stored_size
 
 
 BIT_ALLOCATION = "bit_allocation"  # report.extra key written by choose-bitwidth
@@ -140,7 +141,11 @@ class Report:
 
 
 def stored_bytes(gm: fx.GraphModule) -> int:
-    return sum(t.numel() * t.element_size() for t in list(gm.buffers()) + list(gm.parameters()))
+    """Bytes of the graph's constants as the artifact stores them: packed ones at their storage bits."""
+    packed = {n.target: meta.storage_bits(n) for n in gm.graph.nodes
+              if n.op == "get_attr" and meta.storage_bits(n) in PACKINGS}
+    tensors = list(gm.named_buffers()) + list(gm.named_parameters())
+    return sum(stored_size(t.numel(), packed.get(name, 8 * t.element_size())) for name, t in tensors)
 
 
 def model_bytes(model: torch.nn.Module) -> int:

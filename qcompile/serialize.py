@@ -16,9 +16,12 @@ from torch import fx
 
 from .ir import meta
 from .quant import ops  # noqa: F401  (registers torch.ops.qcompile before graphs are loaded)
+from .quant.packing import PACKINGS
 from .quant.qspec import QParams, QSpec
 
-FORMAT_VERSION = 1
+# 2: constants with packed storage bits (int4) are stored packed (quant/packing.py); 1 is read as well.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _NAMESPACES = ("aten", "qcompile", "quantized_decomposed")
 _PYTHON_TARGETS = {"operator.getitem": operator.getitem}
 _DTYPES = {str(d).replace("torch.", ""): d for d in (
@@ -121,6 +124,8 @@ def _enc_meta(node: fx.Node, tensors: dict[str, torch.Tensor]) -> dict:
         out["source"] = [src.module_path, src.module_type, src.location, src.code]
     if (layer := meta.layer(node)) is not None:
         out["layer"] = [layer.kind, layer.bits, layer.weight_bytes]
+    if (bits := meta.storage_bits(node)) is not None:
+        out["storage_bits"] = bits
     for key, getter in (("origin", meta.origin), ("float_reason", meta.float_reason), ("created_by", meta.created_by)):
         if (value := getter(node)) is not None:
             out[key] = value
@@ -141,15 +146,42 @@ def _dec_meta(node: fx.Node, m: dict, tensors: dict[str, torch.Tensor]) -> None:
         node.meta["qc_source"] = meta.Source(*m["source"])
     if "layer" in m:
         meta.set_layer(node, meta.LayerInfo(*m["layer"]))
+    if "storage_bits" in m:
+        meta.set_storage_bits(node, m["storage_bits"])
     for key, setter_key in (("origin", "qc_origin"), ("float_reason", "qc_float_reason"), ("created_by", "qc_created_by")):
         if key in m:
             node.meta[setter_key] = m[key]
+
+
+def _pack(node: fx.Node, originals: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> dict | None:
+    """Store a get_attr node's tensor packed where its storage bits have a packing (quant/packing.py); the
+    node's entry then records the width and the shape to unpack to."""
+    packing = PACKINGS.get(meta.storage_bits(node))
+    if packing is None:
+        return None
+    t = originals[node.target]
+    tensors[node.target] = packing.pack(t)
+    return {"bits": packing.bits, "shape": list(t.shape)}
+
+
+def _unpack(entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    name, t = entry["target"], tensors[entry["target"]]
+    if "packed" not in entry:
+        return t
+    bits, shape = entry["packed"]["bits"], entry["packed"]["shape"]
+    if bits not in PACKINGS:
+        raise ArtifactError(f"constant {name!r} is packed at {bits} bits; this qcompile reads {sorted(PACKINGS)}-bit packing")
+    try:
+        return PACKINGS[bits].unpack(t, tuple(shape))
+    except ValueError as exc:
+        raise ArtifactError(f"weights.safetensors: packed {bits}-bit constant {name!r} is corrupt: {exc}") from exc
 
 
 def graph_to_json(gm: fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
     tensors: dict[str, torch.Tensor] = {}
     for name, t in list(gm.named_buffers()) + list(gm.named_parameters()):
         tensors[name] = t.detach().contiguous().clone()
+    originals = dict(tensors)  # a constant read by several get_attr nodes is packed from the original each time
     nodes = []
     for n in gm.graph.nodes:
         entry = {"op": n.op, "name": n.name, "meta": _enc_meta(n, tensors)}
@@ -159,6 +191,8 @@ def graph_to_json(gm: fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
             entry["target"] = n.target
         elif n.op != "output":
             raise ValueError(f"cannot serialize {n.op} node %{n.name}")
+        if n.op == "get_attr" and (packed := _pack(n, originals, tensors)) is not None:
+            entry["packed"] = packed
         entry["args"] = _enc(tuple(n.args))
         entry["kwargs"] = {k: _enc(v) for k, v in n.kwargs.items()}
         nodes.append(entry)
@@ -166,7 +200,7 @@ def graph_to_json(gm: fx.GraphModule) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModule:
-    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION or not isinstance(doc.get("nodes"), list):
+    if not isinstance(doc, dict) or doc.get("version") not in _READABLE_VERSIONS or not isinstance(doc.get("nodes"), list):
         raise ArtifactError("graph.json is not a qcompile graph of a supported version")
     root = torch.nn.Module()
     graph = fx.Graph()
@@ -181,7 +215,7 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
             elif op == "get_attr":
                 if e["target"] not in tensors:
                     raise ArtifactError(f"weights file lacks tensor {e['target']!r}")
-                root.register_buffer(e["target"].replace(".", "__"), tensors[e["target"]])
+                root.register_buffer(e["target"].replace(".", "__"), _unpack(e, tensors))
                 node = graph.get_attr(e["target"].replace(".", "__"))
             elif op == "call_function":
                 node = graph.call_function(_resolve_target(e["target"]), args, kwargs)
@@ -192,7 +226,9 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
             node.name = e["name"]
             _dec_meta(node, e["meta"], tensors)
             nodes[e["name"]] = node
-    except (KeyError, TypeError, IndexError) as exc:
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError) as exc:  # ValueError: e.g. metadata on the wrong node kind
         raise ArtifactError(f"graph.json is malformed: {exc!r}") from exc
     gm = fx.GraphModule(root, graph)
     return gm

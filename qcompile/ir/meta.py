@@ -23,6 +23,7 @@ _CREATED = "qc_created_by"  # str: the pass that created this node
 _LAYER = "qc_layer"  # LayerInfo: what the report shows for an integer layer
 _INPUT_DIMS = "qc_input_dims"  # tuple[int | FreeDim]: a placeholder's shape as torch.export declared it
 _WEIGHT_BITS = "qc_weight_bits"  # 8 | 4 | "float": the width choose-bitwidth picked for this op's weights
+_STORAGE_BITS = "qc_storage_bits"  # int: bits per value of a get_attr constant (held one per element in the graph)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,19 @@ def input_dims(node: fx.Node) -> tuple | None:
 
 def set_input_dims(node: fx.Node, dims: tuple) -> None:
     node.meta[_INPUT_DIMS] = tuple(dims)
+
+
+def storage_bits(node: fx.Node) -> int | None:
+    """The bit width a constant's values fit (e.g. 4 for int4 weights, which the graph holds one per int8
+    element): artifacts store it packed at that width and backends may load it packed. None: the
+    element dtype's full width."""
+    return node.meta.get(_STORAGE_BITS)
+
+
+def set_storage_bits(node: fx.Node, bits: int) -> None:
+    if node.op != "get_attr":
+        raise ValueError(f"storage bits describe constants; %{node.name} is a {node.op} node")
+    node.meta[_STORAGE_BITS] = int(bits)
 
 
 def qspec(node: fx.Node) -> QSpec | None:

@@ -92,6 +92,14 @@ def _bias_int32(rw: Rewriter, m: Match, acc_scale: torch.Tensor, index: int) -> 
     return rw.const(q, f"{m.op.name}_bias_i32", m.anchor)
 
 
+def _weight_const(rw: Rewriter, m: Match, hint: str) -> fx.Node:
+    """The integer weight as a constant that records its bit width (int4 values sit in int8 elements)."""
+    w, wq = m.weights[0]
+    node = rw.const(w, hint, m.anchor)
+    meta.set_storage_bits(node, wq.spec.bits)
+    return node
+
+
 def _weight_layer(m: Match, kind: str) -> None:
     w, wq = m.weights[0]
     nbytes = math.ceil(w.numel() * wq.spec.bits / 8)
@@ -99,7 +107,7 @@ def _weight_layer(m: Match, kind: str) -> None:
 
 
 def _gemm_like(rw: Rewriter, m: Match, kind: str, target, extra: tuple, axis: int) -> fx.Node | None:
-    (x, xq), (w, wq) = m.inputs[0], m.weights[0]
+    (x, xq), (_, wq) = m.inputs[0], m.weights[0]
     if xq.per_channel:
         return None
     sx, zx = xq.scalar()
@@ -107,7 +115,7 @@ def _gemm_like(rw: Rewriter, m: Match, kind: str, target, extra: tuple, axis: in
     if bool((wq.zero_point != 0).any()):
         return None  # asymmetric weights are not lowered; they stay float
     bias = _bias_int32(rw, m, acc_scale, 2)
-    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
     acc = rw.call(target, (x, w_node, bias, zx, False, *extra), m.anchor, like=m.op, represents=m.last, name=f"{m.op.name}_acc")
     _weight_layer(m, kind)
     if m.out is None:
@@ -277,10 +285,10 @@ def _cat(rw: Rewriter, m: Match):
 
 @lowering("embedding")
 def _embedding(rw: Rewriter, m: Match):
-    w, wq = m.weights[0]
+    _, wq = m.weights[0]
     if wq.per_channel or not wq.same_as(m.out):
         return None
-    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
     _weight_layer(m, "embedding")
     out = rw.call(aten.embedding.default, (w_node, *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
     meta.set_layer(out, meta.layer(m.op))

@@ -8,7 +8,8 @@ import torch
 from ..errors import UsageError
 
 # name -> (torch storage dtype, qmin, qmax). int4 values are stored one per int8 element in graphs
-# (packed two per byte only in artifacts), so their storage dtype is int8.
+# (packed two per byte in artifacts and in the x86 GEMM's weights: meta.storage_bits marks those
+# constants), so their storage dtype is int8.
 DTYPES: dict[str, tuple[torch.dtype, int, int]] = {
     "uint8": (torch.uint8, 0, 255),
     "int8": (torch.int8, -128, 127),

@@ -19,12 +19,13 @@ from torch import fx
 from tvm import relax, te
 from tvm import tirx as tir
 
+from ...ir import meta
 from ...ir.rewrite import constant
 from .layout import Layouts
 from .ops import size_product
 from .ops_nhwc import conv_output_hw
 from .var_names import var_name
-from .x86_gemm import Isa, Requant, Tiling, gemm_prim_func, isa_for, pack_weight, pad_channels
+from .x86_gemm import INT8_WEIGHTS, Isa, Requant, Tiling, WeightFormat, gemm_prim_func, isa_for, pad_channels, weight_format
 
 qc = torch.ops.qcompile
 
@@ -38,6 +39,7 @@ class GemmShape:
     n: int
     k: int
     requant: Requant | None  # None: the kernel returns the int32 accumulator
+    weights: WeightFormat = INT8_WEIGHTS  # how the kernel holds the weights (by their storage bits)
 
 
 def default_tiling(shape: GemmShape) -> Tiling:
@@ -151,14 +153,15 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     m = rows.ty.shape.values[0]
     requant, mult = _requant(gm, result if result is not acc else None, n)
     bias = constant(gm, acc.args[2]).numpy() if acc.args[2] is not None else np.zeros(n, np.int32)
-    tiling = choose_tiling(GemmShape(isa, int(m) if isinstance(m, tir.IntImm) else None, n, k, requant))
+    weights = weight_format(meta.storage_bits(acc.args[1]), isa)
+    tiling = choose_tiling(GemmShape(isa, int(m) if isinstance(m, tir.IntImm) else None, n, k, requant, weights))
     padded = -(-n // tiling.nr) * tiling.nr
     name = f"gemm_{acc.name}"
-    func = gemm_prim_func(n, k, requant, isa, tiling)
+    func = gemm_prim_func(n, k, requant, isa, tiling, weights)
     func = func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name)
     gv = bb.add_func(func, name)
     consts = [
-        relax.const(pack_weight(w2, isa, tiling.nr), "int32"),
+        relax.const(weights.pack(w2, isa, tiling.nr), "int32"),
         relax.const(pad_channels(bias, padded), "int32"),
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]

@@ -188,7 +188,7 @@ def _search_knobs(func: tirx.PrimFunc, target: tvm.target.Target, trials: int) -
 def _search_tiling(shape: GemmShape, target: tvm.target.Target, trials: int) -> Decision:
     """The cost model's pick and its runners-up, each timed; the fastest wins."""
     tilings = ranked_tilings(shape.isa, shape.m, shape.n, shape.k, trials)
-    times = [measure(gemm_prim_func(shape.n, shape.k, shape.requant, shape.isa, t), target, {"M": shape.m})
+    times = [measure(gemm_prim_func(shape.n, shape.k, shape.requant, shape.isa, t, shape.weights), target, {"M": shape.m})
              for t in tilings]
     best = 0
     for i, us in enumerate(times):
@@ -243,7 +243,9 @@ class Tuner:
         if shape.m is None:
             return default_tiling(shape)
         out = shape.requant.out_dtype if shape.requant else "int32"
-        workload = f"{shape.isa.name} m={shape.m} n={shape.n} k={shape.k} out={out}"
+        # Records of int8 weights keep their keys from before int4 existed.
+        weights = "" if shape.weights.bits == 8 else f" weights={shape.weights.name}"
+        workload = f"{shape.isa.name} m={shape.m} n={shape.n} k={shape.k} out={out}{weights}"
         return Tiling(**self._decide(self._key("gemm", workload), "gemm",
                                      lambda: _search_tiling(shape, self.target, self.trials)))
 

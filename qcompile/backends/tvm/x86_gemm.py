@@ -35,6 +35,14 @@ Kernel shape (GotoBLAS-style register blocking):
 - The accumulators start from the bias, and the requantize epilogue runs on the register tile right
   after its K loop: the int32 accumulator matrix is never written to memory.
 
+int4 weights (WeightFormat, chosen by the weight's storage bits; VNNI only): one packed word holds the
+4-bit weights of two k-groups of its column, as nibbles, so each weight vector load brings 128 weights
+instead of 64 and the weight panel is half the bytes (what a memory-bound GEMV is limited by). The K loop
+does not sign-extend them: a nibble moved to the high half of its byte with the low half zero *is* the
+signed byte 16 * w (low nibble: shifted up by 4 and masked, high nibble: masked), which vpdpbusd takes
+as is; the unpacked vectors serve every row of the tile. The accumulators then hold 16 * sum(a * w) (|16 * w| <= 128, so the int32 bound is the int8 kernel's)
+and start from zero; the epilogue shifts by 4 (exact: a multiple of 16) and adds the bias.
+
 The kernel is written directly as TIR (TVMScript with macros) rather than derived from a TE compute
 with `Schedule.tensorize`: with apache-tvm-ffi 0.1.15 (this venv) `tensorize` segfaults, because it
 deep-copies the intrinsic through the JSON serializer and `tvm.ir.save_json` of any TIR node crashes
@@ -55,7 +63,8 @@ from tvm.script import tirx as T
 from tvm.target import codegen
 
 __all__ = [
-    "Requant", "Tiling", "Isa", "GemmKernel", "build_gemm", "gemm_prim_func", "pack_weight", "pad_channels",
+    "Requant", "Tiling", "Isa", "GemmKernel", "build_gemm", "gemm_prim_func", "pack_weight", "pack_weight_int4", "pad_channels",
+    "WeightFormat", "INT8_WEIGHTS", "INT4_WEIGHTS", "weight_format",
     "host_target", "host_supports", "isa_for", "ranked_tilings", "reference_gemm", "AVX2", "AVX512_VNNI", "AVX512_VNNI_EMULATED",
 ]
 
@@ -279,6 +288,72 @@ def pack_weight(w: np.ndarray, isa: Isa, nr: int) -> np.ndarray:
     return np.ascontiguousarray(words).view(np.int32).reshape(panels, groups, nr)
 
 
+def pack_weight_int4(w: np.ndarray, isa: Isa, nr: int) -> np.ndarray:
+    """int8 [N, K] with values in [-8, 7] -> int32 words [ceil(N/nr), ceil(K/(2*group)), nr], zero padded.
+
+    Word (p, g, j), byte i: low nibble W[p*nr + j, 2g*group + i], high nibble W[p*nr + j, (2g+1)*group + i]
+    (two's complement nibbles): the same k order as pack_weight, two k-groups per word.
+    """
+    w = np.asarray(w)
+    if w.dtype != np.int8 or w.ndim != 2:
+        raise TypeError(f"weight must be int8 [N, K], got {w.dtype} {w.shape}")
+    if w.size and (w.min() < -8 or w.max() > 7):
+        raise ValueError(f"int4 weights must lie in [-8, 7], got [{w.min()}, {w.max()}]")
+    if isa.group != 4:
+        raise ValueError(f"int4 weights need byte weight lanes; {isa.name} reads {isa.group} per word")
+    n, k = w.shape
+    panels, words = _ceil_div(n, nr), _ceil_div(k, 2 * isa.group)
+    padded = np.zeros((panels * nr, words * 2 * isa.group), np.int8)
+    padded[:n, :k] = w
+    halves = padded.reshape(panels, nr, words, 2, isa.group).astype(np.uint8) & 0xF
+    packed = halves[:, :, :, 0] | (halves[:, :, :, 1] << 4)  # [panels, nr, words, group] bytes
+    return np.ascontiguousarray(packed.transpose(0, 2, 1, 3)).view(np.int32).reshape(panels, words, nr)
+
+
+def _int8_operand(words, g):
+    return words
+
+
+def _int4_operand_x16(words, g):
+    """k-group g (0: low nibbles, 1: high nibbles) of a vector of int4 words (16 lanes: the format needs
+    VNNI's byte lanes) as bytes 16 * w: (b << 4 - 4g) & 0xF0. x86 has no byte shift: LLVM emits vpsllw +
+    vpandd for the low nibbles (one vgf2p8affineqb where the CPU has GFNI), one vpandd for the high ones.
+    g is an unrolled loop variable, so the shift folds to a constant."""
+    as_bytes = tvm.tirx.reinterpret("int8x64", words)
+    shift = tvm.tirx.Broadcast((4 - 4 * g).astype("int8"), 64)
+    high_half = tvm.tirx.Broadcast(tvm.tirx.const(-16, "int8"), 64)
+    return tvm.tirx.reinterpret("int32x16", (as_bytes << shift) & high_half)
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How packed weight words hold the weights, and how the K loop reads them."""
+
+    name: str
+    bits: int
+    groups_per_word: int  # k-groups (of Isa.group values) one packed word holds
+    acc_shift: int  # the K loop accumulates a * w * 2^acc_shift; the epilogue shifts it back before the bias
+    lane_group: int | None  # the Isa.group the format needs (None: any)
+    pack: Callable[[np.ndarray, Isa, int], np.ndarray]  # (int8 [N, K], isa, nr) -> int32 words
+    operand: Callable  # (loaded vector of words, k-group g within the word) -> the dot product's weight operand
+
+    def supports(self, isa: Isa) -> bool:
+        return self.lane_group in (None, isa.group)
+
+
+INT8_WEIGHTS = WeightFormat("int8", 8, 1, 0, None, pack_weight, _int8_operand)
+INT4_WEIGHTS = WeightFormat("int4", 4, 2, 4, 4, pack_weight_int4, _int4_operand_x16)
+# storage bits of the weight constant -> its kernel format; widths without one run as int8 values.
+WEIGHT_FORMATS: dict[int, WeightFormat] = {8: INT8_WEIGHTS, 4: INT4_WEIGHTS}
+
+
+def weight_format(bits: int | None, isa: Isa) -> WeightFormat:
+    """The packed format for weights of `bits` bits (None: 8) on `isa`: int8 words where `isa` has no
+    narrower kernel (AVX2 reads int16 lanes)."""
+    fmt = WEIGHT_FORMATS.get(bits or 8, INT8_WEIGHTS)
+    return fmt if fmt.supports(isa) else INT8_WEIGHTS
+
+
 def pad_channels(v, n_padded: int) -> np.ndarray:
     """Per-channel int32 vector padded with zeros to the packed width (the kernel reads full tiles)."""
     v = np.asarray(v)
@@ -348,21 +423,26 @@ def _panel_group(panels: int, wanted: int) -> int:
     return max(d for d in range(1, min(panels, wanted) + 1) if panels % d == 0)
 
 
-def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Tiling) -> tvm.tirx.PrimFunc:
+def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Tiling,
+                   weights: WeightFormat = INT8_WEIGHTS) -> tvm.tirx.PrimFunc:
     """main(A: uint8 [M, k], Wp: packed words, bias: int32 [NP], mult: int32 [NP], Out) with M free.
 
     Out is `requant.out_dtype` [M, n], or the int32 accumulator when `requant` is None (mult unused).
-    bias and mult are zero-padded to NP = ceil(n / nr) * nr.
+    bias and mult are zero-padded to NP = ceil(n / nr) * nr. Wp is `weights.pack`'s layout.
     """
     _check_tiling(isa, tiling)
+    if not weights.supports(isa):
+        raise ValueError(f"{weights.name} weights need {weights.lane_group} values per lane; {isa.name} has {isa.group}")
     L, G, MR, NR = isa.lanes, isa.group, tiling.mr, tiling.nr
+    GW, SHIFT = weights.groups_per_word, weights.acc_shift
+    scaled = SHIFT > 0  # accumulators of a * w * 2^SHIFT: start at zero, the bias joins after the K loop
     NV = NR // L
-    NO, KW = _ceil_div(n, NR), _ceil_div(k, G)
-    NP, KG = NO * NR, KW * G
+    NO, KW = _ceil_div(n, NR), _ceil_div(k, G * GW)
+    NP, KG = NO * NR, KW * G * GW
     full_n = n % NR == 0  # no ragged last panel, so the epilogue needs no column guard
     # A is read as G-element words; it needs a padded (and, on AVX2, widened) copy unless it can be
-    # read in place: VNNI with k % 4 == 0.
-    copy_a = isa.a_dtype != "uint8" or k % G != 0
+    # read in place: VNNI with k a multiple of the k-groups per weight word.
+    copy_a = isa.a_dtype != "uint8" or k % (G * GW) != 0
     panel_group = _panel_group(NO, tiling.panels)
     dot = isa.dot
     out_dtype = requant.out_dtype if requant else "int32"
@@ -424,15 +504,24 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
                 acc = T.alloc_buffer((MR, NR), "int32")
                 for mi in T.unroll(MR):
                     for v in T.unroll(NV):
-                        acc[mi, T.ramp(v * L, 1, L)] = bias[T.ramp(n0 + v * L, 1, L)]
+                        if scaled:
+                            acc[mi, T.ramp(v * L, 1, L)] = T.Broadcast(T.int32(0), L)
+                        else:
+                            acc[mi, T.ramp(v * L, 1, L)] = bias[T.ramp(n0 + v * L, 1, L)]
                 for kw in range(KW):
                     for mi in T.unroll(MR):
-                        # Rows past M (last row block) recompute row M-1; their results are never stored.
-                        a_word = T.meta_var(T.reinterpret(
-                            "int32", A_w[T.min(m0 + mi, M - 1), T.ramp(kw * G, 1, G)]))
+                        for g in T.unroll(GW):
+                            # Rows past M (last row block) recompute row M-1; their results are never stored.
+                            a_word = T.meta_var(T.reinterpret(
+                                "int32", A_w[T.min(m0 + mi, M - 1), T.ramp((kw * GW + g) * G, 1, G)]))
+                            for v in T.unroll(NV):
+                                acc[mi, T.ramp(v * L, 1, L)] = dot(
+                                    acc[mi, T.ramp(v * L, 1, L)], a_word, weights.operand(Wp[po, kw, T.ramp(v * L, 1, L)], g))
+                if scaled:
+                    for mi in T.unroll(MR):
                         for v in T.unroll(NV):
-                            acc[mi, T.ramp(v * L, 1, L)] = dot(
-                                acc[mi, T.ramp(v * L, 1, L)], a_word, Wp[po, kw, T.ramp(v * L, 1, L)])
+                            acc[mi, T.ramp(v * L, 1, L)] = (acc[mi, T.ramp(v * L, 1, L)] >> T.Broadcast(
+                                T.int32(SHIFT), L)) + bias[T.ramp(n0 + v * L, 1, L)]
                 store_tile(acc, Out, mult, M, m0, n0)
 
     @T.prim_func
@@ -456,8 +545,9 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
 class GemmKernel:
     """A compiled GEMM with its packed constants; call it with uint8 [M, K] activations."""
 
-    def __init__(self, executable, isa: Isa, tiling: Tiling, n: int, k: int, out_dtype: str, consts: list):
-        self.executable, self.isa, self.tiling = executable, isa, tiling
+    def __init__(self, executable, isa: Isa, tiling: Tiling, n: int, k: int, out_dtype: str, consts: list,
+                 weights: WeightFormat = INT8_WEIGHTS):
+        self.executable, self.isa, self.tiling, self.weights = executable, isa, tiling, weights
         self.n, self.k, self.out_dtype = n, k, out_dtype
         self._func = executable["main"]
         self._consts = consts  # tvm tensors: packed weight, bias, mult
@@ -491,6 +581,7 @@ def build_gemm(
     target: dict | None = None,
     tiling: Tiling | None = None,
     isa: Isa | None = None,
+    weights: WeightFormat = INT8_WEIGHTS,
 ) -> GemmKernel:
     """Compile `out = requant(A @ weight.T + bias)` (or the int32 accumulator when requant is None).
 
@@ -498,6 +589,7 @@ def build_gemm(
        way (M is a free variable of the TIR function).
     weight: int8 [N, K]; bias, mult: int32 [N] (numpy or torch); target: a TVM target dict, default the
     host CPU, whose features pick the kernel (AVX512-VNNI, else AVX2) unless `isa` is given.
+    weights: how the kernel stores and reads the weights (INT4_WEIGHTS: values in [-8, 7], two per byte).
     """
     weight = weight.numpy() if isinstance(weight, torch.Tensor) else np.asarray(weight)
     n, k = weight.shape
@@ -508,16 +600,16 @@ def build_gemm(
         raise ValueError("mult and requant go together")
     np_ = _ceil_div(n, tiling.nr) * tiling.nr
 
-    func = gemm_prim_func(n, k, requant, isa, tiling)
+    func = gemm_prim_func(n, k, requant, isa, tiling, weights)
     executable = tvm.compile(tvm.IRModule({"main": func}), target=target)
     dev = tvm.cpu()
     to_dev = lambda x: tvm.runtime.tensor(x, dev)
     consts = [
-        to_dev(pack_weight(weight, isa, tiling.nr)),
+        to_dev(weights.pack(weight, isa, tiling.nr)),
         to_dev(pad_channels(_as_numpy(bias), np_)),
         to_dev(pad_channels(_as_numpy(mult) if mult is not None else np.zeros(n, np.int32), np_)),
     ]
-    return GemmKernel(executable, isa, tiling, n, k, requant.out_dtype if requant else "int32", consts)
+    return GemmKernel(executable, isa, tiling, n, k, requant.out_dtype if requant else "int32", consts, weights)
 
 
 def _as_numpy(x) -> np.ndarray:

@@ -8,7 +8,7 @@ from ..errors import UsageError
 from ..ir import meta, shapes
 from .config import QuantConfig
 from .qdq import is_dequantize, is_quantize
-from .lower import FLOAT_OUTPUT_KINDS
+from .lower import FLOAT_OUTPUT_KINDS, LOWERINGS
 from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
 
 
@@ -40,13 +40,21 @@ def is_prequantized(gm: fx.GraphModule) -> bool:
 
 def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
     """Mark tensors to quantize. A pre-quantized graph is left as its own quantizer decided."""
-    act_spec = config.activation_spec()
     for node in gm.graph.nodes:
         meta.clear_quant_annotations(node)
     if is_prequantized(gm):
         return
-
     requested: set[str] = set()
+    _ANNOTATORS[config.activations](gm, config, requested)
+    unknown = sorted({name for name, _ in config.float_layers} - requested)
+    if unknown:
+        raise UsageError(f"QuantConfig.float_layers names no quantizable layer: {', '.join(unknown)} "
+                         "(use the names of the report's `layer` column)")
+
+
+def _annotate_static(gm: fx.GraphModule, config: QuantConfig, requested: set[str]) -> None:
+    """Weights and activations, the latter calibrated ahead of time."""
+    act_spec = config.activation_spec()
 
     def need(n: fx.Node) -> None:
         if not meta.is_annotated(n) and _is_float_tensor(n):
@@ -81,11 +89,38 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             meta.set_qspec(act, act_spec)
         else:
             meta.set_qspec(node, act_spec)
-    unknown = sorted({name for name, _ in config.float_layers} - requested)
-    if unknown:
-        raise UsageError(f"QuantConfig.float_layers names no quantizable layer: {', '.join(unknown)} "
-                         "(use the names of the report's `layer` column)")
     _drop_unconsumed(gm)
+
+
+def _annotate_weights_only(gm: fx.GraphModule, config: QuantConfig, requested: set[str]) -> None:
+    """activations="float" / "dynamic": only the weights of ops with a lowering for float / run-time
+    quantized inputs (Linear) are quantized; nothing is calibrated, everything else stays float."""
+    form = config.activations
+    for node in gm.graph.nodes:
+        rule = rule_for(node)
+        if rule is None or (rule.kind, form) not in LOWERINGS or not _is_float_tensor(node):
+            continue
+        reason = rule.unsupported(node) or _requested_float(node, config, requested)
+        if reason:
+            meta.set_float_reason(node, reason)
+            continue
+        for w, axis in rule.weight_inputs(node):
+            spec = config.weight_spec(axis)
+            _check_groups(node, w, spec)
+            meta.set_qspec(w, spec)
+        if form == "dynamic":
+            meta.set_dynamic_inputs(node)
+
+
+def _check_groups(node: fx.Node, w: fx.Node, spec) -> None:
+    k = shapes.shape(w)[-1]
+    if spec.group_size is not None and k % spec.group_size:
+        raise UsageError(f"group_size {spec.group_size} does not divide the input size {k} of layer "
+                         f"{meta.origin(node) or node.name} (weight {shapes.shape(w)}): choose a group size that "
+                         "divides every Linear layer's input size, or group_size=None (per channel)")
+
+
+_ANNOTATORS = {"static": _annotate_static, "float": _annotate_weights_only, "dynamic": _annotate_weights_only}
 
 
 def _requested_float(node: fx.Node, config: QuantConfig, requested: set[str]) -> str | None:

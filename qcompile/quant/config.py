@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from .qspec import OBSERVERS, QSpec
 
+# static: activations calibrated ahead of time; dynamic: Linear inputs quantized per batch at run time;
+# float: weight-only (only Linear weights are quantized).
+ACTIVATIONS = ("static", "dynamic", "float")
+# compile(bits=...) shorthands for weight-only Linear layers.
+PRESETS = {"w4": {"bits": 4, "activations": "float", "group_size": 128}, "w8": {"bits": 8, "activations": "float"}}
+
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -20,6 +26,8 @@ class QuantConfig:
     # Layers kept in float, by the name the report's `layer` column shows: a list of names, or a mapping
     # name -> the reason the report gives. Stored as sorted (name, reason) pairs so the config stays hashable.
     float_layers: tuple[tuple[str, str], ...] | Mapping[str, str] | tuple[str, ...] = ()
+    activations: str = "static"  # one of ACTIVATIONS
+    group_size: int | None = None  # weights: one scale per group_size consecutive inputs of a row (None: per channel)
 
     def __post_init__(self) -> None:
         layers = self.float_layers
@@ -32,6 +40,21 @@ class QuantConfig:
         for what, m in (("method", self.method), ("weight_method", self.weight_method)):
             if m not in OBSERVERS:
                 raise UsageError(f"{what} must be one of {OBSERVERS}, got {m!r}")
+        self._check_weight_only()
+
+    def _check_weight_only(self) -> None:
+        if self.activations not in ACTIVATIONS:
+            raise UsageError(f"activations must be one of {ACTIVATIONS}, got {self.activations!r}")
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise UsageError(f"group_size must be a positive int (e.g. 32, 64, 128) or None, got {g!r}")
+        if g is not None and (self.activations != "float" or not self.per_channel):
+            raise UsageError("group_size needs activations='float' (weight-only) and per_channel=True")
+
+    @classmethod
+    def from_bits(cls, bits: int | str) -> "QuantConfig":
+        """What compile(bits=...) means: a width (8, 4) or a preset name of PRESETS ("w4", "w8")."""
+        return cls(**PRESETS[bits]) if isinstance(bits, str) and bits in PRESETS else cls(bits=bits)
 
     def float_reason(self, layer: str) -> str | None:
         return dict(self.float_layers).get(layer)
@@ -44,9 +67,13 @@ class QuantConfig:
             return QSpec(dtype="int8", symmetric=True, observer=self.method, percentile=self.percentile)
         return QSpec(dtype="uint8", symmetric=False, observer=self.method, percentile=self.percentile)
 
-    def weight_spec(self, axis: int | None) -> QSpec:
-        dtype = "int8" if self.bits == 8 else "int4"
+    def weight_spec(self, axis: int | None, bits: int | None = None) -> QSpec:
+        """The weights' QSpec at the config's width, or at `bits` (a per-layer choice) when given."""
+        bits = self.bits if bits is None else bits
+        if bits not in (8, 4):
+            raise UsageError(f"weight bits must be 8 or 4, got {bits!r}")
+        axis = axis if self.per_channel else None
         return QSpec(
-            dtype=dtype, symmetric=True, axis=axis if self.per_channel else None,
-            observer=self.weight_method, narrow=True,
+            dtype="int8" if bits == 8 else "int4", symmetric=True, axis=axis,
+            observer=self.weight_method, narrow=True, group_size=self.group_size if axis == 0 else None,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .math import dequantize_tensor, qparams_from_range, quantize_tensor
+from .math import dequantize_tensor, qparams_from_range, quantize_tensor, weight_groups
 from .qspec import QParams, QSpec
 
 _SAMPLES_PER_BATCH = 1 << 16
@@ -128,7 +128,10 @@ _ESTIMATORS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse, "entro
 
 
 def weight_qparams(w: torch.Tensor, spec: QSpec) -> QParams:
-    """Weights are static: observe them once, in full."""
+    """Weights are static: observe them once, in full. Group-wise specs take each group's min/max."""
+    if spec.group_size is not None:
+        groups = weight_groups(w.detach().to(torch.float32), spec.group_size)
+        return qparams_from_range(groups.amin(dim=-1), groups.amax(dim=-1), spec)
     obs = Observer(spec)
     obs(w)
     return obs.qparams()

@@ -115,8 +115,9 @@ def _annotate_weights_only(gm: fx.GraphModule, config: QuantConfig, requested: s
 def _check_groups(node: fx.Node, w: fx.Node, spec) -> None:
     k = shapes.shape(w)[-1]
     if spec.group_size is not None and k % spec.group_size:
+        src = meta.source(node)
         raise UsageError(f"group_size {spec.group_size} does not divide the input size {k} of layer "
-                         f"{meta.origin(node) or node.name} (weight {shapes.shape(w)}): choose a group size that "
+                         f"{meta.origin(node) or node.name} ({src.short() if src else 'weight'} {shapes.shape(w)}): choose a group size that "
                          "divides every Linear layer's input size, or group_size=None (per channel)")
 
 

@@ -1,8 +1,9 @@
 """MiniLM (all-MiniLM-L6-v2) with weight-only and dynamic int8 Linear layers: how close the sentence
 embeddings stay to fp32, and what that does to a downstream task.
 
-For fp32, qcompile w8 (per channel), w4 group-wise (32/64/128), w4 per channel, qcompile dynamic int8 and
-PyTorch's torch.ao.quantization.quantize_dynamic int8, on 4000 movie-review sentences (VADER's
+For fp32, qcompile w8 (per channel), w4 group-wise (32/64/128) and per channel, each rounded to nearest
+(min-max scales) and with GPTQ (weight_method="gptq", 256 other sentences as calibration data), qcompile
+dynamic int8 and PyTorch's torch.ao.quantization.quantize_dynamic int8, on 4000 movie-review sentences (VADER's
 hutto_ICWSM_2014 ground truth, label positive = mean rating > 0): the mean cosine similarity of the
 embeddings to fp32, and the accuracy of a logistic regression trained on 3000 sentences' embeddings and
 tested on the other 1000 (fixed seed). qcompile runs on the reference backend (the executable semantics).
@@ -37,6 +38,7 @@ SDIST = "vadersentiment==3.3.2"
 INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 SEED = 0
 TRAIN, TEST = 3000, 1000
+CALIBRATION = 256  # sentences after the evaluated ones, for GPTQ
 BATCH = 32
 
 
@@ -58,7 +60,8 @@ def fetch_sentences() -> Path:
 
 
 def load_sentences(n: int) -> tuple[list[str], list[int]]:
-    """n sentences in a fixed random order: (text, 1 if the mean rating is positive else 0)."""
+    """n sentences in a fixed random order: (text, 1 if the mean rating is positive else 0); the next
+    CALIBRATION ones are load_sentences(n + CALIBRATION)[0][n:]."""
     rows = []
     for line in fetch_sentences().read_text(encoding="utf-8", errors="replace").splitlines():
         parts = line.split("\t")
@@ -117,25 +120,30 @@ def sentiment_accuracy(emb: torch.Tensor, labels: list[int]) -> float:
     return float(clf.score(x[TRAIN:TRAIN + TEST], y[TRAIN:TRAIN + TEST]))
 
 
-def qcompile_model(model, example, config: qcompile.QuantConfig):
+def qcompile_model(model, example, config: qcompile.QuantConfig, calibration: list[tuple]):
     dims = {0: torch.export.Dim("batch", min=1, max=BATCH), 1: torch.export.Dim("length", min=2, max=128)}
-    cm = qcompile.compile(model, example, config=config, dynamic_shapes={"ids": dims, "mask": dims}, progress=False)
+    cm = qcompile.compile(model, example, config=config, dynamic_shapes={"ids": dims, "mask": dims},
+                          calibration=calibration if config.weight_method == "gptq" else None, progress=False)
     linear_bytes = sum(r.weight_bytes for r in cm.report().rows)
     return cm, linear_bytes
 
 
-def systems(model, example):
+def w4(group_size: int | None, method: str) -> qcompile.QuantConfig:
+    return qcompile.QuantConfig(bits=4, activations="float", group_size=group_size, weight_method=method)
+
+
+def systems(model, example, calibration):
     """name -> (callable, bytes of the Linear weights as stored, or None where not measured)."""
-    linear_fp32 = sum(m.weight.numel() * 4 for m in model.modules() if isinstance(m, nn.Linear))
-    yield "fp32", model, linear_fp32
+    encoder = model.m.encoder  # the pooler's Linear is not part of the embedding
+    yield "fp32", model, sum(m.weight.numel() * 4 for m in encoder.modules() if isinstance(m, nn.Linear))
     configs = {
         "qcompile w8 (per channel)": qcompile.QuantConfig.from_bits("w8"),
-        **{f"qcompile w4 g{g}": qcompile.QuantConfig(bits=4, activations="float", group_size=g) for g in (32, 64, 128)},
-        "qcompile w4 (per channel)": qcompile.QuantConfig(bits=4, activations="float"),
+        **{f"qcompile w4 g{g} {label}": w4(g, method) for method, label in (("minmax", "RTN"), ("gptq", "GPTQ"))
+           for g in (32, 64, 128, None)},
         "qcompile dynamic int8": qcompile.QuantConfig(activations="dynamic"),
     }
     for name, config in configs.items():
-        yield (name, *qcompile_model(model, example, config))
+        yield (name.replace("gNone", "per-channel"), *qcompile_model(model, example, config, calibration))
     torch_dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
     yield "torch quantize_dynamic int8", torch_dyn, None
 
@@ -146,11 +154,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(SEED)
     model, tok = load_minilm()
-    texts, labels = load_sentences(args.sentences)
+    texts, labels = load_sentences(args.sentences + CALIBRATION)
+    calibration = batches(tok, texts[args.sentences:])[0]
+    texts, labels = texts[:args.sentences], labels[:args.sentences]
     data = batches(tok, texts)
     example = data[0][len(data[0]) // 2]
     rows, ref = [], None
-    for name, fn, nbytes in systems(model, example):
+    for name, fn, nbytes in systems(model, example, calibration):
         t0 = time.perf_counter()
         emb = embed(fn, data)
         secs = time.perf_counter() - t0

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from .qspec import OBSERVERS, QSpec
+from .qspec import OBSERVERS, WEIGHT_OBSERVERS, QSpec
 
 # static: activations calibrated ahead of time; dynamic: Linear inputs quantized per batch at run time;
 # float: weight-only (only Linear weights are quantized).
@@ -37,9 +37,9 @@ class QuantConfig:
         object.__setattr__(self, "float_layers", tuple(sorted(pairs)))
         if self.bits not in (8, 4):
             raise UsageError(f"bits must be 8 or 4, got {self.bits!r}")
-        for what, m in (("method", self.method), ("weight_method", self.weight_method)):
-            if m not in OBSERVERS:
-                raise UsageError(f"{what} must be one of {OBSERVERS}, got {m!r}")
+        for what, m, allowed in (("method", self.method, OBSERVERS), ("weight_method", self.weight_method, WEIGHT_OBSERVERS)):
+            if m not in allowed:
+                raise UsageError(f"{what} must be one of {allowed}, got {m!r}")
         self._check_weight_only()
 
     def _check_weight_only(self) -> None:

@@ -124,7 +124,8 @@ def _entropy(obs: Observer) -> QParams:
     return qparams_from_range(torch.clamp(obs.lo, min=-threshold), torch.clamp(obs.hi, max=threshold), obs.spec)
 
 
-_ESTIMATORS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy}
+# gptq rounds Linear weights in calibrate (quant/gptq.py); any other weight under that spec gets min-max ranges.
+_ESTIMATORS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy, "gptq": _minmax}
 
 
 def weight_qparams(w: torch.Tensor, spec: QSpec) -> QParams:

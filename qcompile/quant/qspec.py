@@ -17,6 +17,7 @@ DTYPES: dict[str, tuple[torch.dtype, int, int]] = {
 }
 
 OBSERVERS = ("minmax", "percentile", "mse", "entropy")
+WEIGHT_OBSERVERS = (*OBSERVERS, "gptq")  # gptq: Linear weights rounded against calibration inputs (quant/gptq.py)
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class QSpec:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise UsageError(f"QSpec dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.observer not in OBSERVERS:
-            raise UsageError(f"QSpec observer must be one of {OBSERVERS}, got {self.observer!r}")
+        if self.observer not in WEIGHT_OBSERVERS:
+            raise UsageError(f"QSpec observer must be one of {WEIGHT_OBSERVERS}, got {self.observer!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"QSpec percentile must be in (50, 100], got {self.percentile}")
         if self.group_size is not None and (

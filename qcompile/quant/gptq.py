@@ -19,6 +19,7 @@ from .qspec import QParams, QSpec
 
 DAMPING = 0.01  # of the mean diagonal, added to H: keeps it invertible when inputs are (nearly) collinear
 BLOCK = 128  # columns rounded before the rest of the matrix is updated (the same result, fewer passes)
+CLIPS = torch.linspace(0.7, 1.0, 16)  # range shrink factors tried for each group's scale
 
 
 class GramObserver(nn.Module):
@@ -43,6 +44,25 @@ def _inverse_cholesky(gram: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
+def _group_qparams(group: torch.Tensor, importance: torch.Tensor, spec: QSpec) -> QParams:
+    """Per-row qparams of a [N, g] group: of the ranges shrunk by CLIPS, the one with the least rounding
+    error weighted by each column's input energy (the diagonal of H), chosen row by row."""
+    lo, hi = group.amin(dim=1).to(torch.float32), group.amax(dim=1).to(torch.float32)
+    best, best_err = None, None
+    for clip in CLIPS:
+        qp = qparams_from_range(lo * clip, hi * clip, spec)
+        s, z = qp.scale.to(torch.float64)[:, None], qp.zero_point.to(torch.float64)[:, None]
+        deq = (torch.clamp(torch.round(group / s) + z, spec.qmin, spec.qmax) - z) * s
+        err = ((deq - group) ** 2 * importance).sum(dim=1)
+        if best is None:
+            best, best_err = qp, err
+            continue
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = QParams(torch.where(better, qp.scale, best.scale), torch.where(better, qp.zero_point, best.zero_point), spec)
+    return best
+
+
 def gptq(w: torch.Tensor, gram: torch.Tensor, spec: QSpec) -> tuple[torch.Tensor, QParams]:
     """(the [N, K] weight as GPTQ rounds it, float32; its qparams). Per-group specs take each group's
     scale from the group's columns as they are when it is reached (already corrected for earlier errors);
@@ -62,8 +82,7 @@ def gptq(w: torch.Tensor, gram: torch.Tensor, spec: QSpec) -> tuple[torch.Tensor
         errors = torch.empty(n, b1 - b0, dtype=torch.float64)
         for j in range(b0, b1):
             if j % g == 0:
-                group = work[:, j:j + g].to(torch.float32)
-                qp = qparams_from_range(group.amin(dim=1), group.amax(dim=1), row_spec)
+                qp = _group_qparams(work[:, j:j + g], torch.diag(gram)[j:j + g], row_spec)
                 scales.append(qp.scale)
                 zps.append(qp.zero_point)
             s, z = qp.scale.to(torch.float64), qp.zero_point.to(torch.float64)

@@ -170,3 +170,42 @@ def test_minilm_weight_only_and_dynamic_on_reference(minilm):
         assert _ops(cm).count(op) == 36  # every Linear of the six layers
         sims = [float(torch.nn.functional.cosine_similarity(cm(*bt), w).min()) for bt, w in zip(batches, want)]
         assert min(sims) > floor, (config, sims)
+
+
+def _correlated_inputs(n: int, k: int, seed: int) -> torch.Tensor:
+    """Inputs with a few strong, correlated channels, as transformer activations have."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=torch.Generator().manual_seed(99)) * torch.linspace(0.1, 3.0, k)
+    return torch.randn(n, k, generator=g) @ mix
+
+
+def test_gptq_weights_are_exact_codes_and_beat_rounding():
+    from qcompile.quant.gptq import gptq
+
+    torch.manual_seed(0)
+    w, x = torch.randn(24, 64), _correlated_inputs(512, 64, 0)
+    spec = QSpec(dtype="int4", symmetric=True, axis=0, narrow=True, observer="gptq", group_size=16)
+    rounded, qp = gptq(w, x.double().T @ x.double(), spec)
+    assert qp.scale.shape == (24, 4)
+    codes = quantize_groups(rounded, qp.scale, qp.zero_point, 16, spec.qmin, spec.qmax, torch.int8)
+    assert torch.equal(dequantize_groups(codes, qp.scale, qp.zero_point, 16), rounded)  # exactly codes x scales
+    rtn = weight_qparams(w, QSpec(dtype="int4", symmetric=True, axis=0, narrow=True, group_size=16))
+    nearest = dequantize_groups(quantize_groups(w, rtn.scale, rtn.zero_point, 16, -7, 7, torch.int8), rtn.scale, rtn.zero_point, 16)
+    held_out = _correlated_inputs(512, 64, 1)
+    err = lambda v: float(((held_out @ (v - w).T) ** 2).mean())  # noqa: E731
+    assert err(rounded) < 0.7 * err(nearest)
+
+
+def test_gptq_compile_uses_calibration_and_needs_it():
+    torch.manual_seed(0)
+    model = MLP().eval()
+    config = qcompile.QuantConfig(bits=4, activations="float", group_size=32, weight_method="gptq")
+    cal = [_correlated_inputs(128, 64, s) for s in range(4)]
+    with pytest.raises(UsageError, match="weight_method='gptq' measures the Linear inputs but no calibration data"):
+        qcompile.compile(model, (cal[0],), config=config, progress=False)
+    cm = qcompile.compile(model, (cal[0],), config=config, calibration=cal, progress=False, verify_each=True)
+    assert cm.report().extra["stats"]["calibrate"]["GPTQ-rounded weights"] == 2
+    rtn = qcompile.compile(model, (cal[0],), config=qcompile.QuantConfig(bits=4, activations="float", group_size=32), progress=False)
+    probe = _correlated_inputs(128, 64, 7)
+    err = lambda cm: float(((cm(probe) - model(probe)) ** 2).mean())  # noqa: E731
+    assert err(cm) < err(rtn)

@@ -209,3 +209,11 @@ def test_gptq_compile_uses_calibration_and_needs_it():
     probe = _correlated_inputs(128, 64, 7)
     err = lambda cm: float(((cm(probe) - model(probe)) ** 2).mean())  # noqa: E731
     assert err(cm) < err(rtn)
+
+
+def test_qat_refuses_weight_only_and_dynamic_configs():
+    from qcompile.qat import prepare_qat
+
+    x = torch.randn(2, 64)
+    with pytest.raises(UsageError, match="quantization-aware training needs activations='static'"):
+        prepare_qat(MLP().eval(), (x,), [x], config=qcompile.QuantConfig.from_bits("w4"))

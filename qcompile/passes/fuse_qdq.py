@@ -103,15 +103,15 @@ class FuseQdqPass(Pass):
         if found is None:
             return False
         rule, m = found
-        kind = rule.kind if m.form == "static" else f"{rule.kind} ({m.form} inputs)"
+        label = rule.kind if m.form == "static" else f"{rule.kind} ({m.form} inputs)"
         new = LOWERINGS[(rule.kind, m.form)](rw, m)
         if new is None:
-            ctx.count(self.name, f"left float: {kind}")
+            ctx.count(self.name, f"left float: {label}")
             return False
         replaced = m.q if m.q is not None else m.op
         if m.out is not None:
             meta.set_qparams(new, m.out)
         new.meta["val"] = replaced.meta.get("val")  # same shape and dtype as the node it replaces
         replaced.replace_all_uses_with(new)
-        ctx.count(self.name, kind if m.out is not None else f"{kind} (float output)")
+        ctx.count(self.name, label if m.out is not None else f"{label} (float output)")
         return True

@@ -189,8 +189,9 @@ def compile(
     """Quantize and compile `model` for `target`.
 
     calibration: an iterable of batches (a tensor or a tuple of positional inputs each).
-    bits: 8, 4, or "mixed": choose-bitwidth picks 8, 4 or float per layer by measured sensitivity so that
-        the weights average `budget` bits (e.g. bits="mixed", budget=6); see QuantConfig for more options.
+    bits: 8 or 4; "w8" / "w4": weight-only Linear layers (QuantConfig.from_bits); "mixed": choose-bitwidth
+        picks 8, 4 or float per layer by measured sensitivity so that the weights average `budget` bits
+        (e.g. bits="mixed", budget=6); see QuantConfig for more options.
     pipeline: replaces the default pass pipeline (a string or a list of passes).
     passes: extra passes (or strings), run after the quantization passes and before lowering; wrap one
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
@@ -199,7 +200,7 @@ def compile(
     backend_options: passed to the target's backend, e.g. target="x86", float_fallback=True
         (see qcompile/backends/tvm/x86.py); an option the backend does not take is an error.
     """
-    config = config or QuantConfig(bits=bits, budget=budget)
+    config = config or QuantConfig.from_bits(bits, budget)
     backend = get_backend(target, **backend_options)
     if dynamic_shapes is not None and not getattr(backend, "supports_dynamic_shapes", False):
         raise UsageError(f"target {backend.name!r} builds for the example input shapes; dynamic_shapes is "

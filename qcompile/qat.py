@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from .api import CompiledModel, Session
 from .backends import get_backend
+from .errors import UsageError
 from .ir import meta
 from .ir.rewrite import Rewriter, constant
 from .passes.base import as_passes, place
@@ -85,7 +86,11 @@ _FAKE_QUANT = {aten.fake_quantize_per_tensor_affine.default, aten.fake_quantize_
 
 def prepare_qat(model: nn.Module, example_inputs, calibration, *, config: QuantConfig | None = None,
                 progress: bool = True) -> QATModel:
-    session = Session.start(model, example_inputs, calibration, config or QuantConfig())
+    config = config or QuantConfig()
+    if config.activations != "static":
+        # Group-wise and run-time fake quantization have no straight-through-gradient form here yet.
+        raise UsageError(f"quantization-aware training needs activations='static', got {config.activations!r}")
+    session = Session.start(model, example_inputs, calibration, config)
     gm = session.run(session.captured.gm, as_passes(PREPARE_PIPELINE), Instruments(), progress)
     rw = Rewriter(gm, "prepare-qat")
     for q in [n for n in gm.graph.nodes if is_quantize(n)]:

@@ -119,7 +119,7 @@ def _enc_meta(node: fx.Node, tensors: dict[str, torch.Tensor]) -> dict:
         key = f"__qparams__.{node.name}"
         tensors[key + ".scale"], tensors[key + ".zero_point"] = qp.scale.clone(), qp.zero_point.clone()
         s = qp.spec
-        out["qparams"] = {"key": key, "spec": [s.dtype, s.symmetric, s.axis, s.observer, s.percentile, s.narrow]}
+        out["qparams"] = {"key": key, "spec": [s.dtype, s.symmetric, s.axis, s.observer, s.percentile, s.narrow, s.group_size]}
     if (src := meta.source(node)) is not None:
         out["source"] = [src.module_path, src.module_type, src.location, src.code]
     if (layer := meta.layer(node)) is not None:
@@ -139,8 +139,9 @@ def _dec_meta(node: fx.Node, m: dict, tensors: dict[str, torch.Tensor]) -> None:
         node.meta["val"] = [_dec_val(d) for d in m["vals"]]
     if "qparams" in m:
         key = m["qparams"]["key"]
-        dtype, sym, axis, obs, pct, narrow = m["qparams"]["spec"]
-        spec = QSpec(dtype=dtype, symmetric=sym, axis=axis, observer=obs, percentile=pct, narrow=narrow)
+        # Specs saved before group_size existed have six fields.
+        dtype, sym, axis, obs, pct, narrow, group_size = [*m["qparams"]["spec"], None][:7]
+        spec = QSpec(dtype=dtype, symmetric=sym, axis=axis, observer=obs, percentile=pct, narrow=narrow, group_size=group_size)
         meta.set_qparams(node, QParams(tensors[key + ".scale"], tensors[key + ".zero_point"], spec))
     if "source" in m:
         node.meta["qc_source"] = meta.Source(*m["source"])

@@ -21,6 +21,7 @@ _SOURCE = "qc_source"  # Source: where in the user's code this node comes from
 _ORIGIN = "qc_origin"  # str: name of the float-graph node whose value this node represents
 _CREATED = "qc_created_by"  # str: the pass that created this node
 _LAYER = "qc_layer"  # LayerInfo: what the report shows for an integer layer
+_DYNAMIC = "qc_dynamic_inputs"  # True: this op's activation inputs are quantized at run time (no calibration)
 _INPUT_DIMS = "qc_input_dims"  # tuple[int | FreeDim]: a placeholder's shape as torch.export declared it
 _WEIGHT_BITS = "qc_weight_bits"  # 8 | 4 | "float": the width choose-bitwidth picked for this op's weights
 _STORAGE_BITS = "qc_storage_bits"  # int: bits per value of a get_attr constant (held one per element in the graph)
@@ -115,6 +116,14 @@ def set_qparams(node: fx.Node, qp: QParams) -> None:
     node.meta[_QPARAMS] = qp
 
 
+def dynamic_inputs(node: fx.Node) -> bool:
+    return bool(node.meta.get(_DYNAMIC, False))
+
+
+def set_dynamic_inputs(node: fx.Node) -> None:
+    node.meta[_DYNAMIC] = True
+
+
 def is_annotated(node: fx.Node) -> bool:
     return _QSPEC in node.meta or _SHARE in node.meta
 
@@ -165,7 +174,7 @@ def inherit(new: fx.Node, old: fx.Node, pass_name: str, represents: fx.Node | No
 
 
 def clear_quant_annotations(node: fx.Node) -> None:
-    for key in (_QSPEC, _SHARE, _FUSED):
+    for key in (_QSPEC, _SHARE, _FUSED, _DYNAMIC):
         node.meta.pop(key, None)
 
 

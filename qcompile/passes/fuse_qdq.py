@@ -12,7 +12,7 @@ from torch import fx
 from ..ir import meta
 from ..ir.rewrite import Rewriter, constant
 from ..quant.lower import FLOAT_OUTPUT_KINDS, LOWERINGS, Match
-from ..quant.qdq import is_quantize, parse_dequantize, parse_quantize
+from ..quant.qdq import activation_source, is_quantize, parse_dequantize, parse_quantize
 from ..quant.qspec import QParams
 from ..quant.rules import FUSABLE_ACTIVATIONS, OpRule, rule_for
 from .base import Pass, PassContext, PassResult, register_pass
@@ -66,22 +66,22 @@ def _match_float_output(gm: fx.GraphModule, op: fx.Node) -> tuple[OpRule, Match]
 
 
 def _match(gm, op, act, q, out: QParams | None) -> tuple[OpRule, Match] | None:
+    """The op's inputs, if they all arrive in one form that has a lowering for the op's kind."""
     rule = rule_for(op)
-    if rule is None or rule.kind not in LOWERINGS or rule.unsupported(op, weights_are_constants=False):
+    if rule is None or rule.unsupported(op, weights_are_constants=False):
         return None
-    inputs = []
-    for a in rule.activation_inputs(op):
-        dq = parse_dequantize(gm, a)
-        if dq is None:
-            return None
-        inputs.append((dq.input, dq.qparams))
+    sources = [activation_source(gm, a) for a in rule.activation_inputs(op)]
+    forms = {form for form, _, _ in sources} or {"static"}
+    if len(forms) != 1 or (rule.kind, *forms) not in LOWERINGS:
+        return None
+    inputs = [(node, qp) for _, node, qp in sources]
     weights = []
     for w, _ in rule.weight_inputs(op):
         iw = _integer_weight(gm, w)
         if iw is None:
             return None
         weights.append(iw)
-    return rule, Match(op, act, q, inputs, weights, out)
+    return rule, Match(op, act, q, inputs, weights, out, forms.pop())
 
 
 @register_pass
@@ -103,14 +103,15 @@ class FuseQdqPass(Pass):
         if found is None:
             return False
         rule, m = found
-        new = LOWERINGS[rule.kind](rw, m)
+        label = rule.kind if m.form == "static" else f"{rule.kind} ({m.form} inputs)"
+        new = LOWERINGS[(rule.kind, m.form)](rw, m)
         if new is None:
-            ctx.count(self.name, f"left float: {rule.kind}")
+            ctx.count(self.name, f"left float: {label}")
             return False
         replaced = m.q if m.q is not None else m.op
         if m.out is not None:
             meta.set_qparams(new, m.out)
         new.meta["val"] = replaced.meta.get("val")  # same shape and dtype as the node it replaces
         replaced.replace_all_uses_with(new)
-        ctx.count(self.name, rule.kind if m.out is not None else f"{rule.kind} (float output)")
+        ctx.count(self.name, label if m.out is not None else f"{label} (float output)")
         return True

@@ -1,4 +1,5 @@
-"""insert-qdq: a quantize -> dequantize pair after every calibrated tensor (the fake-quant graph)."""
+"""insert-qdq: a quantize -> dequantize pair after every calibrated tensor, and a run-time fake-quantize in
+front of every input of an op whose inputs are quantized dynamically (the fake-quant graph)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,8 @@ from torch import fx
 
 from ..ir import meta
 from ..ir.rewrite import Rewriter
-from ..quant.qdq import insert_dequantize, insert_quantize
+from ..quant.qdq import insert_dequantize, insert_dynamic_quantize, insert_quantize
+from ..quant.rules import rule_for
 from .base import Pass, PassContext, PassResult, register_pass
 
 
@@ -40,4 +42,16 @@ class InsertQdqPass(Pass):
                 u.replace_input_with(node, dq)
             ctx.count(self.name, "weight pairs" if node.op == "get_attr" else "activation pairs")
             changed = True
+        changed |= _quantize_dynamic_inputs(rw, ctx, self.name)
         return PassResult(rw.finish() if changed else gm, changed)
+
+
+def _quantize_dynamic_inputs(rw: Rewriter, ctx: PassContext, name: str) -> bool:
+    """Only the op itself reads its input quantized (other readers keep the float value), so each such op
+    gets its own fake-quantize."""
+    ops = [n for n in rw.graph.nodes if meta.dynamic_inputs(n)]
+    for op in ops:
+        for x in rule_for(op).activation_inputs(op):
+            op.replace_input_with(x, insert_dynamic_quantize(rw, x, op))
+            ctx.count(name, "dynamic activations")
+    return bool(ops)

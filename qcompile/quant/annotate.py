@@ -8,7 +8,7 @@ from ..errors import UsageError
 from ..ir import meta, shapes
 from .config import FLOAT, QuantConfig
 from .qdq import is_dequantize, is_quantize
-from .lower import FLOAT_OUTPUT_KINDS
+from .lower import FLOAT_OUTPUT_KINDS, LOWERINGS
 from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
 
 
@@ -40,13 +40,22 @@ def is_prequantized(gm: fx.GraphModule) -> bool:
 
 def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
     """Mark tensors to quantize. A pre-quantized graph is left as its own quantizer decided."""
-    act_spec = config.activation_spec()
     for node in gm.graph.nodes:
         meta.clear_quant_annotations(node)
     if is_prequantized(gm):
         return
-
     requested: set[str] = set()
+    _ANNOTATORS[config.activations](gm, config, requested)
+    for field, named in (("float_layers", config.float_layers), ("layer_bits", config.layer_bits)):
+        unknown = sorted({name for name, _ in named} - requested)
+        if unknown:
+            raise UsageError(f"QuantConfig.{field} names no quantizable layer: {', '.join(unknown)} "
+                             "(use the names of the report's `layer` column or module paths)")
+
+
+def _annotate_static(gm: fx.GraphModule, config: QuantConfig, requested: set[str]) -> None:
+    """Weights and activations, the latter calibrated ahead of time."""
+    act_spec = config.activation_spec()
 
     def need(n: fx.Node) -> None:
         if not meta.is_annotated(n) and _is_float_tensor(n):
@@ -62,10 +71,7 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             continue
         if meta.is_annotated(node):  # an activation fused by its producer
             continue
-        reason = rule.unsupported(node) or _requested_float(node, config, requested)
-        width = _weight_width(node, config, requested) if rule.weight_args and not reason else None
-        if width == FLOAT:
-            reason = _FLOAT_WIDTH_REASON
+        reason, width = _layer_decision(node, rule, config, requested)
         if reason:
             meta.set_float_reason(node, reason)
             continue
@@ -84,15 +90,47 @@ def annotate(gm: fx.GraphModule, config: QuantConfig) -> None:
             meta.set_qspec(act, act_spec)
         else:
             meta.set_qspec(node, act_spec)
-    for field, named in (("float_layers", config.float_layers), ("layer_bits", config.layer_bits)):
-        unknown = sorted({name for name, _ in named} - requested)
-        if unknown:
-            raise UsageError(f"QuantConfig.{field} names no quantizable layer: {', '.join(unknown)} "
-                             "(use the names of the report's `layer` column or module paths)")
     _drop_unconsumed(gm)
 
 
+def _annotate_weights_only(gm: fx.GraphModule, config: QuantConfig, requested: set[str]) -> None:
+    """activations="float" / "dynamic": only the weights of ops with a lowering for float / run-time
+    quantized inputs (Linear) are quantized; nothing is calibrated, everything else stays float."""
+    form = config.activations
+    for node in gm.graph.nodes:
+        rule = rule_for(node)
+        if rule is None or (rule.kind, form) not in LOWERINGS or not _is_float_tensor(node):
+            continue
+        reason, width = _layer_decision(node, rule, config, requested)
+        if reason:
+            meta.set_float_reason(node, reason)
+            continue
+        for w, axis in rule.weight_inputs(node):
+            spec = config.weight_spec(axis, width)
+            _check_groups(node, w, spec)
+            meta.set_qspec(w, spec)
+        if form == "dynamic":
+            meta.set_dynamic_inputs(node)
+
+
+def _check_groups(node: fx.Node, w: fx.Node, spec) -> None:
+    k = shapes.shape(w)[-1]
+    if spec.group_size is not None and k % spec.group_size:
+        src = meta.source(node)
+        raise UsageError(f"group_size {spec.group_size} does not divide the input size {k} of layer "
+                         f"{meta.origin(node) or node.name} ({src.short() if src else 'weight'} {shapes.shape(w)}): choose a group size that "
+                         "divides every Linear layer's input size, or group_size=None (per channel)")
+
+
+_ANNOTATORS = {"static": _annotate_static, "float": _annotate_weights_only, "dynamic": _annotate_weights_only}
 _FLOAT_WIDTH_REASON = "weights kept float by the bit-width choice (choose-bitwidth or QuantConfig.layer_bits)"
+
+
+def _layer_decision(node: fx.Node, rule, config: QuantConfig, requested: set[str]) -> tuple[str | None, int | None]:
+    """(why the op stays float, or None; its weight width)."""
+    reason = rule.unsupported(node) or _requested_float(node, config, requested)
+    width = _weight_width(node, config, requested) if rule.weight_args and not reason else None
+    return (_FLOAT_WIDTH_REASON, None) if width == FLOAT else (reason, width)
 
 
 def layer_names(node: fx.Node) -> list[str]:

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from .qspec import OBSERVERS, QSpec
+from .qspec import OBSERVERS, WEIGHT_OBSERVERS, QSpec
+
+# static: activations calibrated ahead of time; dynamic: Linear inputs quantized per batch at run time;
+# float: weight-only (only Linear weights are quantized).
+ACTIVATIONS = ("static", "dynamic", "float")
+# compile(bits=...) shorthands for weight-only Linear layers.
+PRESETS = {"w4": {"bits": 4, "activations": "float", "group_size": 128}, "w8": {"bits": 8, "activations": "float"}}
 
 
 FLOAT = "float"  # a layer width: weights (and the op) stay float
@@ -35,6 +41,8 @@ class QuantConfig:
     # Layers kept in float, by the name the report's `layer` column shows: a list of names, or a mapping
     # name -> the reason the report gives. Stored as sorted (name, reason) pairs so the config stays hashable.
     float_layers: tuple[tuple[str, str], ...] | Mapping[str, str] | tuple[str, ...] = ()
+    activations: str = "static"  # one of ACTIVATIONS
+    group_size: int | None = None  # weights: one scale per group_size consecutive inputs of a row (None: per channel)
     # bits="mixed": the size budget, as average bits per quantizable weight (e.g. 6.0) or total weight bytes.
     budget: float | None = None
     budget_bytes: int | None = None
@@ -49,9 +57,26 @@ class QuantConfig:
         object.__setattr__(self, "float_layers", _pairs(self.float_layers, "kept float by QuantConfig.float_layers"))
         object.__setattr__(self, "layer_bits", _pairs(self.layer_bits, ""))
         self._validate_widths()
-        for what, m in (("method", self.method), ("weight_method", self.weight_method)):
-            if m not in OBSERVERS:
-                raise UsageError(f"{what} must be one of {OBSERVERS}, got {m!r}")
+        for what, m, allowed in (("method", self.method, OBSERVERS), ("weight_method", self.weight_method, WEIGHT_OBSERVERS)):
+            if m not in allowed:
+                raise UsageError(f"{what} must be one of {allowed}, got {m!r}")
+        self._check_weight_only()
+
+    def _check_weight_only(self) -> None:
+        if self.activations not in ACTIVATIONS:
+            raise UsageError(f"activations must be one of {ACTIVATIONS}, got {self.activations!r}")
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
+            raise UsageError(f"group_size must be a positive int (e.g. 32, 64, 128) or None, got {g!r}")
+        if g is not None and (self.activations != "float" or not self.per_channel):
+            raise UsageError("group_size needs activations='float' (weight-only) and per_channel=True")
+
+    @classmethod
+    def from_bits(cls, bits: int | str, budget: float | None = None) -> "QuantConfig":
+        """What compile(bits=..., budget=...) means: a width (8, 4), "mixed", or a preset of PRESETS ("w4", "w8")."""
+        if isinstance(bits, str) and bits in PRESETS:
+            return cls(**PRESETS[bits], budget=budget)
+        return cls(bits=bits, budget=budget)
 
     def _validate_widths(self) -> None:
         if self.bits not in (8, 4, MIXED):
@@ -94,9 +119,12 @@ class QuantConfig:
         return QSpec(dtype="uint8", symmetric=False, observer=self.method, percentile=self.percentile)
 
     def weight_spec(self, axis: int | None, bits: int | None = None) -> QSpec:
-        """Weights at the config's width, or at `bits` (a per-layer choice)."""
-        dtype = "int8" if (bits or self.default_weight_bits) == 8 else "int4"
+        """The weights' QSpec at the config's width, or at `bits` (a per-layer choice) when given."""
+        bits = self.default_weight_bits if bits is None else bits
+        if bits not in (8, 4):
+            raise UsageError(f"weight bits must be 8 or 4, got {bits!r}")
+        axis = axis if self.per_channel else None
         return QSpec(
-            dtype=dtype, symmetric=True, axis=axis if self.per_channel else None,
-            observer=self.weight_method, narrow=True,
+            dtype="int8" if bits == 8 else "int4", symmetric=True, axis=axis,
+            observer=self.weight_method, narrow=True, group_size=self.group_size if axis == 0 else None,
         )

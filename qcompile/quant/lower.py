@@ -28,9 +28,10 @@ class Match:
     op: fx.Node  # the float op
     activation: fx.Node | None  # relu/hardtanh/clamp fused into the requantize clamp
     q: fx.Node | None  # the quantize node whose value the lowering replaces (None: float output)
-    inputs: list[tuple[fx.Node, QParams]]  # integer producers of the activation inputs
+    inputs: list[tuple[fx.Node, QParams | None]]  # integer producers of the activation inputs (float ones: None)
     weights: list[tuple[torch.Tensor, QParams]]  # integer weight tensors
     out: QParams | None  # None: the op's float output is kept, computed from the int32 accumulator
+    form: str = "static"  # how the activation inputs arrive (qdq.activation_source): picks the lowering
 
     @property
     def last(self) -> fx.Node:
@@ -53,13 +54,15 @@ class Match:
         return lo, hi
 
 
-LOWERINGS: dict[str, Callable[[Rewriter, Match], fx.Node | None]] = {}
+# (rule kind, input form) -> lowering. The form is "static" (calibrated integer inputs), "dynamic" (float
+# inputs quantized at run time) or "float" (weight-only): the values of QuantConfig.activations.
+LOWERINGS: dict[tuple[str, str], Callable[[Rewriter, Match], fx.Node | None]] = {}
 FLOAT_OUTPUT_KINDS = {"conv2d", "linear", "matmul", "mul"}  # kinds whose lowering also handles Match.out = None
 
 
-def lowering(kind: str):
+def lowering(kind: str, inputs: str = "static"):
     def deco(fn):
-        LOWERINGS[kind] = fn
+        LOWERINGS[(kind, inputs)] = fn
         return fn
     return deco
 
@@ -101,8 +104,10 @@ def _weight_const(rw: Rewriter, m: Match, hint: str) -> fx.Node:
 
 
 def _weight_layer(m: Match, kind: str) -> None:
+    """Bytes of the weight codes packed at their width; per-group scales (fp32) count too, since at
+    group size 32 they add a bit per weight. Per-channel scales are noise next to the codes."""
     w, wq = m.weights[0]
-    nbytes = math.ceil(w.numel() * wq.spec.bits / 8)
+    nbytes = math.ceil(w.numel() * wq.spec.bits / 8) + (wq.scale.numel() * 4 if wq.per_group else 0)
     meta.set_layer(m.last, meta.LayerInfo(kind, wq.spec.bits, nbytes))
 
 
@@ -143,6 +148,57 @@ def _conv2d(rw: Rewriter, m: Match):
 @lowering("linear")
 def _linear(rw: Rewriter, m: Match):
     return _gemm_like(rw, m, "linear", qc.linear_int.default, (), -1)
+
+
+def _float_bias(rw: Rewriter, m: Match) -> fx.Node | None:
+    """The bias as a constant of its own: read through the float module it would keep that module's
+    float weight stored too."""
+    bias = _arg(m.op, 2, None)
+    return None if bias is None else rw.const(constant(rw.gm, bias), f"{m.op.name}_bias", m.anchor)
+
+
+def _row_scales(w: torch.Tensor, wq: QParams) -> torch.Tensor:
+    """Weight scales as [N, K // group_size]; per-channel and per-tensor ones as one group per row, [N, 1]."""
+    scale = wq.scale if wq.per_group else wq.scale.reshape(-1, 1)
+    groups = w.shape[1] // (wq.spec.group_size or w.shape[1])
+    return scale.expand(w.shape[0], groups).contiguous()
+
+
+def _float_output_weights(m: Match) -> tuple[fx.Node, torch.Tensor, QParams] | None:
+    """The float input, integer weight and its qparams of a Linear whose output stays float, if its
+    weights are symmetric (zero point 0), which the weight-only and dynamic kernels assume."""
+    (x, _), (w, wq) = m.inputs[0], m.weights[0]
+    if m.out is not None or bool((wq.zero_point != 0).any()):
+        return None
+    return x, w, wq
+
+
+@lowering("linear", inputs="float")
+def _linear_weight_only(rw: Rewriter, m: Match):
+    if (found := _float_output_weights(m)) is None:
+        return None
+    x, w, wq = found
+    scale = rw.const(_row_scales(w, wq), f"{m.op.name}_weight_scale", m.anchor)
+    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    group_size = wq.spec.group_size or w.shape[1]
+    out = rw.call(qc.linear_weight_only.default, (x, w_node, scale, _float_bias(rw, m), group_size), m.anchor,
+                  like=m.op, represents=m.op)
+    _weight_layer(m, "linear weight-only")
+    meta.set_layer(out, meta.layer(m.last))
+    return out
+
+
+@lowering("linear", inputs="dynamic")
+def _linear_dynamic(rw: Rewriter, m: Match):
+    if (found := _float_output_weights(m)) is None or found[2].per_group:
+        return None
+    x, w, wq = found
+    scale = rw.const(_row_scales(w, wq).reshape(-1), f"{m.op.name}_weight_scale", m.anchor)
+    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    out = rw.call(qc.linear_dynamic.default, (x, w_node, scale, _float_bias(rw, m)), m.anchor, like=m.op, represents=m.op)
+    _weight_layer(m, "linear dynamic")
+    meta.set_layer(out, meta.layer(m.last))
+    return out
 
 
 def _two_input(m: Match):

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from .qspec import QParams, QSpec
 
 _EPS = torch.finfo(torch.float32).eps
+DYNAMIC_SPEC = QSpec(dtype="uint8", symmetric=False)  # activations quantized at run time (dynamic_qparams)
 MULTIPLIER_BITS = 31  # multipliers are int32 in [2^30, 2^31)
 
 
@@ -82,6 +83,33 @@ def dequantize_tensor(q, scale, zero_point, axis: int | None = None) -> torch.Te
         shape = _broadcast_shape(q, axis)
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     return (q.to(torch.int32) - zero_point.to(torch.int32)).to(torch.float32) * scale
+
+
+def weight_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """A [N, K] weight viewed as [N, K // group_size, group_size]: the groups that share a scale."""
+    if w.dim() != 2 or w.shape[1] % group_size:
+        raise UsageError(f"group_size {group_size} must divide the input size K of a [N, K] weight, got shape {list(w.shape)}")
+    return w.reshape(w.shape[0], w.shape[1] // group_size, group_size)
+
+
+def quantize_groups(x, scale, zero_point, group_size: int, qmin: int, qmax: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-group quantize of a [N, K] tensor with scale/zero_point of shape [N, K // group_size]."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    xg = weight_groups(x, group_size)
+    q = torch.round(xg / scale.to(torch.float32).unsqueeze(-1)) + zero_point.unsqueeze(-1)
+    return torch.clamp(q, qmin, qmax).to(dtype).reshape(x.shape)
+
+
+def dequantize_groups(q, scale, zero_point, group_size: int) -> torch.Tensor:
+    qg = weight_groups(torch.as_tensor(q), group_size).to(torch.int32)
+    real = (qg - zero_point.to(torch.int32).unsqueeze(-1)).to(torch.float32) * scale.to(torch.float32).unsqueeze(-1)
+    return real.reshape(q.shape)
+
+
+def dynamic_qparams(x: torch.Tensor) -> QParams:
+    """Run-time qparams of a whole activation tensor, as ONNX DynamicQuantizeLinear (and PyTorch's dynamic
+    linear) compute them: uint8, per tensor, range [min(x, 0), max(x, 0)], zero point rounded half to even."""
+    return qparams_from_range(x.min(), x.max(), DYNAMIC_SPEC)
 
 
 def quantize(x, scale, zero_point, dtype: str = "uint8") -> torch.Tensor:

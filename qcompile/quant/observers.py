@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .math import dequantize_tensor, qparams_from_range, quantize_tensor
+from .math import dequantize_groups, dequantize_tensor, qparams_from_range, quantize_groups, quantize_tensor, weight_groups
 from .qspec import QParams, QSpec
 
 _SAMPLES_PER_BATCH = 1 << 16
@@ -75,7 +75,10 @@ def _percentile(obs: Observer) -> QParams:
 
 def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """x quantized with `qp` and dequantized again: the value the quantized model sees."""
-    axis = qp.spec.axis
+    spec, axis = qp.spec, qp.spec.axis
+    if qp.per_group:
+        q = quantize_groups(x, qp.scale, qp.zero_point, spec.group_size, spec.qmin, spec.qmax, torch.int32)
+        return dequantize_groups(q, qp.scale, qp.zero_point, spec.group_size)
     q = quantize_tensor(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax, torch.int32, axis)
     return dequantize_tensor(q, qp.scale, qp.zero_point, axis)
 
@@ -130,11 +133,15 @@ def _entropy(obs: Observer) -> QParams:
     return qparams_from_range(torch.clamp(obs.lo, min=-threshold), torch.clamp(obs.hi, max=threshold), obs.spec)
 
 
-_ESTIMATORS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy}
+# gptq rounds Linear weights in calibrate (quant/gptq.py); any other weight under that spec gets min-max ranges.
+_ESTIMATORS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy, "gptq": _minmax}
 
 
 def weight_qparams(w: torch.Tensor, spec: QSpec) -> QParams:
-    """Weights are static: observe them once, in full."""
+    """Weights are static: observe them once, in full. Group-wise specs take each group's min/max."""
+    if spec.group_size is not None:
+        groups = weight_groups(w.detach().to(torch.float32), spec.group_size)
+        return qparams_from_range(groups.amin(dim=-1), groups.amax(dim=-1), spec)
     obs = Observer(spec)
     obs(w)
     return obs.qparams()

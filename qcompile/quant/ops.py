@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.library import custom_op
 
-from .math import dequantize_tensor, quantize_tensor, rounding_shift
+from .math import (
+    dequantize_groups, dequantize_tensor, dynamic_qparams, quantize_groups, quantize_tensor, rounding_shift,
+)
 
 _NS = "qcompile"
 
@@ -45,6 +47,28 @@ def quantize_per_channel(
 @_op("dequantize_per_channel")
 def dequantize_per_channel(q: Tensor, scales: Tensor, zero_points: Tensor, axis: int) -> Tensor:
     return dequantize_tensor(q, scales, zero_points, axis=axis)
+
+
+@_op("quantize_per_group")
+def quantize_per_group(
+    x: Tensor, scales: Tensor, zero_points: Tensor, group_size: int, qmin: int, qmax: int, dtype: torch.dtype
+) -> Tensor:
+    """[N, K] x with scales/zero_points [N, K // group_size]: element (n, k) uses group k // group_size."""
+    return quantize_groups(x, scales, zero_points, group_size, qmin, qmax, dtype)
+
+
+@_op("dequantize_per_group")
+def dequantize_per_group(q: Tensor, scales: Tensor, zero_points: Tensor, group_size: int) -> Tensor:
+    return dequantize_groups(q, scales, zero_points, group_size)
+
+
+@_op("fake_quantize_dynamic")
+def fake_quantize_dynamic(x: Tensor) -> Tensor:
+    """dequantize(quantize(x)) with the uint8 per-tensor qparams of this very x (math.dynamic_qparams):
+    the fake-quant form of an activation quantized at run time."""
+    qp = dynamic_qparams(x)
+    q = quantize_tensor(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax, qp.spec.torch_dtype)
+    return dequantize_tensor(q, qp.scale, qp.zero_point)
 
 
 # ---------------------------------------------------------------- integer accumulators (-> int32)
@@ -79,6 +103,37 @@ def linear_int(x: Tensor, w: Tensor, bias: Tensor | None, x_zp: int, zp_folded: 
     xf = _f64(x) if zp_folded else _f64(x) - x_zp
     acc = F.linear(xf, _f64(w), None if bias is None else _f64(bias))
     return _i32(acc)
+
+
+@_op("linear_dynamic")
+def linear_dynamic(x: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """Linear with its float input quantized at run time (float32 out), as PyTorch's dynamic linear and
+    ONNX DynamicQuantizeLinear + MatMulInteger do it:
+
+    sx, zx = math.dynamic_qparams(x)                  one uint8 scale/zero point for the whole tensor
+    qx     = clamp(round_half_even(x / sx) + zx, 0, 255)
+    acc    = sum_k (qx[..., k] - zx) * w[n, k]          int32, exact: the bit-exact part
+    y      = float32(acc) * (sx * w_scale[n]) + bias[n]  float32: backends match to float tolerance
+
+    `w` holds int8 codes (int4 values allowed) with symmetric per-output-channel scales `w_scale` [N].
+    """
+    qp = dynamic_qparams(x)
+    q = quantize_tensor(x, qp.scale, qp.zero_point, qp.spec.qmin, qp.spec.qmax, qp.spec.torch_dtype)
+    acc = linear_int(q, w, None, int(qp.zero_point), False)
+    y = acc.to(torch.float32) * (qp.scale * w_scale.to(torch.float32))
+    return y if bias is None else y + bias.to(torch.float32)
+
+
+# ---------------------------------------------------------------- weight-only (float activations)
+@_op("linear_weight_only")
+def linear_weight_only(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None, group_size: int) -> Tensor:
+    """y = x @ dequantize(w).T + bias in float32, where dequantize(w)[n, k] = w[n, k] * scale[n, k // group_size].
+
+    `w` [N, K] holds int8 codes (int4 values allowed), symmetric (zero point 0); `scale` is [N, K // group_size]
+    (per-channel weights: group_size = K, scale [N, 1]). Only the weights are quantized, so nothing here
+    is integer arithmetic: backends match to float tolerance (summation order is theirs).
+    """
+    return F.linear(x.to(torch.float32), dequantize_groups(w, scale, torch.zeros_like(scale, dtype=torch.int32), group_size), bias)
 
 
 @_op("matmul_int")

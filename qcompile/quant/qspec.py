@@ -18,6 +18,7 @@ DTYPES: dict[str, tuple[torch.dtype, int, int]] = {
 }
 
 OBSERVERS = ("minmax", "percentile", "mse", "entropy")
+WEIGHT_OBSERVERS = (*OBSERVERS, "gptq")  # gptq: Linear weights rounded against calibration inputs (quant/gptq.py)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class QSpec:
 
     `axis` is the per-channel axis (None: per-tensor). `narrow` drops the most negative code of signed
     types so that symmetric ranges are exactly symmetric ([-127, 127]), as weights conventionally are.
+    `group_size` (with axis=0, for a 2-D [N, K] weight): one scale per `group_size` consecutive elements
+    of each row, i.e. scale/zero_point of shape [N, K // group_size].
     """
 
     dtype: str = "uint8"
@@ -34,14 +37,20 @@ class QSpec:
     observer: str = "minmax"
     percentile: float = 99.99
     narrow: bool = False
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise UsageError(f"QSpec dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.observer not in OBSERVERS:
-            raise UsageError(f"QSpec observer must be one of {OBSERVERS}, got {self.observer!r}")
+        if self.observer not in WEIGHT_OBSERVERS:
+            raise UsageError(f"QSpec observer must be one of {WEIGHT_OBSERVERS}, got {self.observer!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"QSpec percentile must be in (50, 100], got {self.percentile}")
+        if self.group_size is not None and (
+            isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1 or self.axis != 0
+        ):
+            raise UsageError(f"QSpec group_size must be a positive int with axis=0 (rows of a [N, K] weight), "
+                             f"got group_size={self.group_size!r}, axis={self.axis!r}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -62,6 +71,8 @@ class QSpec:
 
     def describe(self) -> str:
         gran = "per-tensor" if self.axis is None else f"per-channel(axis={self.axis})"
+        if self.group_size is not None:
+            gran = f"per-group({self.group_size})"
         kind = "sym" if self.symmetric else "asym"
         return f"{self.dtype} {kind} {gran} {self.observer}"
 
@@ -70,7 +81,7 @@ class QSpec:
 class QParams:
     """Calibrated scale/zero point for a tensor quantized according to `spec`."""
 
-    scale: torch.Tensor  # float32, 0-d (per-tensor) or 1-d (per-channel)
+    scale: torch.Tensor  # float32, 0-d (per-tensor), 1-d (per-channel) or [N, K // group_size] (per-group)
     zero_point: torch.Tensor  # int32, same shape as scale
     spec: QSpec
 
@@ -82,7 +93,12 @@ class QParams:
 
     @property
     def per_channel(self) -> bool:
+        """One scale per channel or per group: anything but a single scale."""
         return self.spec.axis is not None
+
+    @property
+    def per_group(self) -> bool:
+        return self.spec.group_size is not None
 
     def scalar(self) -> tuple[float, int]:
         """(scale, zero_point) of a per-tensor QParams as Python numbers."""
@@ -101,6 +117,7 @@ class QParams:
     def describe(self) -> str:
         if self.per_channel:
             s = self.scale
-            return f"{self.spec.dtype} ch{self.spec.axis} s=[{float(s.min()):.3g}..{float(s.max()):.3g}]"
+            gran = f"g{self.spec.group_size}" if self.per_group else f"ch{self.spec.axis}"
+            return f"{self.spec.dtype} {gran} s=[{float(s.min()):.3g}..{float(s.max()):.3g}]"
         scale, zp = self.scalar()
         return f"{self.spec.dtype} s={scale:.4g} zp={zp}"

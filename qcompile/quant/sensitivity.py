@@ -25,6 +25,7 @@ from ..ir import meta
 from ..ir.rewrite import constant
 from .config import FLOAT, QuantConfig
 from .observers import fake_quantize, weight_qparams
+from .lower import LOWERINGS
 from .rules import SHARE, rule_for
 
 
@@ -176,6 +177,8 @@ def weighted_layers(gm: fx.GraphModule, config: QuantConfig, names_of: Callable[
     for node in gm.graph.nodes:
         rule = rule_for(node)
         if rule is None or not rule.weight_args or rule.output == SHARE or rule.unsupported(node):
+            continue
+        if (rule.kind, config.activations) not in LOWERINGS:  # e.g. convs under weight-only (Linear) modes
             continue
         names = names_of(node)
         if any(config.float_reason(n) is not None for n in names):

@@ -113,6 +113,71 @@ def _linear(node, x, w, bias, x_zp, zp_folded):
     return te.compute(out_shape, lambda *i: acc(*i) + bias[i[-1]], name="linear_bias")
 
 
+# ------------------------------------------------------------------ Linear with float activations
+def _linear_float_out(x, w, bias, name: str, element) -> te.Tensor:
+    """y[..., n] = sum_k element(x[..., k], n, k) (+ bias[n]) in float32, for a [N, K] weight w."""
+    k = te.reduce_axis((0, x.shape[-1]), "k")
+    out_shape = (*x.shape[:-1], w.shape[0])
+    y = te.compute(out_shape, lambda *i: te.sum(element(x(*i[:-1], k), i[-1], k), axis=k), name=name)
+    if bias is None:
+        return y
+    return te.compute(out_shape, lambda *i: y(*i) + bias[i[-1]], name=f"{name}_bias")
+
+
+@converter(qc.linear_weight_only.default)
+def _linear_weight_only(node, x, w, scale, bias, group_size):
+    """Weights dequantized as they are read: w[n, k] * scale[n, k // group_size]."""
+    def element(xv, n, k):
+        return xv * (w[n, k].astype("float32") * scale[n, tir.floordiv(k, group_size)])
+
+    return _linear_float_out(x, w, bias, "linear_weight_only", element)
+
+
+_F32_EPS = float(torch.finfo(torch.float32).eps)  # math.qparams_from_range's smallest scale
+
+
+def _dynamic_qparams(x):
+    """(scale, zero point) of x as one-element tensors, as math.dynamic_qparams computes them: uint8 over
+    [min(x, 0), max(x, 0)], zero point clamp(-round_half_even(lo / scale), 0, 255)."""
+    def extreme(reducer, name):
+        axes = [te.reduce_axis((0, d), f"r{j}") for j, d in enumerate(x.shape)]
+        return te.compute((1,), lambda _: reducer(x(*axes), axis=axes), name=name)
+
+    xmin, xmax = extreme(te.min, "x_min"), extreme(te.max, "x_max")
+    zero = tir.const(0.0, "float32")
+
+    def scale_of(_):
+        span = tir.max(xmax[0], zero) - tir.min(xmin[0], zero)
+        return tir.max(span / tir.const(255.0, "float32"), tir.const(_F32_EPS, "float32"))
+
+    scale = te.compute((1,), scale_of, name="x_scale")
+
+    def zp_of(_):
+        return _clamp_cast(zero - tir.nearbyint(tir.min(xmin[0], zero) / scale[0]), 0, 255, torch.int32)
+
+    return scale, te.compute((1,), zp_of, name="x_zero_point")
+
+
+@converter(qc.linear_dynamic.default)
+def _linear_dynamic(node, x, w, w_scale, bias):
+    """The input quantized with its own run-time qparams, an exact int32 accumulation, then the float
+    epilogue acc * (sx * w_scale[n]) + bias[n] (ops.linear_dynamic)."""
+    scale, zp = _dynamic_qparams(x)
+    q = te.compute(
+        x.shape, lambda *i: _clamp_cast(tir.nearbyint(x(*i) / scale[0]) + zp[0].astype("float32"), 0, 255, torch.uint8),
+        name="x_quantized",
+    )
+    k = te.reduce_axis((0, x.shape[-1]), "k")
+    out_shape = (*x.shape[:-1], w.shape[0])
+    acc = te.compute(out_shape, lambda *i: te.sum((_i(q(*i[:-1], k)) - zp[0]) * _i(w[i[-1], k]), axis=k), name="linear_dynamic_acc")
+
+    def epilogue(*i):
+        y = acc(*i).astype("float32") * (scale[0] * w_scale[i[-1]])
+        return y if bias is None else y + bias[i[-1]]
+
+    return te.compute(out_shape, epilogue, name="linear_dynamic")
+
+
 @converter(qc.matmul_int.default)
 def _matmul(node, a, b, a_zp, b_zp):
     k = te.reduce_axis((0, a.shape[-1]), "k")

@@ -40,6 +40,7 @@ SEED = 0
 TRAIN, TEST = 3000, 1000
 CALIBRATION = 256  # sentences after the evaluated ones, for GPTQ
 BATCH = 32
+MIXED_BUDGET = 5.0  # average bits per Linear weight: int4 but where choose-bitwidth measures sensitivity
 
 
 def fetch_sentences() -> Path:
@@ -133,24 +134,35 @@ def w4(group_size: int | None, method: str) -> qcompile.QuantConfig:
 
 
 def systems(model, example, calibration):
-    """name -> (callable, bytes of the Linear weights as stored, or None where not measured), the
-    issue's must-show rows (GPTQ group-wise, the dynamic int8 peers) first."""
+    """(name, build) with build() -> (callable, bytes of the Linear weights as stored, or None where not
+    measured); the issue's must-show rows (GPTQ group-wise, the dynamic int8 peers) first."""
     encoder = model.m.encoder  # the pooler's Linear is not part of the embedding
-    yield "fp32", model, sum(m.weight.numel() * 4 for m in encoder.modules() if isinstance(m, nn.Linear))
+    compiled = lambda config: lambda: qcompile_model(model, example, config, calibration)  # noqa: E731
+    yield "fp32", lambda: (model, sum(m.weight.numel() * 4 for m in encoder.modules() if isinstance(m, nn.Linear)))
     groups = (128, 64, 32, None)
     for g in groups:
-        yield (f"qcompile w4 g{g} GPTQ", *qcompile_model(model, example, w4(g, "gptq"), calibration))
-    yield ("qcompile dynamic int8", *qcompile_model(model, example, qcompile.QuantConfig(activations="dynamic"), calibration))
-    torch_dyn = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-    yield "torch quantize_dynamic int8", torch_dyn, None
+        yield f"qcompile w4 g{g} GPTQ", compiled(w4(g, "gptq"))
+    mixed = qcompile.QuantConfig(bits="mixed", budget=MIXED_BUDGET, activations="float", group_size=128, weight_method="gptq")
+    yield f"qcompile mixed w4/w8 g128 GPTQ {MIXED_BUDGET:g}b", compiled(mixed)
+    yield "qcompile dynamic int8", compiled(qcompile.QuantConfig(activations="dynamic"))
+    yield "torch quantize_dynamic int8", lambda: (
+        torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8), None)
     for g in groups:
-        yield (f"qcompile w4 g{g} RTN", *qcompile_model(model, example, w4(g, "minmax"), calibration))
-    yield ("qcompile w8 (per channel)", *qcompile_model(model, example, qcompile.QuantConfig.from_bits("w8"), calibration))
+        yield f"qcompile w4 g{g} RTN", compiled(w4(g, "minmax"))
+    yield "qcompile w8 (per channel)", compiled(qcompile.QuantConfig.from_bits("w8"))
+
+
+def _selected(rows, only: list[str] | None):
+    """fp32 (the reference every row is compared with) and the systems asked for."""
+    for i, (name, build) in enumerate(rows):
+        if i == 0 or only is None or any(o in name for o in only):
+            yield (name, *build())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sentences", type=int, default=TRAIN + TEST, help="how many to embed (>= 4000 for the task)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only the systems whose names contain one of these")
     args = ap.parse_args()
     torch.manual_seed(SEED)
     model, tok = load_minilm()
@@ -160,7 +172,7 @@ def main() -> None:
     data = batches(tok, texts)
     example = data[0][len(data[0]) // 2]
     rows, ref = [], None
-    for name, fn, nbytes in systems(model, example, calibration):
+    for name, fn, nbytes in _selected(systems(model, example, calibration), args.only):
         t0 = time.perf_counter()
         emb = embed(fn, data)
         secs = time.perf_counter() - t0

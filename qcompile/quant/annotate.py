@@ -75,8 +75,7 @@ def _annotate_static(gm: fx.GraphModule, config: QuantConfig, requested: set[str
         if reason:
             meta.set_float_reason(node, reason)
             continue
-        for w, axis in rule.weight_inputs(node):
-            meta.set_qspec(w, config.weight_spec(axis, width))
+        _annotate_weights(node, rule, config, width)
         if rule.output == SHARE:
             sources = rule.activation_inputs(node) or [w for w, _ in rule.weight_inputs(node)]
             if sources and meta.is_annotated(sources[0]):
@@ -105,12 +104,16 @@ def _annotate_weights_only(gm: fx.GraphModule, config: QuantConfig, requested: s
         if reason:
             meta.set_float_reason(node, reason)
             continue
-        for w, axis in rule.weight_inputs(node):
-            spec = config.weight_spec(axis, width)
-            _check_groups(node, w, spec)
-            meta.set_qspec(w, spec)
+        _annotate_weights(node, rule, config, width)
         if form == "dynamic":
             meta.set_dynamic_inputs(node)
+
+
+def _annotate_weights(node: fx.Node, rule, config: QuantConfig, width: int | None) -> None:
+    for w, axis in rule.weight_inputs(node):
+        spec = config.weight_spec(axis, width)
+        _check_groups(node, w, spec)
+        meta.set_qspec(w, spec)
 
 
 def _check_groups(node: fx.Node, w: fx.Node, spec) -> None:

@@ -148,11 +148,9 @@ def layer_names(node: fx.Node) -> list[str]:
 
 def _requested_float(node: fx.Node, config: QuantConfig, requested: set[str]) -> str | None:
     """The user's reason to keep this op float (QuantConfig.float_layers)."""
-    for name in layer_names(node):
-        if config.float_reason(name) is not None:
-            requested.add(name)
-            return config.float_reason(name)
-    return None
+    named = [name for name in layer_names(node) if config.float_reason(name) is not None]
+    requested.update(named)  # a layer may be listed under several of its names
+    return config.float_reason(named[0]) if named else None
 
 
 def _weight_width(node: fx.Node, config: QuantConfig, requested: set[str]) -> int | str:

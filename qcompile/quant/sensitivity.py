@@ -21,7 +21,6 @@ from torch import fx
 from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
-from ..ir import meta
 from ..ir.rewrite import constant
 from .config import FLOAT, QuantConfig
 from .observers import fake_quantize, weight_qparams
@@ -44,11 +43,7 @@ class Layer:
 
     @property
     def params(self) -> int:
-        return meta_val_numel(self.weight)
-
-
-def meta_val_numel(node: fx.Node) -> int:
-    return node.meta["val"].numel()
+        return self.weight.meta["val"].numel()
 
 
 def _float_outputs(out) -> list[torch.Tensor]:

@@ -143,6 +143,16 @@ def _requant(gm: fx.GraphModule, rq: fx.Node | None, n: int) -> tuple[Requant | 
     return Requant(int(constant(gm, shift_n)), out_zp, qmin, qmax, out_dtype), mult
 
 
+def _offset_bias(bias: np.ndarray, w2: np.ndarray, isa) -> np.ndarray:
+    """The bias plus what the kernel's offset A reads take away: isa.a_offset * sum_k w[n, k]."""
+    if not isa.a_offset:
+        return bias
+    total = bias.astype(np.int64) + isa.a_offset * w2.astype(np.int64).sum(axis=1)
+    if np.abs(total).max(initial=0) >= 2**31:
+        raise ValueError("bias + a_offset * sum(w) leaves int32")
+    return total.astype(np.int32)
+
+
 def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.Node, layouts: Layouts, target,
          choose_tiling: ChooseTiling = default_tiling) -> relax.Expr:
     """The GEMM computing `result`: `acc` requantized when result is its requantize, else `acc` itself."""
@@ -153,6 +163,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     m = rows.ty.shape.values[0]
     requant, mult = _requant(gm, result if result is not acc else None, n)
     bias = constant(gm, acc.args[2]).numpy() if acc.args[2] is not None else np.zeros(n, np.int32)
+    bias = _offset_bias(bias, w2, isa)
     weights = weight_format(meta.storage_bits(acc.args[1]), isa)
     tiling = choose_tiling(GemmShape(isa, int(m) if isinstance(m, tir.IntImm) else None, n, k, requant, weights))
     padded = -(-n // tiling.nr) * tiling.nr

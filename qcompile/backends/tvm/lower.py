@@ -162,7 +162,7 @@ def to_relax(gm: fx.GraphModule, target=None, choose_tiling: gemm_lowering.Choos
     ]
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
     layouts = Layouts(bb, env)
-    gemms = gemm_lowering.plan(gm) if target is not None else {}
+    gemms = gemm_lowering.plan(gm) if target is not None and gemm_lowering.isa_for(target) is not None else {}
     absorbed = {acc for result, acc in gemms.items() if result is not acc}
     with bb.function("main", params, attrs=symbols.bounds()):
         with bb.dataflow():

@@ -110,6 +110,10 @@ class Isa:
     registers: int
     latency: int  # cycles between two accumulates into one register (bounds a K loop with few accumulators)
     dot: Callable  # (acc int32xL, a_word int32, w_words int32xL) -> int32xL
+    # The dot product reads A as (a - a_offset): sdot multiplies signed bytes, so uint8 activations are
+    # flipped to int8 (a ^ 0x80) and the lowering adds a_offset * sum(w) back through the bias.
+    a_offset: int = 0
+    arch: str = "x86_64"  # the first part of the LLVM target triple the ISA belongs to
 
     def default_tiling(self, m: int | None = None, n: int | None = None, k: int | None = None,
                        threads: int | None = None) -> Tiling:
@@ -149,10 +153,20 @@ def _dot_vnni_emulated(acc, a_word, w_words):
     return acc
 
 
+def _dot_sdot(acc, a_word, w_words):
+    # sdot: acc += four s8 x s8 products per int32 lane; A's four bytes flipped to a - 128 as int8.
+    as_bytes = lambda x: tvm.tirx.reinterpret("int8x16", x)
+    flipped = a_word ^ tvm.tirx.const(-0x7F7F7F80, "int32")  # 0x80808080
+    return tvm.tirx.call_llvm_pure_intrin(
+        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, as_bytes(tvm.tirx.Broadcast(flipped, 4)), as_bytes(w_words))
+
+
 AVX2 = Isa("avx2", ("avx2",), lanes=8, group=2, a_dtype="int16", registers=16,
            latency=4, dot=_dot_avx2)  # vpaddd, or a fused vpdpwssd (4-5 cycles) where LLVM may use AVX-VNNI
 AVX512_VNNI = Isa("avx512-vnni", ("avx512f", "avx512bw", "avx512vnni"), lanes=16, group=4, a_dtype="uint8",
                   registers=32, latency=5, dot=_dot_vnni)
+NEON_DOTPROD = Isa("neon-dotprod", ("neon", "dotprod"), lanes=4, group=4, a_dtype="uint8", registers=32,
+                   latency=4, dot=_dot_sdot, a_offset=128, arch="aarch64")
 # Same kernel as AVX512_VNNI with the dot product in plain int32 arithmetic: runs on AVX2, for testing.
 AVX512_VNNI_EMULATED = dataclasses.replace(AVX512_VNNI, name="avx512-vnni-emulated", features=("avx2",),
                                            dot=_dot_vnni_emulated)
@@ -166,13 +180,18 @@ def host_target() -> dict:
     return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
 
 
-def isa_for(target) -> Isa:
-    """The best exact kernel the target's CPU features allow."""
+GEMM_ISAS = (AVX512_VNNI, AVX2, NEON_DOTPROD)  # best first
+
+
+def isa_for(target) -> Isa | None:
+    """The best exact GEMM kernel the target's CPU features allow (None: none; the GEMMs stay generic TE)."""
     target = tvm.target.Target(target)
-    for isa in (AVX512_VNNI, AVX2):
-        if codegen.llvm_cpu_has_features(list(isa.features), target):
+    # LLVM's feature query answers for the target's architecture: ask only about that architecture's ISAs.
+    arch = str(target.attrs.get("mtriple", "")).split("-")[0] or "x86_64"
+    for isa in GEMM_ISAS:
+        if isa.arch == arch and codegen.llvm_cpu_has_features(list(isa.features), target):
             return isa
-    raise ValueError(f"target {target} has neither AVX2 nor AVX512-VNNI")
+    return None
 
 
 def host_supports(isa: Isa) -> bool:
@@ -334,15 +353,16 @@ class WeightFormat:
     groups_per_word: int  # k-groups (of Isa.group values) one packed word holds
     acc_shift: int  # the K loop accumulates a * w * 2^acc_shift; the epilogue shifts it back before the bias
     lane_group: int | None  # the Isa.group the format needs (None: any)
+    lanes: int | None  # the Isa.lanes the format's operand is written for (None: any)
     pack: Callable[[np.ndarray, Isa, int], np.ndarray]  # (int8 [N, K], isa, nr) -> int32 words
     operand: Callable  # (loaded vector of words, k-group g within the word) -> the dot product's weight operand
 
     def supports(self, isa: Isa) -> bool:
-        return self.lane_group in (None, isa.group)
+        return self.lane_group in (None, isa.group) and self.lanes in (None, isa.lanes)
 
 
-INT8_WEIGHTS = WeightFormat("int8", 8, 1, 0, None, pack_weight, _int8_operand)
-INT4_WEIGHTS = WeightFormat("int4", 4, 2, 4, 4, pack_weight_int4, _int4_operand_x16)
+INT8_WEIGHTS = WeightFormat("int8", 8, 1, 0, None, None, pack_weight, _int8_operand)
+INT4_WEIGHTS = WeightFormat("int4", 4, 2, 4, 4, 16, pack_weight_int4, _int4_operand_x16)
 # storage bits of the weight constant -> its kernel format; widths without one run as int8 values.
 WEIGHT_FORMATS: dict[int, WeightFormat] = {8: INT8_WEIGHTS, 4: INT4_WEIGHTS}
 

@@ -51,7 +51,8 @@ build_sysroot() {
     rm -rf "$SYSROOT" "$ARM/debs"; mkdir -p "$SYSROOT" "$ARM/debs"
     local pkgs=() p
     for p in $ARM64_DEBS; do pkgs+=("$p:arm64"); done
-    (cd "$ARM/debs" && apt-get download -qq "${pkgs[@]}")
+    # As root, the _apt sandbox user cannot write into the project folder: download as root.
+    (cd "$ARM/debs" && apt-get download -qq -o APT::Sandbox::User=root "${pkgs[@]}")
     for p in "$ARM/debs"/*.deb; do dpkg -x "$p" "$SYSROOT"; done
     rm -rf "$ARM/debs"
     touch "$stamp"

@@ -14,6 +14,8 @@ SITE="$ARM/site"
 WHEELS="$ARM/wheels"
 PIDFILE="$ARM/server.pid"
 PORTFILE="$ARM/server.port"
+# {"host", "port", "pid"}: what qcompile/backends/tvm/arm.py (target="arm" without remote=) reads.
+INFOFILE="$ARM/server.json"
 LOG="$ARM/server.log"
 PORT="${ARM_RPC_PORT:-9190}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -99,7 +101,7 @@ server_running() {
 start() {
     setup
     if server_running && [ -f "$PORTFILE" ]; then echo "127.0.0.1:$(cat "$PORTFILE")"; return; fi
-    rm -f "$PIDFILE" "$PORTFILE"
+    rm -f "$PIDFILE" "$PORTFILE" "$INFOFILE"
     log "starting the TVM RPC server under qemu-aarch64 (5 s here, about 20 s on slower hosts)"
     # setsid: its own process group, so `stop` ends qemu and nothing else.
     TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" QEMU_LD_PREFIX="$SYSROOT" setsid \
@@ -117,7 +119,9 @@ wait_until_ready() {
         if ! server_running; then log "the server exited; its log:"; cat "$LOG" >&2; return 1; fi
         port="$(sed -n 's/.*bind to 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$LOG" | tail -1)"
         if [ -n "$port" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port" >"$PORTFILE"; log "ready on 127.0.0.1:$port after ${i} s"; return
+            echo "$port" >"$PORTFILE"
+            printf '{"host": "127.0.0.1", "port": %s, "pid": %s}\n' "$port" "$(cat "$PIDFILE")" >"$INFOFILE"
+            log "ready on 127.0.0.1:$port after ${i} s"; return
         fi
         sleep 1
     done
@@ -135,7 +139,7 @@ stop() {
         kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null
         log "stopped"
     fi
-    rm -f "$PIDFILE" "$PORTFILE"
+    rm -f "$PIDFILE" "$PORTFILE" "$INFOFILE"
 }
 
 status() {

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qcompile-installed
 
-.PHONY: demo test bench setup sysdeps clean
+.PHONY: demo test bench setup sysdeps clean arm-emulator arm-emulator-stop
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,3 +38,11 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Issue 5: an emulated aarch64 device (qemu-user + arm64 sysroot + runtime-only TVM under .arm/, reused)
+# serving TVM RPC on 127.0.0.1; prints host:port. `arm-emulator-stop` stops it.
+arm-emulator:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(abspath $(BIN)/python),$(PY)) bash tools/arm_emulator.sh start
+
+arm-emulator-stop:
+	bash tools/arm_emulator.sh stop

@@ -56,3 +56,20 @@ def mobilenet_compiled(mobilenet, tmp_path_factory):
     dump = tmp_path_factory.mktemp("mnv2-dump")
     cm = qcompile.compile(model, example, calibration=calibration, dump_dir=dump, progress=False, verify_each=True)
     return cm, dump
+
+
+@pytest.fixture(scope="session")
+def arm_device():
+    """(host, port) of the emulator's RPC server; one per session (the emulated Python starts slowly).
+    A server the user already started (`make arm-emulator`) is reused and left running."""
+    from qcompile.backends.tvm import arm_emulator as E
+
+    address = E.running_server()
+    if address:
+        yield address
+        return
+    address = E.start_server()
+    try:
+        yield address
+    finally:
+        E.stop_server()

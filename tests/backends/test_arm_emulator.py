@@ -11,21 +11,6 @@ import pytest
 from qcompile.backends.tvm import arm_emulator as E
 
 
-@pytest.fixture(scope="session")
-def arm_device():
-    """(host, port) of the emulator's RPC server; one per session (the emulated Python starts slowly).
-    A server the user already started (`make arm-emulator`) is reused and left running."""
-    address = E.running_server()
-    if address:
-        yield address
-        return
-    address = E.start_server()
-    try:
-        yield address
-    finally:
-        E.stop_server()
-
-
 @pytest.mark.parametrize("m,n,k", [(4, 16, 32), (3, 7, 19), (1, 1, 1)])
 def test_int8_matmul_runs_bit_exact_on_emulated_aarch64(arm_device, tmp_path, m, n, k):
     got, want = E.check_int8_matmul(*arm_device, str(tmp_path), m, n, k)

@@ -19,7 +19,7 @@ from tvm import relax, rpc
 from tvm.support import cc
 
 from ...errors import UsageError
-from . import profile
+from . import arm_emulator, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group, schedule
 
@@ -30,7 +30,6 @@ VARIANTS: dict[str, dict] = {
     "arm-i8mm": {**_AARCH64, "mcpu": "neoverse-n2", "mattr": ["+neon", "+dotprod", "+i8mm"]},
 }
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
-EMULATOR_INFO = Path(".arm") / "server.json"  # written by `make arm-emulator`: {"host", "port"}
 
 
 def _host_port(address: str, what: str) -> tuple[str, int]:
@@ -57,15 +56,14 @@ class Device:
 
     @staticmethod
     def _emulator() -> str:
-        info = EMULATOR_INFO
-        if not info.is_file():
+        address = arm_emulator.running_server()
+        if address is None:
             raise UsageError(
                 "ARM targets run on an aarch64 device over TVM RPC, and none was given: start the emulated "
                 "device with `make arm-emulator` (in the qcompile project folder), or pass "
                 "remote='host:port' (a board running `python -m tvm.exec.rpc_server`) or "
                 "tracker='host:port', key='...' (a TVM RPC tracker)")
-        server = json.loads(info.read_text())
-        return f"{server['host']}:{server['port']}"
+        return "%s:%d" % address
 
 
 class RemoteRunner:
@@ -88,8 +86,10 @@ class RemoteRunner:
     def __call__(self, *inputs: torch.Tensor):
         vm = self._remote_vm()
         args = [tvm.runtime.tensor(t.contiguous().numpy(), self._dev) for t in inputs]
-        out = vm["main"](*args)
-        return tuple(torch.from_numpy(o.numpy()) for o in out)
+        # Over RPC the result tuple stays on the device; the stateful interface fetches it element by element.
+        vm.set_input("main", *args)
+        vm.invoke_stateful("main")
+        return tuple(torch.from_numpy(o.numpy()) for o in vm.get_outputs("main"))
 
     def save(self, directory: Path) -> None:
         shutil.copyfile(self.library, Path(directory) / LIBRARY)

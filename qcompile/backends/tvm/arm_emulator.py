@@ -38,6 +38,11 @@ def running_server():
         return None
 
 
+def setup():
+    """The cross toolchain, qemu-user, the arm64 sysroot and the aarch64 site (reused when done before)."""
+    _script("setup")
+
+
 def start_server():
     """Set up the emulator if needed (reused when done before) and start its server; returns (host, port)."""
     host, port = _script("start").rsplit(":", 1)

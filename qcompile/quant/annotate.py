@@ -71,11 +71,8 @@ def _annotate_static(gm: fx.GraphModule, config: QuantConfig, requested: set[str
             continue
         if meta.is_annotated(node):  # an activation fused by its producer
             continue
-        reason, width = _layer_decision(node, rule, config, requested)
-        if reason:
-            meta.set_float_reason(node, reason)
+        if not _quantize_weights(node, rule, config, requested):
             continue
-        _annotate_weights(node, rule, config, width)
         if rule.output == SHARE:
             sources = rule.activation_inputs(node) or [w for w, _ in rule.weight_inputs(node)]
             if sources and meta.is_annotated(sources[0]):
@@ -100,20 +97,23 @@ def _annotate_weights_only(gm: fx.GraphModule, config: QuantConfig, requested: s
         rule = rule_for(node)
         if rule is None or (rule.kind, form) not in LOWERINGS or not _is_float_tensor(node):
             continue
-        reason, width = _layer_decision(node, rule, config, requested)
-        if reason:
-            meta.set_float_reason(node, reason)
+        if not _quantize_weights(node, rule, config, requested):
             continue
-        _annotate_weights(node, rule, config, width)
         if form == "dynamic":
             meta.set_dynamic_inputs(node)
 
 
-def _annotate_weights(node: fx.Node, rule, config: QuantConfig, width: int | None) -> None:
+def _quantize_weights(node: fx.Node, rule, config: QuantConfig, requested: set[str]) -> bool:
+    """Annotate the layer's weights at its width, or record why the layer stays float (then False)."""
+    reason, width = _layer_decision(node, rule, config, requested)
+    if reason:
+        meta.set_float_reason(node, reason)
+        return False
     for w, axis in rule.weight_inputs(node):
         spec = config.weight_spec(axis, width)
         _check_groups(node, w, spec)
         meta.set_qspec(w, spec)
+    return True
 
 
 def _check_groups(node: fx.Node, w: fx.Node, spec) -> None:

@@ -7,7 +7,6 @@ NEON without dot product), "arm-i8mm" (NEON + dot product + i8mm); `target=` tak
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -93,7 +92,7 @@ class RemoteRunner:
 
     def save(self, directory: Path) -> None:
         shutil.copyfile(self.library, Path(directory) / LIBRARY)
-        (Path(directory) / KERNELS).write_text(json.dumps([{"kernel": s.kernel, "layers": list(s.layers)} for s in self.sites]))
+        profile.save_sites(self.sites, Path(directory) / KERNELS)
 
 
 class ArmBackend:
@@ -125,7 +124,7 @@ class ArmBackend:
             from ...serialize import ArtifactError
 
             raise ArtifactError(f"{directory} has no {LIBRARY}: it was not saved by an ARM backend")
-        return RemoteRunner(library, [], self.device)
+        return RemoteRunner(library, profile.load_sites(Path(directory) / KERNELS), self.device)
 
 
 class ArmA55Backend(ArmBackend):

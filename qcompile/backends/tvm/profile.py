@@ -7,9 +7,11 @@ fused call is matched back to the bindings it replaced in the module before Fuse
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import tvm
@@ -29,6 +31,15 @@ class CallSite:
 
     kernel: str
     layers: tuple[str, ...]
+
+
+def save_sites(sites: list[CallSite], path: Path) -> None:
+    path.write_text(json.dumps([{"kernel": s.kernel, "layers": list(s.layers)} for s in sites]))
+
+
+def load_sites(path: Path) -> list[CallSite]:
+    """The call sites saved beside a library; none for artifacts saved before they were."""
+    return [CallSite(s["kernel"], tuple(s["layers"])) for s in json.loads(path.read_text())] if path.is_file() else []
 
 
 def layer_names(gm: fx.GraphModule) -> dict[str, str]:

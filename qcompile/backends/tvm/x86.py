@@ -2,9 +2,7 @@
 (tuned per kernel with tune=True: tuning.py)."""
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -76,7 +74,7 @@ class TVMRunner:
 
     def save(self, directory: Path) -> None:
         self.executable.export_library(str(Path(directory) / LIBRARY))
-        (Path(directory) / KERNELS).write_text(json.dumps([asdict(s) for s in self.sites]))
+        profile.save_sites(self.sites, Path(directory) / KERNELS)
 
 
 class X86Backend:
@@ -127,6 +125,4 @@ class X86Backend:
             from ...serialize import ArtifactError
 
             raise ArtifactError(f"{directory} has no {LIBRARY}: it was not saved by the x86 backend")
-        kernels = Path(directory) / KERNELS
-        sites = [profile.CallSite(s["kernel"], tuple(s["layers"])) for s in json.loads(kernels.read_text())] if kernels.is_file() else []
-        return TVMRunner(tvm.runtime.load_module(str(lib)), sites)
+        return TVMRunner(tvm.runtime.load_module(str(lib)), profile.load_sites(Path(directory) / KERNELS))

@@ -86,9 +86,26 @@ class CompiledModel:
         """The per-layer report. On a backend that can profile (x86), the first call also times every
         kernel of one run (on zero inputs: the kernels do not depend on the data) and adds µs per layer."""
         if not self._report.kernels and hasattr(self._runner, "profile"):
-            zeros = [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in self._signature]
-            self._report.add_profile(self._runner.profile(*zeros))
+            self._report.add_profile(self._runner.profile(*self._zeros()))
         return self._report
+
+    def benchmark(self, *inputs: torch.Tensor, number: int = 10, repeat: int = 5):
+        """Time whole calls where the model runs (on an ARM target: on the device, so the RPC round trip is
+        not counted), by TVM's time evaluator: `repeat` measurements of `number` calls each. Inputs default
+        to zeros of the compiled shapes. Returns a BenchmarkResult (median_ms, mean_ms, std_ms, ...)."""
+        if not hasattr(self._runner, "benchmark"):
+            raise UsageError(f"target {self.backend!r} does not time itself; benchmark() is for the TVM targets "
+                             "(x86, arm ...). Time the reference backend with torch.utils.benchmark instead")
+        if not inputs:
+            if any(d is None for sig in self._signature for d in sig["shape"]):
+                raise UsageError("the model has dynamic dimensions: pass benchmark() the inputs to time it with")
+            inputs = tuple(self._zeros())
+        flat, spec = pytree.tree_flatten((inputs, {}))
+        self._check_inputs(flat, spec)
+        return self._runner.benchmark(*flat, number=number, repeat=repeat)
+
+    def _zeros(self) -> list[torch.Tensor]:
+        return [torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in self._signature]
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -104,8 +121,10 @@ class CompiledModel:
         return path
 
 
-def load(path) -> CompiledModel:
-    """Load a saved artifact. Only JSON and safetensors are read: no code is ever executed."""
+def load(path, **backend_options) -> CompiledModel:
+    """Load a saved artifact. Only JSON and safetensors are read (and, for the TVM targets, the library
+    the artifact was built into). backend_options as for compile(), e.g. an ARM artifact with
+    remote="host:port" or tracker="host:port", key="rk3588" to say where it runs."""
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a qcompile artifact (expected a directory written by CompiledModel.save)")
@@ -122,7 +141,7 @@ def load(path) -> CompiledModel:
         in_spec = pytree.treespec_loads(manifest["in_spec"])
         out_spec = pytree.treespec_loads(manifest["out_spec"])
         report = Report.from_json(manifest["report"])
-        backend = get_backend(manifest["backend"])
+        backend = get_backend(manifest["backend"], **backend_options)
         signature = manifest["inputs"]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc

@@ -4,6 +4,8 @@
 #   tools/arm_emulator.sh start   setup, then a TVM RPC server under qemu-aarch64 on 127.0.0.1 (background)
 #   tools/arm_emulator.sh stop    stop the server started by `start`
 #   tools/arm_emulator.sh status  print "host:port" of the running server (exit 1 if none)
+# start/stop/status take --name NAME (default "server") for more than one device; start also takes
+# --tracker HOST:PORT --key KEY to register the device with a TVM RPC tracker (a board farm on one host).
 # Everything lives in the project's git-ignored .arm/ folder and is reused: a second run takes seconds.
 set -euo pipefail
 
@@ -12,12 +14,9 @@ ARM="${ARM_DIR:-$ROOT/.arm}"
 SYSROOT="$ARM/sysroot"
 SITE="$ARM/site"
 WHEELS="$ARM/wheels"
-PIDFILE="$ARM/server.pid"
-PORTFILE="$ARM/server.port"
-# {"host", "port", "pid"}: what qcompile/backends/tvm/arm.py (target="arm" without remote=) reads.
-INFOFILE="$ARM/server.json"
-LOG="$ARM/server.log"
 PORT="${ARM_RPC_PORT:-9190}"
+NAME=server
+TRACKER_ARGS=()
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 
@@ -93,22 +92,26 @@ setup() {
     build_site
 }
 
+# Per device: NAME.pid, NAME.port (what qcompile/backends/tvm/arm_emulator.py reads) and NAME.log.
+state_files() {
+    PIDFILE="$ARM/$NAME.pid"; PORTFILE="$ARM/$NAME.port"; LOG="$ARM/$NAME.log"
+}
+
 server_running() {
     [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
-# One long-lived server (tools/arm_rpc_server.py: TVM's own loop, in-process; see why there): the emulated Python takes ~20 s to import TVM, so tests share one per session.
+# One long-lived server per device (tools/arm_rpc_server.py; see why there): the emulated Python takes
+# 5-20 s to import TVM, so tests share one per test session.
 start() {
     setup
     if server_running && [ -f "$PORTFILE" ]; then echo "127.0.0.1:$(cat "$PORTFILE")"; return; fi
-    rm -f "$PIDFILE" "$PORTFILE" "$INFOFILE"
+    rm -f "$PIDFILE" "$PORTFILE"
     log "starting the TVM RPC server under qemu-aarch64 (5 s here, about 20 s on slower hosts)"
-    # setsid: its own process group, so `stop` ends qemu and nothing else. One TVM worker thread: with
-    # TVM's default pool a whole model's call never returned under qemu-user; with one thread it did
-    # (TinyResNet, bit-exact) though not every time yet (README "ARM backend"). Emulated time means nothing.
-    TVM_NUM_THREADS=1 TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" QEMU_LD_PREFIX="$SYSROOT" setsid \
+    # setsid: its own process group, so `stop` ends qemu, its session children and nothing else.
+    TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" QEMU_LD_PREFIX="$SYSROOT" setsid \
         qemu-aarch64 -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" "$ROOT/tools/arm_rpc_server.py" \
-        --host 127.0.0.1 --port "$PORT" --port-end "$((PORT + 100))" >"$LOG" 2>&1 </dev/null &
+        --host 127.0.0.1 --port "$PORT" --port-end "$((PORT + 100))" "${TRACKER_ARGS[@]}" >"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     wait_until_ready
     echo "127.0.0.1:$(cat "$PORTFILE")"
@@ -122,7 +125,6 @@ wait_until_ready() {
         port="$(sed -n 's/.*bind to 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$LOG" | tail -1)"
         if [ -n "$port" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port" >"$PORTFILE"
-            printf '{"host": "127.0.0.1", "port": %s, "pid": %s}\n' "$port" "$(cat "$PIDFILE")" >"$INFOFILE"
             log "ready on 127.0.0.1:$port after ${i} s"; return
         fi
         sleep 1
@@ -141,17 +143,28 @@ stop() {
         kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null
         log "stopped"
     fi
-    rm -f "$PIDFILE" "$PORTFILE" "$INFOFILE"
+    rm -f "$PIDFILE" "$PORTFILE"
 }
 
 status() {
     server_running && [ -f "$PORTFILE" ] && echo "127.0.0.1:$(cat "$PORTFILE")"
 }
 
-case "${1:-start}" in
+COMMAND="${1:-start}"; shift || true
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --name) NAME="$2"; shift 2 ;;
+        --tracker) TRACKER_ARGS+=(--tracker "$2"); shift 2 ;;
+        --key) TRACKER_ARGS+=(--key "$2"); shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+state_files
+
+case "$COMMAND" in
     setup) setup ;;
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 setup|start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 setup|start|stop|status [--name NAME] [--tracker HOST:PORT --key KEY]" >&2; exit 2 ;;
 esac

@@ -2,8 +2,8 @@
 (tools/arm_emulator.sh) runs under qemu-aarch64, and an end-to-end check that cross-compiles an int8 matmul
 on this host and runs it there bit-exactly.
 
-The server state lives in the project's git-ignored `.arm/` folder (server.pid, server.port), so that the
-script, the tests and the ARM backend all see the same one server.
+The server state lives in the project's git-ignored `.arm/` folder (NAME.pid, NAME.port, NAME.log; NAME is
+"server" for the default device), so that the script, the tests and the ARM backend all see the same servers.
 """
 import os
 import subprocess
@@ -18,24 +18,30 @@ ARM_DIR = os.environ.get("ARM_DIR", os.path.join(ROOT, ".arm"))
 # Cortex-A76 class: NEON and the int8 dot product (`sdot`), as `target="arm"` means in issue 5.
 DOTPROD_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
 CROSS_CXX = "aarch64-linux-gnu-g++"
+DEFAULT = "server"  # the device `make arm-emulator` starts and target="arm" uses without remote=
 
 
-def _script(command):
+def _script(command, *options):
     """Run tools/arm_emulator.sh; the venv's Python does the wheel downloads so the versions match ours."""
     env = dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable))
-    out = subprocess.run(["bash", SCRIPT, command], env=env, check=True, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(["bash", SCRIPT, command, *options], env=env, check=True, stdout=subprocess.PIPE, text=True)
     return out.stdout.strip()
 
 
-def running_server():
-    """(host, port) of the emulator's RPC server if it is running, else None (never starts anything)."""
+def running_server(name=DEFAULT):
+    """(host, port) of the emulated device `name` if its server is running, else None (never starts anything)."""
     try:
-        with open(os.path.join(ARM_DIR, "server.pid")) as f:
+        with open(os.path.join(ARM_DIR, name + ".pid")) as f:
             os.kill(int(f.read()), 0)
-        with open(os.path.join(ARM_DIR, "server.port")) as f:
+        with open(os.path.join(ARM_DIR, name + ".port")) as f:
             return "127.0.0.1", int(f.read())
     except (OSError, ValueError):
         return None
+
+
+def log_path(name=DEFAULT):
+    """The server's log: one "load_module" line per session that loaded a library."""
+    return os.path.join(ARM_DIR, name + ".log")
 
 
 def setup():
@@ -43,14 +49,19 @@ def setup():
     _script("setup")
 
 
-def start_server():
-    """Set up the emulator if needed (reused when done before) and start its server; returns (host, port)."""
-    host, port = _script("start").rsplit(":", 1)
+def start_server(name=DEFAULT, tracker=None, key=None):
+    """Set up the emulator if needed (reused when done before) and start the device `name`; returns
+    (host, port). With tracker="host:port" and key=..., the device registers with that TVM RPC tracker and
+    serves one session at a time, as a board does; alone it serves every client at once."""
+    options = ["--name", name]
+    if tracker is not None:
+        options += ["--tracker", tracker, "--key", key or ""]
+    host, port = _script("start", *options).rsplit(":", 1)
     return host, int(port)
 
 
-def stop_server():
-    _script("stop")
+def stop_server(name=DEFAULT):
+    _script("stop", "--name", name)
 
 
 def build_int8_matmul(path, m=4, n=16, k=32, target=DOTPROD_TARGET):

@@ -123,6 +123,34 @@ def time_kernels(vm: relax.VirtualMachine, inputs: list[torch.Tensor], runs: int
     return [(calls[0][0], statistics.median(c[1] for c in calls) * 1e6) for calls in zip(*samples)]
 
 
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Time of one whole call of the model, measured on the device by TVM's time evaluator."""
+
+    device: str
+    median_ms: float
+    mean_ms: float
+    std_ms: float
+    repeat: int
+    number: int
+    emulated: bool = False
+
+    def __str__(self) -> str:
+        text = (f"{self.median_ms:.3f} ms median ({self.mean_ms:.3f} mean, {self.std_ms:.3f} std) over "
+                f"{self.repeat}x{self.number} calls on {self.device}")
+        if self.emulated:
+            text += " -- an emulated device: these times say nothing about a real board"
+        return text
+
+
+def time_vm(vm: relax.VirtualMachine, dev, args: list, *, number: int, repeat: int, where: str,
+            emulated: bool = False) -> BenchmarkResult:
+    """Whole-model time by the VM's own evaluator (on the device itself: RPC round trips are not counted)."""
+    vm.set_input("main", *args)
+    result = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)("main")
+    return BenchmarkResult(where, result.median * 1e3, result.mean * 1e3, result.std * 1e3, repeat, number, emulated)
+
+
 def profile(vm: relax.VirtualMachine, sites: list[CallSite], inputs: list[torch.Tensor]) -> list[dict]:
     """One entry per kernel call: kernel name, the layers it computes, median µs."""
     timed = time_kernels(vm, inputs)

@@ -72,6 +72,10 @@ class TVMRunner:
         """Median µs of every kernel call of one run, with the layers each computes (see profile.py)."""
         return profile.profile(self.vm, self.sites, list(inputs))
 
+    def benchmark(self, *inputs: torch.Tensor, number: int, repeat: int) -> profile.BenchmarkResult:
+        args = [tvm.runtime.from_dlpack(t.contiguous()) for t in inputs]
+        return profile.time_vm(self.vm, self.device, args, number=number, repeat=repeat, where="this host's CPU")
+
     def save(self, directory: Path) -> None:
         self.executable.export_library(str(Path(directory) / LIBRARY))
         profile.save_sites(self.sites, Path(directory) / KERNELS)

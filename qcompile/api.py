@@ -141,10 +141,11 @@ def load(path, **backend_options) -> CompiledModel:
         in_spec = pytree.treespec_loads(manifest["in_spec"])
         out_spec = pytree.treespec_loads(manifest["out_spec"])
         report = Report.from_json(manifest["report"])
-        backend = get_backend(manifest["backend"], **backend_options)
+        backend_name = manifest["backend"]
         signature = manifest["inputs"]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc
+    backend = get_backend(backend_name, **backend_options)  # a bad option is the caller's error, not the file's
     runner = backend.load(path, gm) if hasattr(backend, "load") else backend.build(gm)
     return CompiledModel(gm, runner, backend.name, in_spec, out_spec, signature, report)
 

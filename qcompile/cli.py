@@ -102,6 +102,27 @@ def inspect(
 
 
 @app.command()
+def benchmark(
+    path: Path = typer.Argument(..., help="an artifact directory of a TVM target (x86, arm ...)"),
+    remote: Optional[str] = typer.Option(None, help="ARM: host:port of the device's TVM RPC server"),
+    tracker: Optional[str] = typer.Option(None, help="ARM: host:port of a TVM RPC tracker (give --key)"),
+    key: Optional[str] = typer.Option(None, help="ARM: the device key at the tracker"),
+    number: int = typer.Option(10, help="calls per measurement"),
+    repeat: int = typer.Option(5, help="measurements"),
+):
+    """Time whole calls of an artifact where it runs (ARM: on the device, over TVM RPC), on zero inputs."""
+    import qcompile
+
+    where = {k: v for k, v in {"remote": remote, "tracker": tracker, "key": key}.items() if v is not None}
+    try:
+        result = qcompile.load(path, **where).benchmark(number=number, repeat=repeat)
+    except qcompile.UsageError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2)
+    typer.echo(str(result))
+
+
+@app.command()
 def passes():
     """List the registered passes and their options."""
     import dataclasses

@@ -67,3 +67,69 @@ def test_calling_without_a_device_says_how_to_get_one(resnet, monkeypatch, tmp_p
         qcompile.compile(model, ex, target="arm", calibration=cal, progress=False, tracker="127.0.0.1:9190")
     with pytest.raises(UsageError, match="host:port"):
         qcompile.compile(model, ex, target="arm", calibration=cal, progress=False, remote="nowhere")(*ex)
+
+
+def _reference_and(resnet, target, **options):
+    model, ex, cal = resnet
+    ref = qcompile.compile(model, ex, calibration=cal, progress=False)
+    return ref, qcompile.compile(model, ex, target=target, calibration=cal, progress=False, **options)
+
+
+@pytest.mark.parametrize("target", ["arm", "arm-a55", "arm-i8mm"])
+def test_tiny_resnet_runs_bit_exact_on_the_emulated_device(resnet, arm_device, target):
+    ref, cm = _reference_and(resnet, target)  # no remote=: the running emulator is found by itself
+    for seed in range(2):
+        x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(cm(x), ref(x))
+
+
+def test_mobilenet_v2_on_the_emulated_device_matches_the_reference(mobilenet, arm_device, tmp_path):
+    """Issue 5's Must show: real weights, "arm" on the emulated device, bit-exact with the reference (its
+    float output is a dequantized integer tensor, so equal floats mean equal integers), also reloaded."""
+    model, example, calibration, *_ = mobilenet
+    remote = "%s:%d" % arm_device
+    want = qcompile.compile(model, example, calibration=calibration, progress=False)(*example)
+    cm = qcompile.compile(model, example, target="arm", calibration=calibration, progress=False, remote=remote)
+    assert torch.equal(cm(*example), want)
+    saved = cm.save(tmp_path / "mnv2-arm")
+    assert torch.equal(qcompile.load(saved, remote=remote)(*example), want)
+    gemms = {n: ops for n, ops in _functions(saved / "model.so").items() if n.startswith("gemm_") and n.endswith("_compute_")}
+    assert len(gemms) >= 35 and all("sdot" in ops for ops in gemms.values())
+
+
+def test_benchmark_times_on_the_device_and_says_when_it_is_emulated(resnet, arm_device):
+    _, cm = _reference_and(resnet, "arm")
+    result = cm.benchmark(number=2, repeat=3)
+    assert result.emulated and result.device == "%s:%d" % arm_device
+    assert result.repeat == 3 and 0 < result.median_ms < 10_000
+    assert "emulated device" in str(result)
+
+
+def test_a_server_that_does_not_answer_or_is_gone_gives_a_clear_error(resnet):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # the connection waits in the backlog, as with a board busy serving someone else
+    remote = "127.0.0.1:%d" % silent.getsockname()[1]
+    _, cm = _reference_and(resnet, "arm", remote=remote, connect_timeout=1)
+    with pytest.raises(UsageError, match="did not answer within 1 s.*one session at a time"):
+        cm(torch.randn(1, 3, 32, 32))
+    silent.close()
+    with pytest.raises(UsageError, match=f"cannot reach the TVM RPC server at {remote}"):
+        cm(torch.randn(1, 3, 32, 32))
+
+
+def test_cli_benchmarks_a_saved_artifact_on_the_device(resnet, arm_device, tmp_path):
+    from typer.testing import CliRunner
+
+    from qcompile.cli import app
+
+    _, cm = _reference_and(resnet, "arm")
+    saved = cm.save(tmp_path / "tiny-arm")
+    result = CliRunner().invoke(app, ["benchmark", str(saved), "--remote", "%s:%d" % arm_device, "--number", "2",
+                                      "--repeat", "2"])
+    assert result.exit_code == 0, result.output
+    assert "ms median" in result.output and "emulated device" in result.output
+    result = CliRunner().invoke(app, ["benchmark", str(saved), "--tracker", "127.0.0.1:1"])
+    assert result.exit_code == 2 and "tracker= needs key=" in result.output

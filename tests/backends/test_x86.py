@@ -255,3 +255,17 @@ def test_float_layers_and_backend_options_are_checked():
         qcompile.compile(ConvBnRelu().eval(), (x,), target="x86", calibration=[x], tnue=True)
     with pytest.raises(ValueError, match="target 'reference' has no option"):
         qcompile.compile(ConvBnRelu().eval(), (x,), calibration=[x], float_fallback=True)
+
+
+def test_benchmark_times_whole_calls_and_the_reference_backend_says_it_cannot():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    ref, x86 = _both(TinyResNet().eval(), (x,), [x])
+    result = x86.benchmark(x, number=3, repeat=4)
+    assert not result.emulated and result.repeat == 4 and result.number == 3
+    assert 0 < result.median_ms < 10_000 and result.std_ms >= 0
+    assert x86.benchmark().median_ms > 0  # zeros of the compiled shape
+    with pytest.raises(ValueError, match=r"expected float32\[1, 3, 32, 32\]"):
+        x86.benchmark(torch.randn(1, 3, 16, 16))
+    with pytest.raises(qcompile.UsageError, match="does not time itself"):
+        ref.benchmark()

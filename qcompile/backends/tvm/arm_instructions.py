@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import arm_emulator
-from .x86 import LIBRARY
+from . import arm_emulator, profile
+from .x86 import KERNELS, LIBRARY
 
 _WRAPPER, _BODY = "__tvm_ffi_", "_compute_"  # how TVM's LLVM codegen names a kernel's two functions
 _HEADER = re.compile(r"^[0-9a-f]+ <(.+)>:$")  # objdump -d: a symbol, then its instructions
@@ -48,6 +48,8 @@ class KernelCounts:
 
 @dataclass
 class InstructionCounts:
+    """One call of a model: every function of its library that ran, by kernel (start-up code under its own name)."""
+
     kernels: dict[str, KernelCounts]  # in the order of their first call
     calls: list[str]  # the kernels the VM called, in order
 
@@ -57,6 +59,31 @@ class InstructionCounts:
 
     def count(self, mnemonic: str) -> int:
         return sum(k.mnemonics[mnemonic] for k in self.kernels.values())
+
+
+@dataclass(frozen=True)
+class Call:
+    """One kernel call of `main` and the report layers it computes (profile.CallSite), with its counts."""
+
+    kernel: str
+    layers: tuple[str, ...]
+    instructions: int
+    sdot: int
+
+
+def calls_with_layers(counts: InstructionCounts, sites: list[profile.CallSite]) -> list[Call]:
+    """Every kernel call in order, with its layers from the artifact's kernels.json. A kernel called several
+    times gets an equal share of its counts per call: the calls of one kernel have the same shapes."""
+    # The profile's matching of planned calls to those that ran (some planned kernels became VM builtins).
+    layers = profile._align([(k, 0.0) for k in counts.calls], sites)
+    return [Call(k, ls, counts.kernels[k].per_call, counts.kernels[k].mnemonics["sdot"] // counts.kernels[k].calls)
+            for k, ls in zip(counts.calls, layers)]
+
+
+def count_artifact(directory: str | Path, inputs) -> tuple[InstructionCounts, list[Call]]:
+    """count_instructions of a saved ARM model, and its calls with the layers each computes."""
+    counts = count_instructions(directory, inputs)
+    return counts, calls_with_layers(counts, profile.load_sites(Path(directory) / KERNELS))
 
 
 def count_instructions(artifact: str | Path, inputs: list[torch.Tensor | np.ndarray]) -> InstructionCounts:
@@ -81,7 +108,7 @@ def _run_counted(library: Path, inputs: list[np.ndarray], work: Path) -> tuple[l
         paths.append(str(work / f"input{i}.npy"))
         np.save(paths[-1], x)
     blocks, info = work / "blocks.txt", work / "info.json"
-    arm_emulator._script("count", str(blocks), str(library), str(info), *paths)
+    arm_emulator.run_counted(blocks, library, info, paths)
     rows = [line.split() for line in blocks.read_text().splitlines()]
     return [(int(a, 16), int(n), int(c)) for a, n, c in rows], json.loads(info.read_text())
 

@@ -4,6 +4,9 @@
 #   tools/arm_emulator.sh start   setup, then a TVM RPC server under qemu-aarch64 on 127.0.0.1 (background)
 #   tools/arm_emulator.sh stop    stop the server started by `start`
 #   tools/arm_emulator.sh status  print "host:port" of the running server (exit 1 if none)
+#   tools/arm_emulator.sh count BLOCKS LIBRARY INFO.json INPUT.npy...
+#                                 one call of LIBRARY under qemu with the instruction-counting plugin
+#                                 (tools/insn_count.c, tools/arm_count_run.py): block counts in OUT
 # start/stop/status take --name NAME (default "server") for more than one device; start also takes
 # --tracker HOST:PORT --key KEY to register the device with a TVM RPC tracker (a board farm on one host).
 # Everything lives in the project's git-ignored .arm/ folder and is reused: a second run takes seconds.
@@ -85,11 +88,36 @@ build_site() {
     touch "$stamp"
 }
 
+# The instruction-counting qemu plugin (tools/insn_count.c), built with the host's gcc. It declares the
+# few qemu plugin functions it uses itself, so it needs no qemu or glib headers.
+build_plugin() {
+    local src="$ROOT/tools/insn_count.c" so="$ARM/insn_count.so"
+    [ -f "$so" ] && [ "$so" -nt "$src" ] && return
+    if ! command -v gcc >/dev/null; then
+        log "installing gcc (apt-get) for the instruction-counting plugin"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null
+    fi
+    gcc -O2 -shared -fPIC -fvisibility=hidden -Wall -o "$so" "$src"
+}
+
 setup() {
     mkdir -p "$ARM"
     install_host_packages
     build_sysroot
     build_site
+    build_plugin
+}
+
+# One call of a model in a fresh emulated Python (no server, no RPC) with the counting plugin. One TVM
+# thread: the plugin's counters are not atomic, and every kernel then runs in this one guest thread.
+count() {
+    [ $# -ge 3 ] || { echo "usage: $0 count BLOCKS LIBRARY INFO.json INPUT.npy..." >&2; exit 2; }
+    setup
+    local blocks="$1"; shift
+    TVM_NUM_THREADS=1 TVM_USE_RUNTIME_LIB=1 PYTHONPATH="$SITE" QEMU_LD_PREFIX="$SYSROOT" \
+        qemu-aarch64 -plugin "$ARM/insn_count.so,out=$blocks" -L "$SYSROOT" "$SYSROOT/usr/bin/python3.11" \
+        "$ROOT/tools/arm_count_run.py" "$@" </dev/null
 }
 
 # Per device: NAME.pid, NAME.port (what qcompile/backends/tvm/arm_emulator.py reads) and NAME.log.
@@ -151,6 +179,7 @@ status() {
 }
 
 COMMAND="${1:-start}"; shift || true
+if [ "$COMMAND" = count ]; then count "$@"; exit; fi  # its arguments are files, not the options below
 while [ $# -gt 0 ]; do
     case "$1" in
         --name) NAME="$2"; shift 2 ;;

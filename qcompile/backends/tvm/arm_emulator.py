@@ -64,6 +64,13 @@ def stop_server(name=DEFAULT):
     _script("stop", "--name", name)
 
 
+def run_counted(blocks, library, report, inputs):
+    """One call of `library` (an exported Relax VM library) with the .npy files `inputs`, in a fresh
+    emulated Python under the instruction-counting plugin (tools/insn_count.c): executed blocks in the file
+    `blocks`, where the library was mapped and which kernels ran in the JSON file `report`."""
+    _script("count", str(blocks), str(library), str(report), *map(str, inputs))
+
+
 def build_int8_matmul(path, m=4, n=16, k=32, target=DOTPROD_TARGET):
     """Cross-compile C[m, n] = A[m, k] (int8) . B[n, k] (int8)^T in int32 for `target`, export to `path`."""
     import tvm

@@ -75,7 +75,7 @@ def calls_with_layers(counts: InstructionCounts, sites: list[profile.CallSite]) 
     """Every kernel call in order, with its layers from the artifact's kernels.json. A kernel called several
     times gets an equal share of its counts per call: the calls of one kernel have the same shapes."""
     # The profile's matching of planned calls to those that ran (some planned kernels became VM builtins).
-    layers = profile._align([(k, 0.0) for k in counts.calls], sites)
+    layers = profile.align([(k, 0.0) for k in counts.calls], sites)
     return [Call(k, ls, counts.kernels[k].per_call, counts.kernels[k].mnemonics["sdot"] // counts.kernels[k].calls)
             for k, ls in zip(counts.calls, layers)]
 

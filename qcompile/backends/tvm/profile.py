@@ -154,10 +154,10 @@ def time_vm(vm: relax.VirtualMachine, dev, args: list, *, number: int, repeat: i
 def profile(vm: relax.VirtualMachine, sites: list[CallSite], inputs: list[torch.Tensor]) -> list[dict]:
     """One entry per kernel call: kernel name, the layers it computes, median µs."""
     timed = time_kernels(vm, inputs)
-    return [{"kernel": k, "layers": list(layers), "us": us} for (k, us), layers in zip(timed, _align(timed, sites))]
+    return [{"kernel": k, "layers": list(layers), "us": us} for (k, us), layers in zip(timed, align(timed, sites))]
 
 
-def _align(timed: list[tuple[str, float]], sites: list[CallSite]) -> list[tuple[str, ...]]:
+def align(timed: list[tuple[str, float]], sites: list[CallSite]) -> list[tuple[str, ...]]:
     """The layers of each timed call. The build turns some planned kernels into VM builtins (a reshape
     becomes a view), so the planned calls are matched to the timed ones in order, skipping those."""
     layers, i = [], 0

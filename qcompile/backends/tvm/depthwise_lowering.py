@@ -28,13 +28,13 @@ def _kernel_for(target) -> depthwise.DepthwiseIsa | None:
 
 def _is_depthwise(node) -> bool:
     """One output channel per input channel, uint8 activations (what the kernel's flip assumes), constant
-    weights (packed at compile time)."""
+    weights (packed at compile time). Not a one-channel conv (groups == 1): that is the GEMM's."""
     if not isinstance(node, fx.Node) or node.target != qc.conv2d_int.default:
         return False
     x, w, groups = node.args[0], node.args[1], node.args[8]
     channels = x.meta["val"].shape[1]
     return (
-        w.op == "get_attr" and groups == channels and tuple(w.meta["val"].shape[:2]) == (channels, 1)
+        w.op == "get_attr" and groups == channels > 1 and tuple(w.meta["val"].shape[:2]) == (channels, 1)
         and x.meta["val"].dtype == torch.uint8 and x.meta["val"].ndim == 4
     )
 

@@ -80,3 +80,27 @@ class OpZoo(nn.Module):
         att = torch.softmax(torch.bmm(q, k), dim=-1)
         out = torch.matmul(att, t).permute(0, 2, 1).reshape(t.shape[0], -1)
         return out
+
+
+class DepthwiseBlocks(nn.Module):
+    """Depthwise convs of every shape the depthwise kernels meet: stride 1 and 2, with and without padding,
+    3x3 and 5x5 windows, a dilation, channels not a multiple of 4 (10) or 16 (20), a ReLU6 that stays float (the conv's
+    int32 accumulator is the output), a requantized ReLU and a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 10, 3, padding=1)
+        self.dw1 = nn.Conv2d(10, 10, 3, padding=1, groups=10)
+        self.dw2 = nn.Conv2d(10, 10, 3, stride=2, padding=1, groups=10)
+        self.pw = nn.Conv2d(10, 20, 1)
+        self.dw3 = nn.Conv2d(20, 20, 5, padding=2, groups=20)
+        self.dw4 = nn.Conv2d(20, 20, 3, stride=2, dilation=2, groups=20)
+        self.fc = nn.Linear(20, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = nn.functional.relu6(self.dw1(x))
+        x = torch.relu(self.dw2(x))
+        x = self.pw(x)
+        x = self.dw4(x + self.dw3(x))
+        return self.fc(x.mean((2, 3)))

@@ -7,7 +7,7 @@ import torch
 
 import qcompile
 from qcompile.errors import UsageError
-from tests.models import TinyResNet
+from tests.models import DepthwiseBlocks, TinyResNet
 
 
 def _functions(library) -> dict[str, list[str]]:
@@ -69,6 +69,60 @@ def test_calling_without_a_device_says_how_to_get_one(resnet, monkeypatch, tmp_p
         qcompile.compile(model, ex, target="arm", calibration=cal, progress=False, remote="nowhere")(*ex)
 
 
+@pytest.fixture(scope="module")
+def depthwise_blocks():
+    torch.manual_seed(0)
+    model = DepthwiseBlocks().eval()
+    x = torch.randn(1, 3, 17, 19)
+    return model, (x,), [x, torch.randn(1, 3, 17, 19)]
+
+
+def _depthwise_convs(cm) -> int:
+    return sum(1 for n in cm.graph_module.graph.nodes if n.target is torch.ops.qcompile.conv2d_int.default and n.args[8] > 1)
+
+
+def _compiled_functions(model_ex_cal, target, tmp_path, **kw):
+    model, ex, cal = model_ex_cal
+    cm = qcompile.compile(model, ex, target=target, calibration=cal, progress=False, **kw)
+    return cm, _functions(cm.save(tmp_path / target) / "model.so")
+
+
+def test_dot_product_target_runs_every_depthwise_conv_on_sdot_and_a55_never(depthwise_blocks, tmp_path):
+    cm, dotprod = _compiled_functions(depthwise_blocks, "arm", tmp_path)
+    kernels = {name: ops for name, ops in dotprod.items() if name.startswith("depthwise_") and name.endswith("_compute_")}
+    assert len(kernels) == _depthwise_convs(cm) == 4
+    assert all("sdot" in ops for ops in kernels.values()), {n: "sdot" in ops for n, ops in kernels.items()}
+    assert not any("conv2d" in name and not name.startswith(("depthwise_", "gemm_", "__tvm_ffi_")) and "im2col" not in name
+                   for name in dotprod)  # no depthwise conv left to the generic TE kernel
+    _, a55 = _compiled_functions(depthwise_blocks, "arm-a55", tmp_path)
+    assert not any(name.startswith("depthwise_") for name in a55)
+    assert not any("sdot" in ops for ops in a55.values())
+
+
+def test_depthwise_sdot_kernels_are_bit_exact_on_the_device(depthwise_blocks, arm_device):
+    model, _, _ = depthwise_blocks
+    host, port = arm_device
+    torch.manual_seed(1)
+    ex, cal = (torch.randn(2, 3, 17, 19),), [torch.randn(2, 3, 17, 19) for _ in range(2)]
+    # A free batch: the kernel's batch (and image size) are run-time sizes.
+    kw = dict(calibration=cal, progress=False, dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4)}})
+    cm = qcompile.compile(model, ex, target="arm", remote=f"{host}:{port}", **kw)
+    ref = qcompile.compile(model, ex, target="reference", **kw)
+    for x in (ex[0], 3 * torch.randn(3, 3, 17, 19), torch.rand(1, 3, 17, 19)):  # 3x: the clamps saturate
+        assert torch.equal(cm(x), ref(x))
+
+
+def test_depthwise_sdot_kernel_is_planned_only_for_dot_product_arm_targets(depthwise_blocks):
+    from qcompile.backends.tvm import arm, depthwise_lowering, x86
+
+    model, ex, cal = depthwise_blocks
+    gm = qcompile.compile(model, ex, target="reference", calibration=cal, progress=False).graph_module
+    planned = lambda target: len(depthwise_lowering.plan(gm, target))
+    assert planned(arm.VARIANTS["arm"]) == planned(arm.VARIANTS["arm-i8mm"]) == 4
+    assert planned(arm.VARIANTS["arm-a55"]) == planned(x86.host_target()) == planned(None) == 0
+
+
+
 def _reference_and(resnet, target, **options):
     model, ex, cal = resnet
     ref = qcompile.compile(model, ex, calibration=cal, progress=False)
@@ -93,8 +147,11 @@ def test_mobilenet_v2_on_the_emulated_device_matches_the_reference(mobilenet, ar
     assert torch.equal(cm(*example), want)
     saved = cm.save(tmp_path / "mnv2-arm")
     assert torch.equal(qcompile.load(saved, remote=remote)(*example), want)
-    gemms = {n: ops for n, ops in _functions(saved / "model.so").items() if n.startswith("gemm_") and n.endswith("_compute_")}
+    funcs = _functions(saved / "model.so")
+    gemms = {n: ops for n, ops in funcs.items() if n.startswith("gemm_") and n.endswith("_compute_")}
     assert len(gemms) >= 35 and all("sdot" in ops for ops in gemms.values())
+    depthwise = {n: ops for n, ops in funcs.items() if n.startswith("depthwise_") and n.endswith("_compute_")}
+    assert len(depthwise) == _depthwise_convs(cm) == 17 and all("sdot" in ops for ops in depthwise.values())
 
 
 def test_benchmark_times_on_the_device_and_says_when_it_is_emulated(resnet, arm_device):

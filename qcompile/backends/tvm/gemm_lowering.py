@@ -71,10 +71,12 @@ def _gemm_ready(gm: fx.GraphModule, acc) -> bool:
     )
 
 
-def plan(gm: fx.GraphModule) -> dict[fx.Node, fx.Node]:
-    """result node -> its accumulator node, for every accumulator the GEMM kernel takes over: a
-    requantize with its accumulator (requantized on the register tile), or an accumulator alone (int32
-    out, e.g. the classifier before its float dequantize)."""
+def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
+    """result node -> its accumulator node, for every accumulator the GEMM kernel takes over on `target`
+    (none where its ISA has no GEMM kernel): a requantize with its accumulator (requantized on the
+    register tile), or an accumulator alone (int32 out, e.g. the classifier before its float dequantize)."""
+    if target is None or isa_for(target) is None:
+        return {}
     pairs = {}
     for rq in gm.graph.nodes:
         if rq.target != qc.requantize_fixed.default:
@@ -134,7 +136,8 @@ def _weight_matrix(gm: fx.GraphModule, acc: fx.Node) -> np.ndarray:
     return w.reshape(w.shape[0], -1).numpy()
 
 
-def _requant(gm: fx.GraphModule, rq: fx.Node | None, n: int) -> tuple[Requant | None, torch.Tensor]:
+def requant_of(gm: fx.GraphModule, rq: fx.Node | None, n: int) -> tuple[Requant | None, torch.Tensor]:
+    """A requantize node's parameters for a hand-written epilogue over n channels (None: int32 out)."""
     if rq is None:
         return None, torch.zeros(n, dtype=torch.int32)
     _, _, mult_n, shift_n, _axis, out_zp, qmin, qmax, dtype = rq.args
@@ -161,7 +164,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     isa = isa_for(target)
     rows, outer = _rows(bb, acc, layouts)
     m = rows.ty.shape.values[0]
-    requant, mult = _requant(gm, result if result is not acc else None, n)
+    requant, mult = requant_of(gm, result if result is not acc else None, n)
     bias = constant(gm, acc.args[2]).numpy() if acc.args[2] is not None else np.zeros(n, np.int32)
     bias = _offset_bias(bias, w2, isa)
     weights = weight_format(meta.storage_bits(acc.args[1]), isa)

@@ -16,7 +16,7 @@ from tvm import relax, tirx
 from ...ir import meta
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
-from . import gemm_lowering, ops_nhwc
+from . import depthwise_lowering, gemm_lowering, ops_nhwc
 from .layout import FOLLOWERS, Layouts, nhwc_axis
 from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
 from .var_names import var_name
@@ -136,6 +136,13 @@ def _sym_size(node: fx.Node, layouts: Layouts):
 _SIZES = {torch.ops.aten.sym_size.int: _sym_size}
 
 
+# Hand-written kernels that take an accumulator (with its requantize) over from the TE definitions where
+# the target's ISA has one: each module plans the nodes it takes (`plan(gm, target)`: result -> accumulator,
+# empty for other targets) and emits them (`emit`). They claim disjoint nodes (ungrouped convs and linears;
+# depthwise convs).
+HAND_WRITTEN = (gemm_lowering, depthwise_lowering)
+
+
 def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
     return sorted({
         target_name(n) for n in gm.graph.nodes
@@ -147,9 +154,10 @@ def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
 def to_relax(gm: fx.GraphModule, target=None, choose_tiling: gemm_lowering.ChooseTiling = gemm_lowering.default_tiling):
     """A Relax IRModule with one function `main(*inputs) -> tuple(outputs)`.
 
-    Convolutions and pools run channels-last (layout.py). With an x86 `target`, accumulate -> requantize
-    pairs that the hand-written GEMM kernel handles (linear, pointwise conv) are lowered to it, with the
-    register tile `choose_tiling` picks (the cost model's unless tuning); everything else to TE definitions."""
+    Convolutions and pools run channels-last (layout.py). With a `target`, accumulate -> requantize pairs
+    that a hand-written kernel for its ISA handles (HAND_WRITTEN: the GEMM for linear and ungrouped convs,
+    with the register tile `choose_tiling` picks, the cost model's unless tuning; the depthwise conv) are
+    lowered to it; everything else to TE definitions."""
     floats = _FloatIslands()
     missing = unsupported_ops(gm, floats)
     if missing:
@@ -162,8 +170,8 @@ def to_relax(gm: fx.GraphModule, target=None, choose_tiling: gemm_lowering.Choos
     ]
     env: dict[fx.Node, relax.Expr] = dict(zip(placeholders, params))
     layouts = Layouts(bb, env)
-    gemms = gemm_lowering.plan(gm) if target is not None and gemm_lowering.isa_for(target) is not None else {}
-    absorbed = {acc for result, acc in gemms.items() if result is not acc}
+    kernels = {result: (lowering, acc) for lowering in HAND_WRITTEN for result, acc in lowering.plan(gm, target).items()}
+    absorbed = {acc for result, (_, acc) in kernels.items() if result is not acc}
     with bb.function("main", params, attrs=symbols.bounds()):
         with bb.dataflow():
             for node in gm.graph.nodes:
@@ -171,8 +179,9 @@ def to_relax(gm: fx.GraphModule, target=None, choose_tiling: gemm_lowering.Choos
                     env[node] = _const(constant(gm, node))
                 elif node in absorbed:
                     continue  # emitted together with its requantize
-                elif node in gemms:
-                    env[node] = gemm_lowering.emit(bb, gm, node, gemms[node], layouts, target, choose_tiling)
+                elif node in kernels:
+                    lowering, acc = kernels[node]
+                    env[node] = lowering.emit(bb, gm, node, acc, layouts, target, choose_tiling)
                 elif node.target in _SIZES:
                     env[node] = _SIZES[node.target](node, layouts)
                 elif node.op == "call_function" and node.target in ops_nhwc.NHWC_OPS:

@@ -153,12 +153,16 @@ def _dot_vnni_emulated(acc, a_word, w_words):
     return acc
 
 
+def sdot(acc, a_bytes, w_bytes):
+    """aarch64 sdot: acc (int32x4) += the four s8 x s8 products of each lane's bytes (int8x16 operands)."""
+    return tvm.tirx.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, a_bytes, w_bytes)
+
+
 def _dot_sdot(acc, a_word, w_words):
-    # sdot: acc += four s8 x s8 products per int32 lane; A's four bytes flipped to a - 128 as int8.
+    # A's four bytes flipped to a - 128 as int8, broadcast to the four lanes.
     as_bytes = lambda x: tvm.tirx.reinterpret("int8x16", x)
     flipped = a_word ^ tvm.tirx.const(-0x7F7F7F80, "int32")  # 0x80808080
-    return tvm.tirx.call_llvm_pure_intrin(
-        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, as_bytes(tvm.tirx.Broadcast(flipped, 4)), as_bytes(w_words))
+    return sdot(acc, as_bytes(tvm.tirx.Broadcast(flipped, 4)), as_bytes(w_words))
 
 
 AVX2 = Isa("avx2", ("avx2",), lanes=8, group=2, a_dtype="int16", registers=16,

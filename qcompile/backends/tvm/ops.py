@@ -323,6 +323,13 @@ def _cat(node, tensors, dim=0):
     return topi.concatenate(tensors, axis=dim % len(tensors[0].shape))
 
 
+@converter(aten.where.ScalarOther)
+def _where_scalar_other(node, cond, x, other):
+    """where(cond, x, scalar) (BERT's eager attention mask); TVM's importer has no ScalarOther."""
+    fill = te.compute((), lambda: tir.const(other, str(x.dtype)), name="where_other")
+    return topi.where(cond, x, fill)
+
+
 @converter(aten.embedding.default)
 def _embedding(node, weight, indices, *rest):
     return topi.take(weight, indices, axis=0)

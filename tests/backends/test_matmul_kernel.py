@@ -1,0 +1,165 @@
+"""qc.matmul_int (activation x activation, batched) on the dot-product kernel (matmul_kernel.py): bit-exact
+with the reference on odd shapes and zero points on x86 (vpdpbusd where the host has AVX512-VNNI), sdot in
+the ARM build's matmul kernels (none for arm-a55) and bit-exact runs on the emulated device."""
+import copy
+import subprocess
+
+import pytest
+import torch
+from torch import fx
+
+import qcompile
+from qcompile.backends.tvm import matmul_kernel
+from qcompile.backends.tvm.lower import to_relax
+from qcompile.backends.tvm.x86 import X86Backend, host_target
+from qcompile.backends.tvm.x86_gemm import AVX512_VNNI, NEON_DOTPROD
+
+qc = torch.ops.qcompile
+
+
+def _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant=None) -> fx.GraphModule:
+    """An integer graph `matmul_int(a, b)`, optionally followed by a requantize (mult, shift, out_zp)."""
+    g, root = fx.Graph(), torch.nn.Module()
+    a, b = g.placeholder("a"), g.placeholder("b")
+    a.meta["val"], b.meta["val"] = torch.zeros(shape_a, dtype=dtype_a), torch.zeros(shape_b, dtype=dtype_b)
+    out = g.call_function(qc.matmul_int.default, (a, b, a_zp, b_zp))
+    out.meta["val"] = qc.matmul_int(a.meta["val"], b.meta["val"], a_zp, b_zp)
+    if requant is not None:
+        mult, shift, out_zp = requant
+        root.register_buffer("mult", torch.tensor([mult], dtype=torch.int32))
+        root.register_buffer("shift", torch.tensor([shift], dtype=torch.int32))
+        acc = out
+        out = g.call_function(qc.requantize_fixed.default,
+                              (acc, 0, g.get_attr("mult"), g.get_attr("shift"), -1, out_zp, 0, 255, torch.uint8))
+        out.meta["val"] = torch.zeros(acc.meta["val"].shape, dtype=torch.uint8)
+    g.output((out,))
+    return fx.GraphModule(root, g)
+
+
+def _random(shape, dtype, gen):
+    lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
+    return torch.randint(lo, hi, shape, generator=gen).to(dtype)
+
+
+U8, I8 = torch.uint8, torch.int8
+CASES = [  # shape a, shape b, dtypes, zero points, requantize
+    ((2, 12, 16, 32), (2, 12, 32, 16), U8, U8, 134, 137, None),  # Q.K^T of MiniLM
+    ((2, 12, 16, 16), (2, 12, 16, 32), U8, U8, 0, 128, (1234567890, 40, 118)),  # P.V + requantize
+    ((2, 3, 5, 7), (2, 3, 7, 9), U8, U8, 3, 200, None),  # M, N odd, K not a multiple of 4
+    ((4, 1, 3, 1), (5, 1, 6), I8, U8, -3, 17, None),  # K = 1, batch broadcast both ways, ranks differ
+    ((3, 5), (2, 5, 13), U8, I8, 255, -128, (1500000000, 38, 9)),  # 2-D a broadcast over b's batch
+    ((1, 33, 8), (3, 8, 1), I8, I8, 0, 0, None),  # N = 1, a broadcast, no zero points
+    ((2, 1, 9, 12), (1, 3, 12, 20), I8, I8, 5, -7, (1073741824, 33, 0)),  # shift 33, ragged N
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-{c[2]}-{c[3]}" for c in CASES])
+def test_x86_matmul_int_bit_exact_on_odd_shapes(case):
+    shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
+    gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
+    funcs = [gv.name_hint for gv in to_relax(gm, target=host_target()).functions]
+    if matmul_kernel.supported_isa(host_target()) is not None:  # AVX512-VNNI hosts: the kernel, not the TE reduction
+        assert any(f.startswith("matmul_") for f in funcs) and any(f.startswith("pack_b_") for f in funcs), funcs
+    runner = X86Backend().build(gm)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        a, b = _random(shape_a, dtype_a, gen), _random(shape_b, dtype_b, gen)
+        want = gm(a, b)[0]  # the graph runs the reference integer ops
+        assert torch.equal(runner(a, b)[0], want)
+
+
+def test_extreme_operands_stay_exact():
+    """All-255 uint8 against all -128 int8 with zero points at the opposite ends: the largest terms."""
+    gm = _matmul_graph((1, 4, 64), (1, 64, 8), U8, I8, 0, 127)
+    a, b = torch.full((1, 4, 64), 255, dtype=U8), torch.full((1, 64, 8), -128, dtype=I8)
+    assert torch.equal(X86Backend().build(gm)(a, b)[0], gm(a, b)[0])
+
+
+def test_isa_choice():
+    assert matmul_kernel.supported_isa({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}) is NEON_DOTPROD
+    assert matmul_kernel.supported_isa({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "-dotprod"]}) is None
+    assert matmul_kernel.supported_isa({"kind": "llvm", "mcpu": "cascadelake"}) is AVX512_VNNI
+    assert matmul_kernel.supported_isa({"kind": "llvm", "mcpu": "haswell"}) is None  # AVX2's int16 pairs: TE stays
+    assert matmul_kernel.supported_isa(None) is None
+
+
+# ---------------------------------------------------------------- ARM
+class Attention(torch.nn.Module):
+    """Multi-head self-attention with explicit matmuls (as BERT's eager attention): Q.K^T and P.V are
+    quantized as matmul_int."""
+
+    def __init__(self, d=32, heads=2):
+        super().__init__()
+        self.h = heads
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        b, s, d = x.shape
+        split = lambda t: t.view(b, s, self.h, d // self.h).transpose(1, 2)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        p = (torch.matmul(q, k.transpose(-1, -2)) * (d // self.h) ** -0.5).softmax(-1)
+        return self.o(torch.matmul(p, v).transpose(1, 2).reshape(b, s, d))
+
+
+@pytest.fixture(scope="module")
+def attention():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 32)  # seq 7: P.V has K = 7 (padded to 8), both products a ragged N
+    return Attention().eval(), (x,), [torch.randn(2, 7, 32) for _ in range(3)]
+
+
+def _arm_functions(cm, path):
+    from tests.backends.test_arm import _functions
+
+    return _functions(cm.save(path) / "model.so")
+
+
+@pytest.fixture(scope="module")
+def cross_toolchain():
+    from qcompile.backends.tvm import arm_emulator
+
+    arm_emulator.setup()
+
+
+def test_arm_matmul_kernels_use_sdot_and_a55_never(attention, cross_toolchain, tmp_path):
+    model, ex, cal = attention
+    ref = qcompile.compile(model, ex, calibration=cal, progress=False)
+    assert sum(n.target == qc.matmul_int.default for n in ref.graph_module.graph.nodes) == 2
+    arm = _arm_functions(qcompile.compile(model, ex, target="arm", calibration=cal, progress=False), tmp_path / "arm")
+    kernels = {n: ops for n, ops in arm.items() if n.startswith("matmul_") and n.endswith("_compute_")}
+    assert len(kernels) == 2 and all("sdot" in ops for ops in kernels.values()), list(kernels)
+    a55 = _arm_functions(qcompile.compile(model, ex, target="arm-a55", calibration=cal, progress=False), tmp_path / "a55")
+    assert any("matmul" in n for n in a55) and not any("sdot" in ops for ops in a55.values())
+
+
+@pytest.mark.parametrize("target", ["arm", "arm-a55"])
+def test_attention_runs_bit_exact_on_the_emulated_device(attention, arm_device, target):
+    model, ex, cal = attention
+    ref = qcompile.compile(model, ex, calibration=cal, progress=False)
+    cm = qcompile.compile(model, ex, target=target, calibration=cal, progress=False)
+    for seed in range(2):
+        x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(cm(x), ref(x))
+
+
+def test_minilm_with_eager_attention_runs_bit_exact_on_the_emulated_device(minilm, arm_device):
+    """The real all-MiniLM-L6-v2 with BERT's eager attention (explicit matmuls, 12 matmul_int: 6 Q.K^T
+    with two zero points, 6 P.V with a fused requantize) for "arm", against the reference."""
+    emb, batches = minilm
+    emb = copy.deepcopy(emb)
+    emb.m.config._attn_implementation = "eager"  # the fixture's model uses sdpa, a float island
+    ref = qcompile.compile(emb, batches[0], calibration=batches[1:], progress=False)
+    assert sum(n.target == qc.matmul_int.default for n in ref.graph_module.graph.nodes) == 12
+    cm = qcompile.compile(emb, batches[0], target="arm", calibration=batches[1:], progress=False)
+    for bt in batches[:2]:
+        assert torch.equal(cm(*bt), ref(*bt))
+
+
+def test_minilm_with_eager_attention_bit_exact_on_x86(minilm):
+    emb, batches = minilm
+    emb = copy.deepcopy(emb)
+    emb.m.config._attn_implementation = "eager"
+    ref = qcompile.compile(emb, batches[0], calibration=batches[1:], progress=False)
+    cm = qcompile.compile(emb, batches[0], target="x86", calibration=batches[1:], progress=False)
+    for bt in batches:
+        assert torch.equal(cm(*bt), ref(*bt))

@@ -97,6 +97,19 @@ def _schedule_reduction(sch: s_tir.Schedule, red, epilogue, knobs: Knobs) -> Non
     sch.vectorize(sch.get_loops(epilogue)[-1])
 
 
+def _inline_producers(sch: s_tir.Schedule, infos: list) -> list:
+    """Element-wise producers (transposes, casts) inlined into the loads of the blocks that read them, so
+    that a chain such as transpose -> transpose -> pack_b (matmul_kernel.py) is one pass over the data
+    instead of materialising every intermediate; the blocks that could not be inlined remain."""
+    kept = []
+    for info in infos[:-1]:
+        try:
+            sch.compute_inline(info.block_rv)
+        except s_tir.ScheduleError:
+            kept.append(info)
+    return [*kept, infos[-1]]
+
+
 class FusedIntegerKernel(dlight.ScheduleRule):
     def __init__(self, knobs: Knobs = Knobs()):
         self.knobs = knobs
@@ -119,6 +132,8 @@ class FusedIntegerKernel(dlight.ScheduleRule):
             return None
         reductions = [i for i in infos if i.is_reduction()]
         if len(reductions) != 1:
+            if not reductions:
+                infos = _inline_producers(sch, infos)
             for info in infos:
                 if info.is_injective():
                     _parallel_vectorize(sch, info.block_rv, knobs.vector)

@@ -7,9 +7,12 @@ Both operands are run-time activations, so nothing is packed at build time:
   that produce B) into the layout the dot product reads: int8 [BO, N/NR, K/4, NR * 4], i.e. for every
   panel of NR output columns and every group of 4 k-values, NR 32-bit words each holding the 4 k-values
   of one column. uint8 values are flipped to int8 (b ^ 0x80 = b - 128), K and N are padded with zeros.
-- A [.., M, K] is read in place (one broadcast 32-bit word = 4 k-values per dot product) when K is a
-  static multiple of 4 and A's batch dims are the output's; otherwise a TE copy pads K to a multiple of 4
-  with A's zero point (and broadcasts the batch dims).
+- A [.., M, K] is read in place (one broadcast 32-bit word = 4 k-values per dot product) when it already
+  has the byte format the instruction reads without a per-word flip (int8 for sdot, uint8 for vpdpbusd),
+  K is a static multiple of 4 and A's batch dims are the output's; otherwise a TE copy (pad_a) converts
+  it (a -/+ 128, zero point likewise), pads K to a multiple of 4 with the zero point and broadcasts the
+  batch dims. The copy costs one pass over A; a flip in the K loop cost an eor per A word and tile row
+  and kept LLVM from loading the word with one ld1r.
 - BO is the output's batch dims flattened; operands broadcast over batch dims as torch.matmul does.
 
 Exact zero points. The dot instruction computes sum_k A_eff * B_eff with A_eff = a - oa and B_eff = b - ob
@@ -68,9 +71,11 @@ def _requant_fusable(gm: fx.GraphModule, rq: fx.Node) -> bool:
 
 
 def _operands_ok(mm: fx.Node) -> bool:
-    a, b = mm.args[:2]
+    """Tensors of at least 2 dims, 8-bit, with zero points their dtype can hold (A is padded with its own)."""
+    a, b, a_zp, b_zp = mm.args
     return all(isinstance(x, fx.Node) and x.meta["val"].ndim >= 2 and x.meta["val"].dtype in (torch.uint8, torch.int8)
-               for x in (a, b))
+               and isinstance(zp, int) and torch.iinfo(x.meta["val"].dtype).min <= zp <= torch.iinfo(x.meta["val"].dtype).max
+               for x, zp in ((a, a_zp), (b, b_zp)))
 
 
 def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
@@ -287,13 +292,25 @@ def _pack_b(b: te.Tensor, out_batch: list, bo_size, nr: int, g: int) -> te.Tenso
     return te.compute((bo_size, no, kw, nr * g), body, name="pack_b")
 
 
-def _pad_a(a: te.Tensor, out_batch: list, bo_size, g: int, zp: int) -> te.Tensor:
+def _native_a(isa: Isa) -> str:
+    """The A dtype isa.dot reads without flipping each word in the K loop: sdot flips uint8 to int8 (an eor
+    per A word, which also keeps LLVM from loading the word with ld1r), so it wants int8 bytes, which its
+    internal flip and the kernel's int8 flip then cancel; vpdpbusd reads uint8."""
+    return "int8" if isa.a_offset == 128 else "uint8"
+
+
+def _pad_a(a: te.Tensor, out_batch: list, bo_size, g: int, zp: int, dtype: str) -> te.Tensor:
+    """A as [BO, M, KP] in `dtype` (uint8 <-> int8 by a shift of 128), K padded with the zero point."""
     *a_batch, m, k = a.shape
     kp = _ceil_div(k, g) * g
+    shift = {("uint8", "int8"): -128, ("int8", "uint8"): 128}.get((str(a.dtype), dtype), 0)
 
     def body(bo, i, kk):
         v = a(*_batch_index(bo, out_batch, a_batch), i, tir.min(kk, k - 1))
-        return tir.if_then_else(kk < k, v, tir.const(zp, str(a.dtype)))
+        v = (v.astype("int32") + shift).astype(dtype) if shift else v
+        if _static(k) is not None and _static(k) % g == 0:
+            return v
+        return tir.if_then_else(kk < k, v, tir.const(zp + shift, dtype))
 
     return te.compute((bo_size, m, kp), body, name="pad_a")
 
@@ -316,16 +333,19 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Nod
         _, _, mult_n, shift_n, _axis, out_zp, qmin, qmax, dtype = result.args
         requant = Requant(int(constant(gm, shift_n)), out_zp, qmin, qmax, str(dtype).replace("torch.", ""))
         mult = int(constant(gm, mult_n).reshape(()))
-    spec = MatmulSpec(isa, _tiling(isa, m, n, k), tvm_dtype(a_n.meta["val"].dtype), tvm_dtype(b_n.meta["val"].dtype),
-                      a_zp, b_zp, requant, mult)
     g = isa.group
-    in_place = (_static(k) is not None and _static(k) % g == 0 and len(a_batch) == len(out_batch)
+    a_dtype, a_native = tvm_dtype(a_n.meta["val"].dtype), _native_a(isa)
+    in_place = (a_dtype == a_native and _static(k) is not None and _static(k) % g == 0
+                and len(a_batch) == len(out_batch)
                 and not any(_is_one(d) and not _is_one(o) for d, o in zip(a_batch, out_batch)))
     if in_place:
         a3 = bb.emit(relax.op.reshape(a, (bo_size, m, k)), var_name(mm))
-    else:
-        a3 = bb.emit_te(lambda t: _pad_a(t, out_batch, bo_size, g, a_zp), a,
+    else:  # a copy (into which FuseOps folds A's producers: the transpose of Q, the quantize of P)
+        a3 = bb.emit_te(lambda t: _pad_a(t, out_batch, bo_size, g, a_zp, a_native), a,
                         primfunc_name_hint=f"pad_a_{mm.name}", name_hint=var_name(mm))
+        a_zp += {("uint8", "int8"): -128, ("int8", "uint8"): 128}.get((a_dtype, a_native), 0)
+        a_dtype = a_native
+    spec = MatmulSpec(isa, _tiling(isa, m, n, k), a_dtype, tvm_dtype(b_n.meta["val"].dtype), a_zp, b_zp, requant, mult)
     bp = bb.emit_te(lambda t: _pack_b(t, out_batch, bo_size, spec.tiling.nr, g), b,
                     primfunc_name_hint=f"pack_b_{mm.name}", name_hint=var_name(mm))
     name = f"matmul_{mm.name}"

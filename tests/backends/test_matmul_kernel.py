@@ -132,6 +132,21 @@ def test_arm_matmul_kernels_use_sdot_and_a55_never(attention, cross_toolchain, t
     assert any("matmul" in n for n in a55) and not any("sdot" in ops for ops in a55.values())
 
 
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-{c[2]}-{c[3]}" for c in CASES])
+def test_arm_matmul_int_bit_exact_on_odd_shapes(case, arm_device, cross_toolchain):
+    from qcompile.backends.tvm.arm import ArmBackend
+
+    shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
+    gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
+    backend = ArmBackend(remote="%s:%d" % arm_device)
+    funcs = [gv.name_hint for gv in to_relax(gm, target=backend.target).functions]
+    assert any(f.startswith("matmul_") for f in funcs) and any(f.startswith("pack_b_") for f in funcs), funcs
+    runner = backend.build(gm)
+    gen = torch.Generator().manual_seed(1)
+    a, b = _random(shape_a, dtype_a, gen), _random(shape_b, dtype_b, gen)
+    assert torch.equal(runner(a, b)[0], gm(a, b)[0])
+
+
 @pytest.mark.parametrize("target", ["arm", "arm-a55"])
 def test_attention_runs_bit_exact_on_the_emulated_device(attention, arm_device, target):
     model, ex, cal = attention

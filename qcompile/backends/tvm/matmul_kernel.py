@@ -32,6 +32,7 @@ symbolic, so one kernel serves dynamic batch and sequence lengths.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,8 @@ from ...ir.rewrite import constant
 from .layout import Layouts
 from .ops import size_product, tvm_dtype
 from .var_names import var_name
-from .x86_gemm import Isa, Requant, Tiling, _check_tiling, _requantize, isa_for
+from .x86_gemm import (Isa, Requant, Tiling, _candidate_tiles, _check_tiling, _preference, _requantize, _tile_cycles,
+                       isa_for)
 
 qc = torch.ops.qcompile
 
@@ -107,11 +109,18 @@ class MatmulSpec:
     b_zp: int
     requant: Requant | None = None  # None: int32 out
     mult: int = 0  # the requantize multiplier (one for the whole tensor)
+    # aarch64: the K loop loads 16 bytes (4 k-groups) of each A row and multiplies by lane with sdot's
+    # by-element form (_sdot_by_element); A is int8 and read without a flip.
+    by_element: bool = False
 
     def offsets(self) -> tuple[int, int, bool]:
         """(oa, ob, flip_a): the dot product multiplies A_eff = a - oa by B_eff = b - ob. isa.dot reads a
         byte u of the A word as u - isa.a_offset; int8 A words are flipped first (^ 0x80: u = a + 128).
         pack_b stores uint8 B flipped (b - 128), int8 B as is."""
+        if self.by_element:
+            if self.a_dtype != "int8":
+                raise ValueError("the by-element kernel reads int8 A")
+            return 0, 128 if self.b_dtype == "uint8" else 0, False
         flip_a = self.a_dtype == "int8"
         oa = self.isa.a_offset - (128 if flip_a else 0)
         ob = 128 if self.b_dtype == "uint8" else 0
@@ -121,6 +130,26 @@ class MatmulSpec:
 def _word(byte: int) -> int:
     """The int32 whose four bytes are `byte`."""
     return int(np.array([byte * 0x01010101], np.uint32).view(np.int32)[0])
+
+
+def _sdot_by_element(acc, a_word, w_words):
+    """sdot with the broadcast A word as the *second* operand: when that word is a lane of a loaded vector,
+    LLVM selects the by-element form `sdot v.4s, b.16b, a.4b[lane]` (no dup, no broadcast load). Both
+    operands are signed bytes (int8 A, pack_b's B). Same call_llvm_pure_intrin as x86_gemm._dot_sdot."""
+    as_bytes = lambda x: tvm.tirx.reinterpret("int8x16", x)
+    return tvm.tirx.call_llvm_pure_intrin(
+        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, as_bytes(w_words), as_bytes(tvm.tirx.Broadcast(a_word, 4)))
+
+
+def by_element(isa: Isa) -> bool:
+    """Whether the kernel uses sdot's by-element form (aarch64 with the dot product)."""
+    return isa.arch == "aarch64" and isa.lanes == 4 and isa.group == 4
+
+
+def _by_element_registers(isa: Isa, t: Tiling) -> int:
+    """Vector registers of the by-element K loop: accumulators, 4 k-groups of weight vectors, an A row."""
+    nv = t.nr // isa.lanes
+    return t.mr * nv + 4 * nv + 1
 
 
 def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
@@ -206,17 +235,33 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
                         acc[mi, vec(v * L)] = T.Broadcast(rows[bo, T.min(m0 + mi, M - 1)], L)
                     else:
                         acc[mi, vec(v * L)] = T.Broadcast(T.int32(0), L)
-            for kw in range(KW):
-                for mi in T.unroll(MR):
-                    # Rows past M (last row block) recompute row M-1; their results are never stored.
-                    a_word = T.meta_var(T.reinterpret("int32", A[bo, T.min(m0 + mi, M - 1), T.ramp(kw * G, 1, G)]))
-                    for v in T.unroll(NV):
-                        if flip_a:
-                            acc[mi, vec(v * L)] = dot(acc[mi, vec(v * L)], a_word ^ flip, T.reinterpret(
+            if spec.by_element:
+                for kq in range(KW // 4):
+                    for mi in T.unroll(MR):
+                        # One 16-byte load per row: its words for k-groups 4kq..4kq+3, used lane by lane.
+                        a_row = T.meta_var(T.reinterpret("int32x4", A[bo, T.min(m0 + mi, M - 1), T.ramp(kq * 16, 1, 16)]))
+                        for j in T.unroll(4):
+                            for v in T.unroll(NV):
+                                acc[mi, vec(v * L)] = _sdot_by_element(acc[mi, vec(v * L)], T.Shuffle([a_row], [j]), T.reinterpret(
+                                    f"int32x{L}", Bp[bo, po, kq * 4 + j, T.ramp(v * L * G, 1, L * G)]))
+                for kw in range(KW // 4 * 4, KW):  # the last k-groups, one word at a time
+                    for mi in T.unroll(MR):
+                        a_word = T.meta_var(T.reinterpret("int32", A[bo, T.min(m0 + mi, M - 1), T.ramp(kw * G, 1, G)]))
+                        for v in T.unroll(NV):
+                            acc[mi, vec(v * L)] = _sdot_by_element(acc[mi, vec(v * L)], a_word, T.reinterpret(
                                 f"int32x{L}", Bp[bo, po, kw, T.ramp(v * L * G, 1, L * G)]))
-                        else:
-                            acc[mi, vec(v * L)] = dot(acc[mi, vec(v * L)], a_word, T.reinterpret(
-                                f"int32x{L}", Bp[bo, po, kw, T.ramp(v * L * G, 1, L * G)]))
+            else:
+                for kw in range(KW):
+                    for mi in T.unroll(MR):
+                        # Rows past M (last row block) recompute row M-1; their results are never stored.
+                        a_word = T.meta_var(T.reinterpret("int32", A[bo, T.min(m0 + mi, M - 1), T.ramp(kw * G, 1, G)]))
+                        for v in T.unroll(NV):
+                            if flip_a:
+                                acc[mi, vec(v * L)] = dot(acc[mi, vec(v * L)], a_word ^ flip, T.reinterpret(
+                                    f"int32x{L}", Bp[bo, po, kw, T.ramp(v * L * G, 1, L * G)]))
+                            else:
+                                acc[mi, vec(v * L)] = dot(acc[mi, vec(v * L)], a_word, T.reinterpret(
+                                    f"int32x{L}", Bp[bo, po, kw, T.ramp(v * L * G, 1, L * G)]))
             if m0 + MR <= M:
                 for mi in T.unroll(MR):
                     store(acc, Out, bo, m0 + mi, n0, mi)
@@ -316,7 +361,16 @@ def _pad_a(a: te.Tensor, out_batch: list, bo_size, g: int, zp: int, dtype: str) 
 
 
 def _tiling(isa: Isa, m, n, k) -> Tiling:
-    return isa.default_tiling(_static(m), _static(n), _static(k))
+    """The GEMM cost model's tile; for the by-element kernel, among the tiles whose K loop fits the
+    registers (it keeps 4 k-groups of weight vectors live)."""
+    m, n, k = (_static(d) or 4096 for d in (m, n, k))
+    if not by_element(isa):
+        return isa.default_tiling(m, n, k)
+    threads = os.cpu_count() or 1
+    fits = [t for t in _candidate_tiles(isa) if _by_element_registers(isa, t) <= isa.registers and t.mr <= m]
+    cycles = {t: _tile_cycles(isa, t.mr, t.nr, m, n, k, threads) for t in fits}
+    fastest = min(cycles.values())
+    return max((t for t, c in cycles.items() if c <= 1.05 * fastest), key=lambda t: _preference(isa, t))
 
 
 def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Node, layouts: Layouts, target) -> relax.Expr:
@@ -345,7 +399,8 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Nod
                         primfunc_name_hint=f"pad_a_{mm.name}", name_hint=var_name(mm))
         a_zp += {("uint8", "int8"): -128, ("int8", "uint8"): 128}.get((a_dtype, a_native), 0)
         a_dtype = a_native
-    spec = MatmulSpec(isa, _tiling(isa, m, n, k), a_dtype, tvm_dtype(b_n.meta["val"].dtype), a_zp, b_zp, requant, mult)
+    spec = MatmulSpec(isa, _tiling(isa, m, n, k), a_dtype, tvm_dtype(b_n.meta["val"].dtype), a_zp, b_zp, requant, mult,
+                      by_element(isa))
     bp = bb.emit_te(lambda t: _pack_b(t, out_batch, bo_size, spec.tiling.nr, g), b,
                     primfunc_name_hint=f"pack_b_{mm.name}", name_hint=var_name(mm))
     name = f"matmul_{mm.name}"

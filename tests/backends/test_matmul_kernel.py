@@ -2,7 +2,6 @@
 with the reference on odd shapes and zero points on x86 (vpdpbusd where the host has AVX512-VNNI), sdot in
 the ARM build's matmul kernels (none for arm-a55) and bit-exact runs on the emulated device."""
 import copy
-import subprocess
 
 import pytest
 import torch
@@ -180,17 +179,22 @@ def test_minilm_with_eager_attention_bit_exact_on_x86(minilm):
         assert torch.equal(cm(*bt), ref(*bt))
 
 
-def test_dynamic_batch_and_length_one_kernel_bit_exact_on_x86(attention):
+@pytest.mark.parametrize("target", ["x86", "arm"])
+def test_dynamic_batch_and_length_one_kernel_bit_exact(attention, target, request):
     """Every size of the kernel is symbolic: one build serves all batch sizes and sequence lengths
-    (K of P.V = the length: multiples of 4 and not, N ragged or not)."""
+    (K of P.V = the length: multiples of 4 and 16 and not, N ragged or not)."""
+    if target == "arm":
+        request.getfixturevalue("arm_device")
+        request.getfixturevalue("cross_toolchain")
     model, ex, cal = attention
     dims = {0: torch.export.Dim("batch", min=1, max=4), 1: torch.export.Dim("length", min=2, max=40)}
     kwargs = dict(calibration=cal, dynamic_shapes={"x": dims}, progress=False)
     ref = qcompile.compile(model, ex, target="reference", **kwargs)
-    x86 = qcompile.compile(model, ex, target="x86", **kwargs)
-    if matmul_kernel.supported_isa(host_target()) is not None:
-        funcs = [gv.name_hint for gv in to_relax(x86.graph_module, target=host_target()).functions]
+    cm = qcompile.compile(model, ex, target=target, **kwargs)
+    built_for = host_target() if target == "x86" else {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
+    if matmul_kernel.supported_isa(built_for) is not None:
+        funcs = [gv.name_hint for gv in to_relax(cm.graph_module, target=built_for).functions]
         assert sum(f.startswith("matmul_") for f in funcs) == 2, funcs
     for i, (b, s) in enumerate([(1, 2), (2, 7), (3, 16), (4, 33), (1, 40)]):
         x = torch.randn(b, s, 32, generator=torch.Generator().manual_seed(i))
-        assert torch.equal(x86(x), ref(x)), (b, s)
+        assert torch.equal(cm(x), ref(x)), (b, s)

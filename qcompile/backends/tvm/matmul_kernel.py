@@ -11,13 +11,22 @@ Both operands are run-time activations, so nothing is packed at build time:
   has the byte format the instruction reads without a per-word flip (int8 for sdot, uint8 for vpdpbusd),
   K is a static multiple of 4 and A's batch dims are the output's; otherwise a TE copy (pad_a) converts
   it (a -/+ 128, zero point likewise), pads K to a multiple of 4 with the zero point and broadcasts the
-  batch dims. The copy costs one pass over A; a flip in the K loop cost an eor per A word and tile row
-  and kept LLVM from loading the word with one ld1r.
+  batch dims. The copy costs one pass over A (and absorbs the transpose that produces Q); a flip in the
+  K loop cost an eor per A word and tile row.
+- On aarch64 the K loop reads 16 bytes of an A row at once (4 k-groups) and uses sdot's by-element form
+  `sdot acc.4s, b.16b, a.4b[j]` (_sdot_by_element), so an A word costs neither a broadcast load nor a dup;
+  the tile is picked among those whose loop (accumulators + 4 k-groups of B vectors) fits 32 registers.
+  On x86 each A word is one broadcast (vpbroadcastd / an embedded {1to16}) as in the GEMM kernel.
 - BO is the output's batch dims flattened; operands broadcast over batch dims as torch.matmul does.
+- The accumulator tile is MR x NR as in x86_gemm (its cost model picks it); jobs (batch, row block,
+  column panel) run in parallel. Executed aarch64 instructions for a MiniLM-shaped attention block
+  (12 heads, head dim 32, seq 128; emulated device): Q.K^T kernel 4.28M -> 1.19M, P.V with its
+  requantize 5.24M (+0.13M separate requantize) -> 0.90M, packing copies included the matmul path
+  9.80M -> 2.52M.
 
 Exact zero points. The dot instruction computes sum_k A_eff * B_eff with A_eff = a - oa and B_eff = b - ob
-(oa, ob: what the instruction's signedness makes of the stored bytes; see _offsets). With da = oa - za and
-db = ob - zb:
+(oa, ob: what the instruction's signedness makes of the stored bytes; see MatmulSpec.offsets). With
+da = oa - za and db = ob - zb:
 
     sum_k (a - za)(b - zb) = sum_k A_eff B_eff  +  da * sum_k B_eff[k, n]  +  db * sum_k (a[m, k] - za)
 

@@ -1,0 +1,60 @@
+"""Executed aarch64 instructions of the kernels on the path of attention's two activation matmuls
+(Q.K^T and P.V: operand copies, packing, the matmul kernels, the requantize) for one MiniLM-shaped
+self-attention block (hidden 384, 12 heads of 32, batch 1), "arm" target, on the emulated device
+(qcompile/backends/tvm/arm_instructions.py). Run it on two checkouts to compare them:
+
+    PYTHONPATH=<checkout> .venv/bin/python bench/arm_matmul_instructions.py --seq 16 128
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+import qcompile
+from qcompile.backends.tvm.arm_instructions import count_instructions
+
+
+class Attention(torch.nn.Module):
+    """BERT-style self-attention with explicit matmuls (eager attention)."""
+
+    def __init__(self, d=384, heads=12):
+        super().__init__()
+        self.h = heads
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        b, s, d = x.shape
+        split = lambda t: t.view(b, s, self.h, d // self.h).transpose(1, 2)
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        p = (torch.matmul(q, k.transpose(-1, -2)) * (d // self.h) ** -0.5).softmax(-1)
+        return self.o(torch.matmul(p, v).transpose(1, 2).reshape(b, s, d))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[16, 128])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    for seq in args.seq:
+        torch.manual_seed(0)
+        model = Attention().eval()
+        x = torch.randn(1, seq, 384)
+        cm = qcompile.compile(model, (x,), target="arm", calibration=[torch.randn(1, seq, 384) for _ in range(3)],
+                              progress=False)
+        with tempfile.TemporaryDirectory() as d:
+            counts = count_instructions(cm.save(Path(d) / "attention"), [x])
+        # Everything between the Q/K/V linears and the output linear except softmax and the scores' dequantize.
+        path = {n: k for n, k in counts.kernels.items() if k.calls and not n.startswith(("gemm_", "quantize", "fused_softmax",
+                                                                                        "fused_dequantize", "dequantize"))}
+        print(f"seq {seq}: kernel, calls, instructions, sdot")
+        for name, k in path.items():
+            print(f"  {name:60s} {k.calls:3d} {k.instructions:10d} {k.mnemonics.get('sdot', 0):8d}")
+        print(f"  {'matmul path total':60s}     {sum(k.instructions for k in path.values()):10d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -382,8 +382,10 @@ def _tiling(isa: Isa, m, n, k) -> Tiling:
     return max((t for t, c in cycles.items() if c <= 1.05 * fastest), key=lambda t: _preference(isa, t))
 
 
-def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Node, layouts: Layouts, target) -> relax.Expr:
-    """The matmul kernel computing `result`: `mm` requantized when result is its requantize, else `mm`."""
+def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Node, layouts: Layouts, target,
+         choose_tiling=None) -> relax.Expr:
+    """The matmul kernel computing `result`: `mm` requantized when result is its requantize, else `mm`.
+    (choose_tiling, lower.HAND_WRITTEN's interface, is the GEMM tuner's; the tile here is the cost model's.)"""
     isa = supported_isa(target)
     a_n, b_n, a_zp, b_zp = mm.args
     a, b = layouts.get(a_n, False), layouts.get(b_n, False)

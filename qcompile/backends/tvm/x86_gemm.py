@@ -35,6 +35,15 @@ Kernel shape (GotoBLAS-style register blocking):
 - The accumulators start from the bias, and the requantize epilogue runs on the register tile right
   after its K loop: the int32 accumulator matrix is never written to memory.
 
+AArch64 (Isa.arch "aarch64"): the same kernel with sdot (NEON_DOTPROD, A flipped to a - 128 by XOR, the
+bias corrected by 128 * sum(w)), and, where the CPU has i8mm, with smmla (NEON_I8MM, Isa.rows = 2): one
+smmla multiplies two A rows of 8 int8 by two weight columns of 8 int8 into a 2x2 int32 block, 32 MACs
+against sdot's 16. A is copied once per call into row pairs (already a - 128, rows padded to whole tiles),
+the weights pack as for the other ISAs with a k-group of 8 (a 4-word vector is two columns), and the
+epilogue interleaves the 2x2 blocks into rows before requantizing. In the K loop of a 26x4 tile that
+is 26 smmla + 13 A loads + one ldp of the 2 weight vectors + 4 loop instructions per 8 k-values (19 MACs per instruction;
+the sdot kernel's 13x8 tile: 5.9).
+
 int4 weights (WeightFormat, chosen by the weight's storage bits; VNNI only): one packed word holds the
 4-bit weights of two k-groups of its column, as nibbles, so each weight vector load brings 128 weights
 instead of 64 and the weight panel is half the bytes (what a memory-bound GEMV is limited by). The K loop

@@ -151,3 +151,23 @@ def test_i8mm_gemm_kernel_is_bit_exact_on_the_device(arm_device, tmp_path, m, n,
     out = tvm.runtime.tensor(np.zeros((m, n), want.dtype), dev)
     main(tvm.runtime.tensor(a, dev), *(tvm.runtime.tensor(c, dev) for c in consts), out)
     assert np.array_equal(out.numpy(), want)
+
+
+def test_i8mm_linear_executes_one_smmla_per_2x2x8_block_and_fewer_instructions_than_sdot(tmp_path):
+    """Dynamic counts on the emulated device (arm_instructions.py): the smmla count is what the tile fixes
+    (padded rows and columns included), and the whole call executes fewer instructions than with sdot."""
+    from qcompile.backends.tvm.arm_instructions import count_instructions
+
+    torch.manual_seed(0)
+    m, k, n = 9, 256, 60  # M odd, N not a multiple of 8
+    model = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
+    x = torch.randn(m, k)
+    counts = {}
+    for target in ("arm-i8mm", "arm"):
+        cm = qcompile.compile(model, (x,), target=target, calibration=[x], progress=False)
+        counts[target] = count_instructions(cm.save(tmp_path / target), [x])
+    tile = G.NEON_I8MM.default_tiling(m, n, k)  # what gemm_lowering.default_tiling picks
+    rows, cols = -(-m // tile.mr) * tile.mr, -(-n // tile.nr) * tile.nr
+    assert counts["arm-i8mm"].count("smmla") == rows // 2 * cols // 2 * k // 8
+    assert counts["arm-i8mm"].count("sdot") == 0 and counts["arm"].count("smmla") == 0
+    assert counts["arm-i8mm"].total < counts["arm"].total, (counts["arm-i8mm"].total, counts["arm"].total)

@@ -530,14 +530,22 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
     @T.macro
     def copy_row_groups(A, A_w, M, MP):
         # A_w[p, g*G*R + i*G + j] = A[p*R + i, g*G + j] - a_offset (int8); zeros past M and past k.
+        # Whole k-groups move as G-byte vectors (load, flip, store); only a ragged last group is scalar.
+        offset = T.meta_var(lambda x, lanes: T.Cast(
+            f"{isa.a_dtype}x{lanes}" if lanes > 1 else isa.a_dtype,
+            T.Cast(f"int16x{lanes}" if lanes > 1 else "int16", x) - (
+                T.Broadcast(T.int16(isa.a_offset), lanes) if lanes > 1 else T.int16(isa.a_offset))))
         for p in T.parallel(MP):
-            for i in range(R):
-                for kk in range(KG):
-                    m = T.meta_var(p * R + i)
-                    A_w[p, kk // G * (G * R) + i * G + kk % G] = T.Select(
-                        tvm.tirx.all(m < M, kk < k),
-                        T.Cast(isa.a_dtype, T.Cast("int32", A[T.min(m, M - 1), T.min(kk, k - 1)]) - isa.a_offset),
-                        T.Cast(isa.a_dtype, 0))
+            for i in T.unroll(R):
+                if p * R + i < M:
+                    for g in range(k // G):
+                        A_w[p, T.ramp(g * (G * R) + i * G, 1, G)] = offset(A[p * R + i, T.ramp(g * G, 1, G)], G)
+                    for kk in range(k // G * G, KG):
+                        A_w[p, kk // G * (G * R) + i * G + kk % G] = T.Select(
+                            kk < k, offset(A[p * R + i, T.min(kk, k - 1)], 1), T.Cast(isa.a_dtype, 0))
+                else:
+                    for g in range(KG // G):
+                        A_w[p, T.ramp(g * (G * R) + i * G, 1, G)] = T.Broadcast(T.Cast(isa.a_dtype, 0), G)
 
     def bias_vector(bias, n0, v):
         """The bias of accumulator register v's lanes: its C columns, once per row of the block."""

@@ -200,8 +200,10 @@ AVX512_VNNI = Isa("avx512-vnni", ("avx512f", "avx512bw", "avx512vnni"), lanes=16
                   registers=32, latency=5, dot=_dot_vnni)
 NEON_DOTPROD = Isa("neon-dotprod", ("neon", "dotprod"), lanes=4, group=4, a_dtype="uint8", registers=32,
                    latency=4, dot=_dot_sdot, a_offset=128, arch="aarch64")
-# Armv8.6 i8mm (Neoverse N2/V2, Cortex-A710/X2 and later): 32 MACs per smmla against sdot's 16.
-NEON_I8MM = Isa("neon-i8mm", ("neon", "i8mm"), lanes=4, group=8, a_dtype="int8", registers=32,
+# Armv8.6 i8mm (Neoverse N2/V2, Cortex-A710/X2 and later): 32 MACs per smmla against sdot's 16. The GEMM
+# itself needs no sdot; "dotprod" is required so that the depthwise kernel (sdot) may run on such targets
+# (every CPU with i8mm has it: mandatory from Armv8.4, i8mm from Armv8.6).
+NEON_I8MM = Isa("neon-i8mm", ("neon", "dotprod", "i8mm"), lanes=4, group=8, a_dtype="int8", registers=32,
                 latency=4, dot=_dot_smmla, a_offset=128, arch="aarch64", rows=2)
 # Same kernel as AVX512_VNNI with the dot product in plain int32 arithmetic: runs on AVX2, for testing.
 AVX512_VNNI_EMULATED = dataclasses.replace(AVX512_VNNI, name="avx512-vnni-emulated", features=("avx2",),

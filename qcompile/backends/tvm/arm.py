@@ -4,7 +4,9 @@ board farm behind a tracker (`tracker="host:port", key="rk3588"`), or the emulat
 starts.
 
 Named variants pick the CPU: "arm" (Cortex-A76 class: NEON + dot product), "arm-a55" (Cortex-A53/A55:
-NEON without dot product), "arm-i8mm" (NEON + dot product + i8mm); `target=` takes any TVM target dict.
+NEON without dot product), "arm-i8mm" (Neoverse N2 class: NEON + dot product + i8mm); `target=` takes any TVM
+target dict. GEMM-shaped ops run on the best kernel the CPU features allow (x86_gemm.isa_for): smmla with
+i8mm, else sdot with the dot product, else generic TE.
 """
 from __future__ import annotations
 

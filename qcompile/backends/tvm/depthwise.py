@@ -42,7 +42,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .x86_gemm import NEON_DOTPROD, Isa, Requant, _requantize, sdot
+from .x86_gemm import NEON_DOTPROD, NEON_I8MM, Isa, Requant, _requantize, sdot
 
 __all__ = ["DepthwiseConv", "DepthwiseIsa", "ISAS", "for_isa", "depthwise_prim_func", "pack_weight", "offset_bias"]
 
@@ -90,7 +90,9 @@ class DepthwiseIsa:
 
 # Isa name -> the depthwise kernel for it. Targets whose ISA is missing here (x86, the A55 without dot
 # product) keep the generic TE conv (ops_nhwc.conv2d_nhwc) and its schedule.
-ISAS: dict[str, DepthwiseIsa] = {NEON_DOTPROD.name: DepthwiseIsa(NEON_DOTPROD, sdot, a_offset=128)}
+# An i8mm target (GEMMs on smmla) has the dot product too: its depthwise convs run on the same sdot kernel.
+_SDOT = DepthwiseIsa(NEON_DOTPROD, sdot, a_offset=128)
+ISAS: dict[str, DepthwiseIsa] = {NEON_DOTPROD.name: _SDOT, NEON_I8MM.name: _SDOT}
 
 
 def for_isa(isa: Isa | None) -> DepthwiseIsa | None:

@@ -65,12 +65,12 @@ __all__ = ["supported_isa", "plan", "emit", "matmul_prim_func", "MatmulSpec"]
 
 
 def supported_isa(target) -> Isa | None:
-    """The target's GEMM Isa if its dot product reads 4 bytes per 32-bit lane from a uint8 A word
-    (NEON sdot, AVX512-VNNI, its emulation); None for AVX2 (int16 pairs) and targets without one."""
+    """The target's best GEMM Isa whose dot product reads 4 bytes per 32-bit lane from a uint8 A word
+    (NEON sdot, also on i8mm CPUs; AVX512-VNNI, its emulation); None for AVX2 (int16 pairs) and targets
+    without one."""
     if target is None:
         return None
-    isa = isa_for(target)
-    return isa if isa is not None and isa.group == 4 and isa.a_dtype == "uint8" else None
+    return isa_for(target, lambda isa: isa.group == 4 and isa.rows == 1 and isa.a_dtype == "uint8")
 
 
 # ---------------------------------------------------------------- which nodes

@@ -221,13 +221,14 @@ def host_target() -> dict:
 GEMM_ISAS = (AVX512_VNNI, AVX2, NEON_I8MM, NEON_DOTPROD)  # best first
 
 
-def isa_for(target) -> Isa | None:
-    """The best exact GEMM kernel the target's CPU features allow (None: none; the GEMMs stay generic TE)."""
+def isa_for(target, usable: Callable[[Isa], bool] = lambda isa: True) -> Isa | None:
+    """The best exact GEMM kernel the target's CPU features allow, among those `usable` accepts (a kernel
+    written for some operand formats only); None: none, the op stays generic TE."""
     target = tvm.target.Target(target)
     # LLVM's feature query answers for the target's architecture: ask only about that architecture's ISAs.
     arch = str(target.attrs.get("mtriple", "")).split("-")[0] or "x86_64"
     for isa in GEMM_ISAS:
-        if isa.arch == arch and codegen.llvm_cpu_has_features(list(isa.features), target):
+        if isa.arch == arch and usable(isa) and codegen.llvm_cpu_has_features(list(isa.features), target):
             return isa
     return None
 

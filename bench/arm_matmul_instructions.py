@@ -8,6 +8,7 @@ self-attention block (hidden 384, 12 heads of 32, batch 1), "arm" target, on the
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,21 +18,8 @@ import torch
 import qcompile
 from qcompile.backends.tvm.arm_instructions import count_instructions
 
-
-class Attention(torch.nn.Module):
-    """BERT-style self-attention with explicit matmuls (eager attention)."""
-
-    def __init__(self, d=384, heads=12):
-        super().__init__()
-        self.h = heads
-        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
-
-    def forward(self, x):
-        b, s, d = x.shape
-        split = lambda t: t.view(b, s, self.h, d // self.h).transpose(1, 2)
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        p = (torch.matmul(q, k.transpose(-1, -2)) * (d // self.h) ** -0.5).softmax(-1)
-        return self.o(torch.matmul(p, v).transpose(1, 2).reshape(b, s, d))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.models import Attention  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +29,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     for seq in args.seq:
         torch.manual_seed(0)
-        model = Attention().eval()
+        model = Attention(d=384, heads=12).eval()  # MiniLM's shape
         x = torch.randn(1, seq, 384)
         cm = qcompile.compile(model, (x,), target="arm", calibration=[torch.randn(1, seq, 384) for _ in range(3)],
                               progress=False)

@@ -104,3 +104,20 @@ class DepthwiseBlocks(nn.Module):
         x = self.pw(x)
         x = self.dw4(x + self.dw3(x))
         return self.fc(x.mean((2, 3)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with explicit matmuls (as BERT's eager attention): Q.K^T and P.V are
+    quantized as matmul_int."""
+
+    def __init__(self, d=32, heads=2):
+        super().__init__()
+        self.h = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        b, s, d = x.shape
+        split = lambda t: t.view(b, s, self.h, d // self.h).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        p = (torch.matmul(q, k.transpose(-1, -2)) * (d // self.h) ** -0.5).softmax(-1)
+        return self.o(torch.matmul(p, v).transpose(1, 2).reshape(b, s, d))

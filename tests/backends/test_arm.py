@@ -7,7 +7,7 @@ import torch
 
 import qcompile
 from qcompile.errors import UsageError
-from tests.models import DepthwiseBlocks, TinyResNet
+from tests.models import DepthwiseBlocks
 
 
 def _functions(library) -> dict[str, list[str]]:
@@ -23,20 +23,7 @@ def _functions(library) -> dict[str, list[str]]:
     return funcs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cross_toolchain():
-    """aarch64-linux-gnu-g++ / objdump, installed by the emulator's set-up (as `make arm-emulator` does)."""
-    from qcompile.backends.tvm import arm_emulator
-
-    arm_emulator.setup()
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    model = TinyResNet().eval()
-    x = torch.randn(1, 3, 32, 32)
-    return model, (x,), [x, torch.randn(1, 3, 32, 32)]
+pytestmark = pytest.mark.usefixtures("cross_toolchain")
 
 
 def _saved(resnet, target, tmp_path):

@@ -10,22 +10,9 @@ import qcompile
 from qcompile.backends.tvm import x86_gemm as G
 from qcompile.backends.tvm.arm import CROSS_COMPILER, VARIANTS
 from tests.backends.test_arm import _functions
-from tests.models import TinyResNet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cross_toolchain():
-    from qcompile.backends.tvm import arm_emulator
-
-    arm_emulator.setup()
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    model = TinyResNet().eval()
-    x = torch.randn(1, 3, 32, 32)
-    return model, (x,), [x, torch.randn(1, 3, 32, 32)]
+pytestmark = pytest.mark.usefixtures("cross_toolchain")
 
 
 def _gemms(functions):

@@ -12,6 +12,7 @@ from qcompile.backends.tvm import matmul_kernel
 from qcompile.backends.tvm.lower import to_relax
 from qcompile.backends.tvm.x86 import X86Backend, host_target
 from qcompile.backends.tvm.x86_gemm import AVX512_VNNI, NEON_DOTPROD
+from tests.models import Attention
 
 qc = torch.ops.qcompile
 
@@ -83,23 +84,6 @@ def test_isa_choice():
 
 
 # ---------------------------------------------------------------- ARM
-class Attention(torch.nn.Module):
-    """Multi-head self-attention with explicit matmuls (as BERT's eager attention): Q.K^T and P.V are
-    quantized as matmul_int."""
-
-    def __init__(self, d=32, heads=2):
-        super().__init__()
-        self.h = heads
-        self.q, self.k, self.v, self.o = (torch.nn.Linear(d, d) for _ in range(4))
-
-    def forward(self, x):
-        b, s, d = x.shape
-        split = lambda t: t.view(b, s, self.h, d // self.h).transpose(1, 2)
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        p = (torch.matmul(q, k.transpose(-1, -2)) * (d // self.h) ** -0.5).softmax(-1)
-        return self.o(torch.matmul(p, v).transpose(1, 2).reshape(b, s, d))
-
-
 @pytest.fixture(scope="module")
 def attention():
     torch.manual_seed(0)
@@ -111,13 +95,6 @@ def _arm_functions(cm, path):
     from tests.backends.test_arm import _functions
 
     return _functions(cm.save(path) / "model.so")
-
-
-@pytest.fixture(scope="module")
-def cross_toolchain():
-    from qcompile.backends.tvm import arm_emulator
-
-    arm_emulator.setup()
 
 
 def test_arm_matmul_kernels_use_sdot_and_a55_never(attention, cross_toolchain, tmp_path):

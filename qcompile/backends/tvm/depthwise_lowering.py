@@ -12,7 +12,7 @@ from tvm import relax
 
 from ...ir.rewrite import constant
 from . import depthwise
-from .gemm_lowering import ChooseTiling, requant_of
+from .gemm_lowering import ChooseTiling, accumulators_taken, requant_of
 from .layout import Layouts
 from .ops import size_product
 from .ops_nhwc import conv_output_hw
@@ -44,16 +44,7 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     requantize (one shift for all channels) with its conv, or a conv alone (int32 out)."""
     if _kernel_for(target) is None:
         return {}
-    pairs = {}
-    for rq in gm.graph.nodes:
-        if rq.target != qc.requantize_fixed.default:
-            continue
-        acc, x_zp, _, shift = rq.args[:4]
-        if _is_depthwise(acc) and len(acc.users) == 1 and x_zp == 0 and constant(gm, shift).numel() == 1:
-            pairs[rq] = acc
-    absorbed = set(pairs.values())
-    alone = {n: n for n in gm.graph.nodes if n not in absorbed and _is_depthwise(n)}
-    return {**pairs, **alone}
+    return accumulators_taken(gm, _is_depthwise)
 
 
 def _conv(acc: fx.Node) -> depthwise.DepthwiseConv:

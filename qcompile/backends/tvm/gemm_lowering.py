@@ -77,15 +77,21 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     register tile), or an accumulator alone (int32 out, e.g. the classifier before its float dequantize)."""
     if target is None or isa_for(target) is None:
         return {}
+    return accumulators_taken(gm, lambda acc: _gemm_ready(gm, acc))
+
+
+def accumulators_taken(gm: fx.GraphModule, takes) -> dict[fx.Node, fx.Node]:
+    """result -> accumulator for every accumulator `takes` accepts: with its requantize when that is its
+    only user and has one shift (the kernel requantizes on the register tile), else alone (int32 out)."""
     pairs = {}
     for rq in gm.graph.nodes:
         if rq.target != qc.requantize_fixed.default:
             continue
         acc, x_zp, _, shift = rq.args[:4]
-        if _gemm_ready(gm, acc) and len(acc.users) == 1 and x_zp == 0 and constant(gm, shift).numel() == 1:
+        if takes(acc) and len(acc.users) == 1 and x_zp == 0 and constant(gm, shift).numel() == 1:
             pairs[rq] = acc
     absorbed = set(pairs.values())
-    alone = {n: n for n in gm.graph.nodes if n not in absorbed and _gemm_ready(gm, n)}
+    alone = {n: n for n in gm.graph.nodes if n not in absorbed and takes(n)}
     return {**pairs, **alone}
 
 

@@ -130,6 +130,10 @@ class Isa:
     # `group` values, the weight operand lanes/2 columns', and an accumulator register a 2 x lanes/2
     # block. A is then copied once per call into row pairs (and offset), and tiles have an even mr.
     rows: int = 1
+    # Registers the K loop's A operand takes beside the accumulators and weights: x86 broadcasts it from
+    # memory into the dot product; sdot loads, flips (XOR 0x80) and dup's each A word, and LLVM keeps
+    # those apart (a 14x8 sdot tile, 28 + 2 + 1 registers, spilled 42 moves per K step; 13x8 did not).
+    a_registers: int = 1
 
     @property
     def columns(self) -> int:
@@ -199,7 +203,7 @@ AVX2 = Isa("avx2", ("avx2",), lanes=8, group=2, a_dtype="int16", registers=16,
 AVX512_VNNI = Isa("avx512-vnni", ("avx512f", "avx512bw", "avx512vnni"), lanes=16, group=4, a_dtype="uint8",
                   registers=32, latency=5, dot=_dot_vnni)
 NEON_DOTPROD = Isa("neon-dotprod", ("neon", "dotprod"), lanes=4, group=4, a_dtype="uint8", registers=32,
-                   latency=4, dot=_dot_sdot, a_offset=128, arch="aarch64")
+                   latency=4, dot=_dot_sdot, a_offset=128, arch="aarch64", a_registers=3)
 # Armv8.6 i8mm (Neoverse N2/V2, Cortex-A710/X2 and later): 32 MACs per smmla against sdot's 16. The GEMM
 # itself needs no sdot; "dotprod" is required so that the depthwise kernel (sdot) may run on such targets
 # (every CPU with i8mm has it: mandatory from Armv8.4, i8mm from Armv8.6).
@@ -281,12 +285,12 @@ def _candidate_tiles(isa: Isa):
     # At most registers - 4 accumulators: more made LLVM spill in the K loop. At most 3 weight vectors
     # per k-group: wider tiles (2x128, 1x256, 3x32, ...) measured slower than the model says.
     # The accumulators, a k-group's nv * rows weight vectors (each reused by every A operand: on AArch64,
-    # without memory operands, LLVM keeps them all in registers) and one A operand must fit the registers;
-    # that only binds for smmla (rows 2: 14x8 tiles spilled), the other bound is tighter for rows 1.
+    # without memory operands, LLVM keeps them all in registers) and the A operand's registers must fit;
+    # that binds on AArch64 (smmla: 14x8 tiles spilled; sdot: see Isa.a_registers), not on x86.
     for nv in range(1, 4):
         for mr in range(isa.rows, (isa.registers - 4) // nv + 1, isa.rows):
             tiling = Tiling(mr, nv * isa.lanes)
-            if mr * tiling.nr * 4 <= _STACK_BYTES and mr * nv + nv * isa.rows + 1 <= isa.registers:
+            if mr * tiling.nr * 4 <= _STACK_BYTES and mr * nv + nv * isa.rows + isa.a_registers <= isa.registers:
                 yield tiling
 
 

@@ -1,27 +1,11 @@
 """target="arm": the integer graph cross-compiled for aarch64; instruction selection read back with objdump."""
-import re
-import subprocess
-
 import pytest
 import torch
 
 import qcompile
+from qcompile.backends.tvm.arm_instructions import functions as _functions  # objdump, per function
 from qcompile.errors import UsageError
 from tests.models import DepthwiseBlocks
-
-
-def _functions(library) -> dict[str, list[str]]:
-    """Function name -> its instruction mnemonics, from aarch64-linux-gnu-objdump."""
-    asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
-                         capture_output=True, text=True, check=True).stdout
-    funcs, current = {}, None
-    for line in asm.splitlines():
-        if m := re.match(r"^[0-9a-f]+ <(.+)>:$", line):
-            current = funcs.setdefault(m[1], [])
-        elif current is not None and line.count("\t") >= 1 and line.strip():
-            current.append(line.split("\t")[1].strip())
-    return funcs
-
 
 pytestmark = pytest.mark.usefixtures("cross_toolchain")
 

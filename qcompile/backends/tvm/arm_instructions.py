@@ -122,20 +122,36 @@ def _load_bias(mappings: list[list[int]]) -> int:
     return starts[0]
 
 
+def _objdump(library: Path):
+    """(function, address, mnemonic) of every instruction of the library, and (function, None, None) at
+    each symbol, from `aarch64-linux-gnu-objdump -d`."""
+    out = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
+                         check=True, capture_output=True, text=True).stdout
+    function = "(no symbol)"
+    for line in out.splitlines():
+        if m := _HEADER.match(line):
+            function = m[1]
+            yield function, None, None
+        elif m := _INSTRUCTION.match(line):
+            yield function, int(m[1], 16), m[2]
+
+
+def functions(library: str | Path) -> dict[str, list[str]]:
+    """Function name -> its instruction mnemonics, in order: what a kernel was compiled into."""
+    funcs: dict[str, list[str]] = {}
+    for function, _address, mnemonic in _objdump(Path(library)):
+        ops = funcs.setdefault(function, [])
+        if mnemonic is not None:
+            ops.append(mnemonic)
+    return funcs
+
+
 def _disassemble(library: Path) -> dict[int, tuple[str, str]]:
     """Library address -> (function, mnemonic) of every instruction in it. objdump names each instruction
     by the symbol before it, which is what we want for code without a symbol of its own: TVM's parallel
     bodies (`__tvm_parallel_lambda`, private, hence unnamed in the library) follow the `K_compute_` that
     launches them, and that is where the GEMM inner loops are."""
-    out = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(library)],
-                         check=True, capture_output=True, text=True).stdout
-    code, function = {}, "(no symbol)"
-    for line in out.splitlines():
-        if m := _HEADER.match(line):
-            function = m[1]
-        elif m := _INSTRUCTION.match(line):
-            code[int(m[1], 16)] = (function, m[2])
-    return code
+    return {address: (function, mnemonic) for function, address, mnemonic in _objdump(library) if address is not None}
 
 
 def _executed(blocks, bias: int, code: dict[int, tuple[str, str]]) -> dict[str, Counter]:

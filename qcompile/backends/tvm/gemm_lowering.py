@@ -80,15 +80,17 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     return accumulators_taken(gm, lambda acc: _gemm_ready(gm, acc))
 
 
-def accumulators_taken(gm: fx.GraphModule, takes) -> dict[fx.Node, fx.Node]:
+def accumulators_taken(gm: fx.GraphModule, takes, requant_ok=lambda rq: True) -> dict[fx.Node, fx.Node]:
     """result -> accumulator for every accumulator `takes` accepts: with its requantize when that is its
-    only user and has one shift (the kernel requantizes on the register tile), else alone (int32 out)."""
+    only user, has one shift and passes the kernel's own `requant_ok` (the kernel requantizes on the
+    register tile), else alone (int32 out)."""
     pairs = {}
     for rq in gm.graph.nodes:
         if rq.target != qc.requantize_fixed.default:
             continue
         acc, x_zp, _, shift = rq.args[:4]
-        if takes(acc) and len(acc.users) == 1 and x_zp == 0 and constant(gm, shift).numel() == 1:
+        if (takes(acc) and len(acc.users) == 1 and x_zp == 0 and constant(gm, shift).numel() == 1
+                and requant_ok(rq)):
             pairs[rq] = acc
     absorbed = set(pairs.values())
     alone = {n: n for n in gm.graph.nodes if n not in absorbed and takes(n)}

@@ -53,6 +53,7 @@ from tvm import tirx as tir
 from tvm.script import tirx as T
 
 from ...ir.rewrite import constant
+from .gemm_lowering import accumulators_taken
 from .layout import Layouts
 from .ops import size_product, tvm_dtype
 from .var_names import var_name
@@ -75,9 +76,10 @@ def supported_isa(target) -> Isa | None:
 
 # ---------------------------------------------------------------- which nodes
 def _requant_fusable(gm: fx.GraphModule, rq: fx.Node) -> bool:
-    _, x_zp, mult, shift, *_ = rq.args
-    return (x_zp == 0 and isinstance(mult, fx.Node) and constant(gm, mult).numel() == 1
-            and isinstance(shift, fx.Node) and constant(gm, shift).numel() == 1
+    """Beyond what every hand-written kernel asks of its requantize: one multiplier and a shift the tile's
+    64-bit rounding handles."""
+    mult, shift = rq.args[2:4]
+    return (isinstance(mult, fx.Node) and constant(gm, mult).numel() == 1
             and 1 <= int(constant(gm, shift)) <= 62)
 
 
@@ -94,15 +96,8 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     matmul (requantized on the register tile), or a matmul alone (int32 out)."""
     if supported_isa(target) is None:
         return {}
-    matmuls = [n for n in gm.graph.nodes if n.target == qc.matmul_int.default and _operands_ok(n)]
-    pairs = {}
-    for mm in matmuls:
-        if len(mm.users) == 1:
-            (rq,) = mm.users
-            if rq.target == qc.requantize_fixed.default and rq.args[0] is mm and _requant_fusable(gm, rq):
-                pairs[rq] = mm
-    absorbed = set(pairs.values())
-    return {**pairs, **{mm: mm for mm in matmuls if mm not in absorbed}}
+    return accumulators_taken(gm, lambda n: n.target == qc.matmul_int.default and _operands_ok(n),
+                              lambda rq: _requant_fusable(gm, rq))
 
 
 # ---------------------------------------------------------------- the kernel

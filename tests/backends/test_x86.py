@@ -199,6 +199,9 @@ def test_conv_model_with_dynamic_batch_bit_exact():
         assert torch.equal(x86(probe), ref(probe))
     with pytest.raises(ValueError, match=r"dimension 0 is 17, outside the range \[1, 16\]"):
         x86(torch.randn(17, 3, 32, 32))
+    with pytest.raises(qcompile.UsageError, match="dynamic dimensions: pass benchmark\(\) the inputs"):
+        x86.benchmark()  # no shape to make zeros of
+    assert x86.benchmark(torch.randn(3, 3, 32, 32), number=2, repeat=2).median_ms > 0
 
 
 def test_report_profiles_every_kernel_and_names_its_layers(tmp_path):

@@ -3,6 +3,7 @@ from . import reference  # noqa: F401  (registers "reference")
 
 # TVM imports take a while and are optional for the reference backend: load on first use.
 register_lazy_backend("x86", "qcompile.backends.tvm.x86", "X86Backend")
+register_lazy_backend("cuda", "qcompile.backends.tvm.cuda", "CudaBackend")
 for _variant, _factory in (("arm", "ArmBackend"), ("arm-a55", "ArmA55Backend"), ("arm-i8mm", "ArmI8mmBackend")):
     register_lazy_backend(_variant, "qcompile.backends.tvm.arm", _factory)
 

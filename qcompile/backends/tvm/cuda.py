@@ -1,0 +1,86 @@
+"""`target="cuda"`: the integer graph built with TVM for NVIDIA GPUs. Kernels are compiled to a cubin at
+build time (cuda_build.py), so a model builds and saves on a machine without a GPU; it runs where one is."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import tvm
+from torch import fx
+from tvm import relax
+from tvm.s_tir import dlight
+
+from . import cuda_build, profile
+from .lower import to_relax
+from .x86 import KERNELS, LIBRARY, group
+
+KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, PTX and ptxas report
+
+
+def gpu_rules() -> list:
+    """Schedule rules, tried in order on each kernel."""
+    return [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(),
+            dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
+
+
+def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    mod = tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(grouped)
+    with target:
+        return dlight.ApplyDefaultSchedule(*gpu_rules())(mod)
+
+
+class CudaRunner:
+    """Calls a built model on the GPU; built or loaded without one, calling it says so."""
+
+    def __init__(self, executable, sites: list[profile.CallSite], kernels: cuda_build.KernelBuild | None):
+        self.executable = executable
+        self.sites = sites
+        self.kernels = kernels
+        self._vm = None
+
+    def _machine(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, cuda_build.require_gpu("this model (target 'cuda')"))
+        return self._vm
+
+    def __call__(self, *inputs: torch.Tensor):
+        vm = self._machine()
+        args = [tvm.runtime.from_dlpack(t.contiguous().cuda()) for t in inputs]
+        return tuple(torch.from_dlpack(o).cpu() for o in vm["main"](*args))
+
+    def save(self, directory: Path) -> None:
+        self.executable.export_library(str(Path(directory) / LIBRARY))
+        profile.save_sites(self.sites, Path(directory) / KERNELS)
+        if self.kernels is not None:
+            shutil.copytree(self.kernels.directory, Path(directory) / KERNEL_SOURCES, dirs_exist_ok=True)
+
+
+class CudaBackend:
+    name = "cuda"
+    supports_dynamic_shapes = True
+
+    def __init__(self, *, arch: str = cuda_build.DEFAULT_ARCH):
+        """arch: the GPU architecture the cubin is for ('sm_90a': H100/H200; 'sm_80': A100; ...)."""
+        self.arch = arch
+        self.target = cuda_build.target(arch)
+        self._builds = Path(tempfile.mkdtemp(prefix="qcompile-cuda-"))
+
+    def build(self, gm: fx.GraphModule) -> CudaRunner:
+        before, grouped = group(to_relax(gm, target=self.target))
+        sites = profile.call_sites(before, grouped, profile.layer_names(gm))
+        with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels:
+            executable = tvm.compile(schedule(grouped, self.target), target=self.target)
+        return CudaRunner(executable, sites, kernels)
+
+    def load(self, directory: Path, gm: fx.GraphModule) -> CudaRunner:
+        library = Path(directory) / LIBRARY
+        if not library.is_file():
+            from ...serialize import ArtifactError
+
+            raise ArtifactError(f"{directory} has no {LIBRARY}: it was not saved by the CUDA backend")
+        cuda_build.load_runtime()
+        sources = Path(directory) / KERNEL_SOURCES
+        kernels = cuda_build.KernelBuild(sources) if sources.is_dir() else None
+        return CudaRunner(tvm.runtime.load_module(str(library)), profile.load_sites(Path(directory) / KERNELS), kernels)

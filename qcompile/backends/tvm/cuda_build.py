@@ -1,0 +1,153 @@
+"""CUDA kernels compiled at build time, on the host, with nvcc: a saved artifact carries a cubin and runs
+where only the TVM runtime and the NVIDIA driver are (no compiler, no NVRTC at load time).
+
+TVM 0.27 hands CUDA source to its CUDA runtime's module factory, which compiles it through the global
+`tvm_callback_cuda_compile`; without that runtime loaded it keeps the source, to be compiled where the
+library is loaded. So the build loads the runtime (with a stand-in driver on machines without one:
+cuda_driver_stub.c) and registers a callback that runs nvcc, keeping the source, PTX and ptxas report of
+every build for inspection."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+
+from ...errors import UsageError
+
+DEFAULT_ARCH = "sm_90a"  # the H100's full instruction set (wgmma); "sm_90" runs on any Hopper, "sm_80" on Ampere
+_STUB_SOURCE = Path(__file__).with_name("cuda_driver_stub.c")
+_CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))
+
+
+def nvcc() -> str:
+    path = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if os.path.exists(p)), None)
+    if path is None:
+        raise UsageError("target 'cuda' compiles its kernels with nvcc when it builds, and nvcc is not on PATH: "
+                         "install the CUDA toolkit (no GPU is needed to build)")
+    return path
+
+
+def _load_driver() -> bool:
+    """Load the NVIDIA driver library, or the stand-in; True if the real driver is there."""
+    try:
+        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+        return True
+    except OSError:
+        pass
+    stub = _CACHE / "cuda-driver-stub" / "libcuda.so.1"
+    if not stub.exists() or stub.stat().st_mtime < _STUB_SOURCE.stat().st_mtime:
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        partial = stub.with_suffix(f".{os.getpid()}")
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", str(partial), str(_STUB_SOURCE)],
+                       check=True, capture_output=True)
+        partial.replace(stub)  # atomic: parallel test sessions may build it at once
+    ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+    return False
+
+
+_DRIVER: list[bool] = []  # whether the real driver was found, once loaded
+
+
+def load_runtime() -> None:
+    """Load TVM's CUDA runtime (once per process): builds then produce cubins, and saved CUDA libraries load."""
+    if _DRIVER:
+        return
+    _DRIVER.append(_load_driver())
+    ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+
+
+def gpu_present() -> bool:
+    load_runtime()
+    return _DRIVER[0] and tvm.cuda(0).exist
+
+
+def require_gpu(what: str) -> tvm.runtime.Device:
+    """The first CUDA device, or a clear error saying why there is none."""
+    if not gpu_present():
+        why = "there is no NVIDIA driver on this machine" if not _DRIVER[0] else "the NVIDIA driver sees no GPU"
+        raise UsageError(f"{what} needs an NVIDIA GPU to run, and {why}. The model is built: save() it and "
+                         "load it with qcompile.load() on a machine with a GPU (it needs the TVM runtime only)")
+    return tvm.cuda(0)
+
+
+def target(arch: str = DEFAULT_ARCH) -> tvm.target.Target:
+    """CUDA kernels for `arch`; the host side (argument checks, kernel launches) for any x86-64 CPU, since
+    the GPU machine's CPU is not this one."""
+    if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
+        raise UsageError(f"arch must name a CUDA architecture such as 'sm_90a', 'sm_90' or 'sm_80', got {arch!r}")
+    return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm", "mtriple": "x86_64-linux-gnu"})
+
+
+@dataclass
+class KernelBuild:
+    """What nvcc made of one model's kernels: the CUDA source, its PTX and ptxas's per-kernel report."""
+    directory: Path
+
+    @property
+    def source(self) -> str:
+        return (self.directory / "kernels.cu").read_text()
+
+    @property
+    def ptx(self) -> str:
+        return (self.directory / "kernels.ptx").read_text()
+
+    @property
+    def ptxas_report(self) -> str:
+        return (self.directory / "ptxas.log").read_text()
+
+    def kernel_ptx(self) -> dict[str, str]:
+        """kernel name -> its PTX body."""
+        bodies = re.split(r"^\.visible \.entry ", self.ptx, flags=re.M)[1:]
+        return {body.split("(", 1)[0]: body for body in bodies}
+
+    def spills(self) -> dict[str, int]:
+        """kernel name -> bytes of registers spilled to local memory (stores), from ptxas -v."""
+        found, kernel = {}, None
+        for line in self.ptxas_report.splitlines():
+            m = re.search(r"Compiling entry function '(\w+)'", line)
+            if m:
+                kernel = m.group(1)
+            m = re.search(r"(\d+) bytes spill stores", line)
+            if m and kernel:
+                found[kernel] = int(m.group(1))
+        return found
+
+
+def _compile(source: str, arch: str, directory: Path) -> bytes:
+    directory.mkdir(parents=True, exist_ok=True)
+    cu, ptx, cubin = (directory / f"kernels.{ext}" for ext in ("cu", "ptx", "cubin"))
+    cu.write_text(source)
+    compiler = nvcc()
+    _run([compiler, "--ptx", f"-arch={arch}", "-O3", "-w", "-o", str(ptx), str(cu)], "nvcc")
+    report = _run([compiler, "--cubin", f"-arch={arch}", "-O3", "-w", "-Xptxas", "-v", "-o", str(cubin), str(ptx)], "ptxas")
+    (directory / "ptxas.log").write_text(report)
+    return cubin.read_bytes()
+
+
+def _run(cmd: list[str], what: str) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{what} failed on the generated CUDA kernels ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
+    return done.stdout + done.stderr
+
+
+@contextlib.contextmanager
+def nvcc_compiles(arch: str, directory: Path):
+    """Inside: TVM's CUDA builds go through nvcc for `arch` into cubins. Yields the KernelBuild."""
+    load_runtime()
+    build = KernelBuild(Path(directory))
+    previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", lambda code: _compile(code, arch, build.directory), override=True)
+    try:
+        yield build
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func("tvm_callback_cuda_compile", previous, override=True)

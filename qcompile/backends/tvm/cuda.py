@@ -71,6 +71,7 @@ class CudaBackend:
         self._builds = Path(tempfile.mkdtemp(prefix="qcompile-cuda-"))
 
     def build(self, gm: fx.GraphModule) -> CudaRunner:
+        cuda_build.nvcc()  # before lowering: a missing compiler is the first thing to say
         before, grouped = group(to_relax(gm, target=self.target))
         sites = profile.call_sites(before, grouped, profile.layer_names(gm))
         with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels:

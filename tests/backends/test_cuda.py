@@ -54,6 +54,7 @@ def test_calling_without_a_gpu_says_so_after_building_and_after_loading(tiny_res
         qcompile.load(tmp_path)(x)
     with pytest.raises(qcompile.UsageError, match="needs an NVIDIA GPU"):
         cm.benchmark(x)
+    assert "conv" in str(cm.report())  # the per-layer report, without kernel times
 
 
 @needs_no_gpu

@@ -50,6 +50,13 @@ class CudaRunner:
     def __call__(self, *inputs: torch.Tensor):
         return self._model()(*inputs)
 
+    def profile(self, *inputs: torch.Tensor) -> list[dict]:
+        """Median µs of every kernel call of one run, with the layers each computes (see profile.py); none
+        on a machine without a GPU (the report then has no times)."""
+        if not cuda_build.gpu_present():
+            return []
+        return profile.profile(self._model().vm, self.sites, [t.cuda() for t in inputs], sync=tvm.cuda(0).sync)
+
     def benchmark(self, *inputs: torch.Tensor, number: int, repeat: int) -> profile.BenchmarkResult:
         return profile.BenchmarkResult.of("the GPU", self._model().time(*inputs, number=number, repeat=repeat), number)
 

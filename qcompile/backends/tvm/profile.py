@@ -95,14 +95,15 @@ def _replay(fused: relax.Function, args, env: dict, origin: dict) -> list:
     return pre
 
 
-def _one_run(vm: relax.VirtualMachine, args: list) -> list[tuple[str, float]]:
+def _one_run(vm: relax.VirtualMachine, args: list, sync) -> list[tuple[str, float]]:
     calls: list[tuple[str, float]] = []
     started: list[float] = []
 
     def instrument(func, symbol, before, ret, *call_args):
-        now = time.perf_counter()
         if symbol.startswith(_BUILTIN):
             return 0
+        sync()
+        now = time.perf_counter()
         if before:
             started.append(now)
         else:
@@ -114,11 +115,13 @@ def _one_run(vm: relax.VirtualMachine, args: list) -> list[tuple[str, float]]:
     return calls
 
 
-def time_kernels(vm: relax.VirtualMachine, inputs: list[torch.Tensor], runs: int = 7) -> list[tuple[str, float]]:
-    """(kernel, median µs) of every kernel call of `main`, in call order, over `runs` runs after a warm-up."""
+def time_kernels(vm: relax.VirtualMachine, inputs: list[torch.Tensor], runs: int = 7, sync=lambda: None) -> list[tuple[str, float]]:
+    """(kernel, median µs) of every kernel call of `main`, in call order, over `runs` runs after a warm-up.
+    `sync` waits for the device: a GPU's kernels run asynchronously, so each is timed between two waits
+    (its time then includes one synchronisation, a few µs)."""
     args = [tvm.runtime.from_dlpack(t.contiguous()) for t in inputs]
     vm["main"](*args)
-    samples = [_one_run(vm, args) for _ in range(runs)]
+    samples = [_one_run(vm, args, sync) for _ in range(runs)]
     vm.set_instrument(None)
     return [(calls[0][0], statistics.median(c[1] for c in calls) * 1e6) for calls in zip(*samples)]
 
@@ -158,9 +161,9 @@ def time_vm(vm: relax.VirtualMachine, dev, args: list, *, number: int, repeat: i
     return BenchmarkResult.of(where, list(result.results), number, emulated)
 
 
-def profile(vm: relax.VirtualMachine, sites: list[CallSite], inputs: list[torch.Tensor]) -> list[dict]:
+def profile(vm: relax.VirtualMachine, sites: list[CallSite], inputs: list[torch.Tensor], sync=lambda: None) -> list[dict]:
     """One entry per kernel call: kernel name, the layers it computes, median µs."""
-    timed = time_kernels(vm, inputs)
+    timed = time_kernels(vm, inputs, sync=sync)
     return [{"kernel": k, "layers": list(layers), "us": us} for (k, us), layers in zip(timed, align(timed, sites))]
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 import qcompile
 from qcompile.backends.tvm import cuda_build
-from qcompile.backends.tvm.cuda_gemv import CODES, SUBNORMAL
+from qcompile.backends.tvm.cuda_weight_codes import CODES, SUBNORMAL
 from qcompile.ir.rewrite import constant
 
 FP16_ROUNDOFF = 2.0**-11

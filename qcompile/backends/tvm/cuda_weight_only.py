@@ -13,7 +13,8 @@ from tvm import relax, tirx
 
 from ...ir import meta
 from ...ir.rewrite import constant
-from .cuda_gemv import CODES, MAX_ROWS, Codes, default_config, gemv_prim_func
+from .cuda_gemv import MAX_ROWS, default_config, gemv_prim_func
+from .cuda_weight_codes import CODES, Codes
 from .layout import Layouts
 from .ops import size_product
 from .var_names import var_name

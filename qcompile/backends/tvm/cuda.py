@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import cuda_build, profile
+from . import cuda_build, cuda_runtime, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group
 
@@ -32,23 +32,26 @@ def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 class CudaRunner:
-    """Calls a built model on the GPU; built or loaded without one, calling it says so."""
+    """Calls a built model on the GPU (inputs from any device, outputs on the GPU); built or loaded
+    without one, calling it says so."""
 
     def __init__(self, executable, sites: list[profile.CallSite], kernels: cuda_build.KernelBuild | None):
         self.executable = executable
         self.sites = sites
         self.kernels = kernels
-        self._vm = None
+        self._gpu: cuda_runtime.GpuModel | None = None
 
-    def _machine(self) -> relax.VirtualMachine:
-        if self._vm is None:
-            self._vm = relax.VirtualMachine(self.executable, cuda_build.require_gpu("this model (target 'cuda')"))
-        return self._vm
+    def _model(self) -> cuda_runtime.GpuModel:
+        if self._gpu is None:
+            cuda_build.require_gpu("this model (target 'cuda')")
+            self._gpu = cuda_runtime.GpuModel(self.executable)
+        return self._gpu
 
     def __call__(self, *inputs: torch.Tensor):
-        vm = self._machine()
-        args = [tvm.runtime.from_dlpack(t.contiguous().cuda()) for t in inputs]
-        return tuple(torch.from_dlpack(o).cpu() for o in vm["main"](*args))
+        return self._model()(*inputs)
+
+    def benchmark(self, *inputs: torch.Tensor, number: int, repeat: int) -> profile.BenchmarkResult:
+        return profile.BenchmarkResult.of("the GPU", self._model().time(*inputs, number=number, repeat=repeat), number)
 
     def save(self, directory: Path) -> None:
         self.executable.export_library(str(Path(directory) / LIBRARY))
@@ -68,6 +71,7 @@ class CudaBackend:
         self._builds = Path(tempfile.mkdtemp(prefix="qcompile-cuda-"))
 
     def build(self, gm: fx.GraphModule) -> CudaRunner:
+        cuda_build.nvcc()  # before lowering: a missing compiler is the first thing to say
         before, grouped = group(to_relax(gm, target=self.target))
         sites = profile.call_sites(before, grouped, profile.layer_names(gm))
         with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels:
@@ -80,7 +84,7 @@ class CudaBackend:
             from ...serialize import ArtifactError
 
             raise ArtifactError(f"{directory} has no {LIBRARY}: it was not saved by the CUDA backend")
-        cuda_build.load_runtime()
+        cuda_runtime.load_runtime()
         sources = Path(directory) / KERNEL_SOURCES
         kernels = cuda_build.KernelBuild(sources) if sources.is_dir() else None
         return CudaRunner(tvm.runtime.load_module(str(library)), profile.load_sites(Path(directory) / KERNELS), kernels)

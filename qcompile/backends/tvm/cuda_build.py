@@ -9,8 +9,6 @@ every build for inspection."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import re
 import shutil
 import subprocess
@@ -21,61 +19,34 @@ import tvm
 import tvm_ffi
 
 from ...errors import UsageError
+from . import cuda_runtime
 
 DEFAULT_ARCH = "sm_90a"  # the H100's full instruction set (wgmma); "sm_90" runs on any Hopper, "sm_80" on Ampere
-_STUB_SOURCE = Path(__file__).with_name("cuda_driver_stub.c")
-_CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))
 
 
 def nvcc() -> str:
-    path = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if os.path.exists(p)), None)
+    path = shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
     if path is None:
         raise UsageError("target 'cuda' compiles its kernels with nvcc when it builds, and nvcc is not on PATH: "
                          "install the CUDA toolkit (no GPU is needed to build)")
     return path
 
 
-def _load_driver() -> bool:
-    """Load the NVIDIA driver library, or the stand-in; True if the real driver is there."""
-    try:
-        ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
-        return True
-    except OSError:
-        pass
-    stub = _CACHE / "cuda-driver-stub" / "libcuda.so.1"
-    if not stub.exists() or stub.stat().st_mtime < _STUB_SOURCE.stat().st_mtime:
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        partial = stub.with_suffix(f".{os.getpid()}")
-        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", str(partial), str(_STUB_SOURCE)],
-                       check=True, capture_output=True)
-        partial.replace(stub)  # atomic: parallel test sessions may build it at once
-    ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
-    return False
+def require_gpu(what: str) -> None:
+    """A clear error when this machine cannot run CUDA kernels."""
+    why = cuda_runtime.missing_gpu()
+    if why:
+        raise UsageError(f"{what} needs an NVIDIA GPU to run, and {why}. The model is built: save() it and "
+                         "load it with qcompile.load() on a machine with a GPU (it needs the TVM runtime only)")
 
 
-_DRIVER: list[bool] = []  # whether the real driver was found, once loaded
-
-
-def load_runtime() -> None:
-    """Load TVM's CUDA runtime (once per process): builds then produce cubins, and saved CUDA libraries load."""
-    if _DRIVER:
-        return
-    _DRIVER.append(_load_driver())
-    ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+# Shared memory one thread block may opt into, per compute capability (CUDA programming guide, "Technical
+# Specifications"); other architectures get the 48 KiB every one has.
+_SHARED_MEMORY = {"sm_90": 232448, "sm_80": 166912, "sm_86": 101376, "sm_87": 166912, "sm_89": 101376}
 
 
 def gpu_present() -> bool:
-    load_runtime()
-    return _DRIVER[0] and tvm.cuda(0).exist
-
-
-def require_gpu(what: str) -> tvm.runtime.Device:
-    """The first CUDA device, or a clear error saying why there is none."""
-    if not gpu_present():
-        why = "there is no NVIDIA driver on this machine" if not _DRIVER[0] else "the NVIDIA driver sees no GPU"
-        raise UsageError(f"{what} needs an NVIDIA GPU to run, and {why}. The model is built: save() it and "
-                         "load it with qcompile.load() on a machine with a GPU (it needs the TVM runtime only)")
-    return tvm.cuda(0)
+    return cuda_runtime.missing_gpu() is None
 
 
 def target(arch: str = DEFAULT_ARCH) -> tvm.target.Target:
@@ -83,7 +54,12 @@ def target(arch: str = DEFAULT_ARCH) -> tvm.target.Target:
     the GPU machine's CPU is not this one."""
     if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
         raise UsageError(f"arch must name a CUDA architecture such as 'sm_90a', 'sm_90' or 'sm_80', got {arch!r}")
-    return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm", "mtriple": "x86_64-linux-gnu"})
+    shared = _SHARED_MEMORY.get(arch.rstrip("af"), 49152)
+    return tvm.target.Target(
+        {"kind": "cuda", "arch": arch, "max_shared_memory_per_block": shared, "max_threads_per_block": 1024,
+         "thread_warp_size": 32, "registers_per_block": 65536},
+        host={"kind": "llvm", "mtriple": "x86_64-linux-gnu"},
+    )
 
 
 @dataclass
@@ -142,7 +118,7 @@ def _run(cmd: list[str], what: str) -> str:
 @contextlib.contextmanager
 def nvcc_compiles(arch: str, directory: Path):
     """Inside: TVM's CUDA builds go through nvcc for `arch` into cubins. Yields the KernelBuild."""
-    load_runtime()
+    cuda_runtime.load_runtime()
     build = KernelBuild(Path(directory))
     previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", lambda code: _compile(code, arch, build.directory), override=True)

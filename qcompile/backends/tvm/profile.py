@@ -142,13 +142,20 @@ class BenchmarkResult:
             text += " -- an emulated device: these times say nothing about a real board"
         return text
 
+    @classmethod
+    def of(cls, device: str, seconds: list[float], number: int, emulated: bool = False) -> "BenchmarkResult":
+        """From the seconds per call of each round of `number` calls."""
+        ms = [t * 1e3 for t in seconds]
+        std = statistics.pstdev(ms) if len(ms) > 1 else 0.0
+        return cls(device, statistics.median(ms), statistics.fmean(ms), std, len(ms), number, emulated)
+
 
 def time_vm(vm: relax.VirtualMachine, dev, args: list, *, number: int, repeat: int, where: str,
             emulated: bool = False) -> BenchmarkResult:
     """Whole-model time by the VM's own evaluator (on the device itself: RPC round trips are not counted)."""
     vm.set_input("main", *args)
     result = vm.time_evaluator("invoke_stateful", dev, number=number, repeat=repeat)("main")
-    return BenchmarkResult(where, result.median * 1e3, result.mean * 1e3, result.std * 1e3, repeat, number, emulated)
+    return BenchmarkResult.of(where, list(result.results), number, emulated)
 
 
 def profile(vm: relax.VirtualMachine, sites: list[CallSite], inputs: list[torch.Tensor]) -> list[dict]:

@@ -1,0 +1,129 @@
+"""target="cuda" on the GPU machine, side by side with PyTorch in one run: exactness of every bundled case,
+then end-to-end latency against torch fp16, then the kernels against cuBLAS.
+
+    here:  .venv/bin/python tools/cuda_bundle.py          # builds .gpu/ (no GPU needed)
+    there: python3 bench/cuda.py .gpu --out $OUT          # device tool: carry [".gpu"]
+
+Every number is a median over `--repeat` rounds of `--number` back-to-back calls on the GPU's stream, with
+the systems timed in the same process, one after another, on the same inputs. The torch peers of the
+models are built there with random weights (the same architecture; time does not depend on the values).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import cuda_device  # noqa: E402
+
+
+def cuda_seconds(fn: Callable[[], object], number: int, repeat: int) -> float:
+    """Median seconds per call of `fn`, timed by CUDA events around `number` queued calls."""
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        rounds.append(start.elapsed_time(end) / 1e3 / number)
+    return statistics.median(rounds)
+
+
+def _mobilenet_v2_fp16(spec: dict):
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2().eval().half().cuda()
+    return model, lambda batch: (torch.randn(batch, *spec["input_shape"], device="cuda", dtype=torch.half),)
+
+
+def _minilm_fp16(spec: dict):
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(**spec["config"])).eval().half().cuda()
+
+    def embed(ids, mask):
+        h = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        w = mask.unsqueeze(-1).to(h.dtype)
+        return (h * w).sum(1) / w.sum(1)
+
+    def inputs(batch):
+        ids = torch.randint(1000, 20000, (batch, 128), device="cuda")
+        return ids, torch.ones_like(ids)
+
+    return embed, inputs
+
+
+PEERS = {"mobilenet_v2": _mobilenet_v2_fp16, "minilm": _minilm_fp16}
+
+
+def check_cases(rt, cases) -> list[dict]:
+    rows = []
+    for case in cases:
+        problem = cuda_device.mismatch(case, case.model(rt))
+        rows.append({"case": case.name, "result": "bit-exact" if problem is None and case.spec.get("compare") == "exact"
+                     else "within tolerance" if problem is None else f"MISMATCH: {problem}"})
+    return rows
+
+
+def end_to_end(rt, cases, number: int, repeat: int) -> list[dict]:
+    rows = []
+    for case in (c for c in cases if c.spec.get("peer") in PEERS):
+        model = case.model(rt)
+        peer, peer_inputs = PEERS[case.spec["peer"]](case.spec)
+        inputs, _ = case.io()
+        for batch in case.spec["batches"]:
+            ours = statistics.median(model.time(*cuda_device.repeated(inputs, batch), number=number, repeat=repeat))
+            args = peer_inputs(batch)
+            with torch.inference_mode():
+                theirs = cuda_seconds(lambda: peer(*args), number, repeat)
+            rows.append({"model": case.name, "batch": batch, "qcompile int8 ms": ours * 1e3, "torch fp16 ms": theirs * 1e3,
+                         "speed-up": theirs / ours})
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)\n"
+    keys = list(rows[0])
+    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path, nargs="?", default=cuda_device.DEFAULT_BUNDLE)
+    ap.add_argument("--out", type=Path, help="write results.md and results.json here")
+    ap.add_argument("--number", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args(argv)
+    rt = cuda_device.runtime(args.bundle)
+    why = rt.missing_gpu()
+    if why:
+        sys.exit(f"bench/cuda.py runs on a GPU machine, and {why}")
+    cases = cuda_device.cases(args.bundle)
+    header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {torch.cuda.get_device_name()}, "
+              f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    sections = {"checks": check_cases(rt, cases), "end to end": end_to_end(rt, cases, args.number, args.repeat)}
+    report = header + "\n\n" + "".join(f"## {title}\n{_table(rows)}\n" for title, rows in sections.items())
+    print(report)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.md").write_text(report)
+        (args.out / "results.json").write_text(json.dumps({"header": header, **sections}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The GPU machine's side of tools/cuda_bundle.py: load the runtime-only TVM and the built cases, run them
+and compare with the reference outputs. Imports nothing of qcompile but its runtime file (the GPU machine
+has torch and the bundle's TVM runtime, not qcompile's dependencies); bench/cuda.py and tests/gpu use it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = ROOT / ".gpu"
+
+
+def runtime(bundle: Path = DEFAULT_BUNDLE):
+    """qcompile/backends/tvm/cuda_runtime.py over the bundle's runtime-only TVM (once per process)."""
+    if "qcompile_cuda_runtime" in sys.modules:
+        return sys.modules["qcompile_cuda_runtime"]
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    sys.path.insert(0, str(Path(bundle) / "site"))
+    spec = importlib.util.spec_from_file_location("qcompile_cuda_runtime", ROOT / "qcompile/backends/tvm/cuda_runtime.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Case:
+    name: str
+    directory: Path
+    spec: dict
+
+    def model(self, rt):
+        return rt.GpuModel(self.directory / "model.so")
+
+    def io(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        data = torch.load(self.directory / "io.pt")
+        return data["inputs"], data["expected"]
+
+
+def cases(bundle: Path = DEFAULT_BUNDLE) -> list[Case]:
+    found = []
+    for spec_file in sorted((Path(bundle) / "cases").glob("*/case.json")):
+        spec = json.loads(spec_file.read_text())
+        found.append(Case(spec["name"], spec_file.parent, spec))
+    return found
+
+
+def repeated(inputs: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+    """The inputs tiled along the batch dimension to `batch` rows."""
+    return [t.repeat(-(-batch // t.shape[0]), *[1] * (t.dim() - 1))[:batch] for t in inputs]
+
+
+def mismatch(case: Case, model) -> str | None:
+    """None when the GPU's outputs equal the reference's exactly (or within the case's tolerance)."""
+    inputs, expected = case.io()
+    got = [o.cpu() for o in model(*inputs)]
+    if len(got) != len(expected):
+        return f"{len(got)} outputs, expected {len(expected)}"
+    tolerance = case.spec.get("compare", "exact")
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if g.shape != e.shape or g.dtype != e.dtype:
+            return f"output {i}: {g.dtype}{list(g.shape)}, expected {e.dtype}{list(e.shape)}"
+        if tolerance == "exact" and not torch.equal(g, e):
+            wrong = (g != e).sum().item()
+            return f"output {i}: {wrong} of {e.numel()} values differ (max |diff| {(g.double() - e.double()).abs().max().item():.3g})"
+        if tolerance != "exact" and not torch.allclose(g, e, rtol=tolerance["rtol"], atol=tolerance["atol"]):
+            return f"output {i}: max |diff| {(g - e).abs().max().item():.3g} over rtol {tolerance['rtol']} atol {tolerance['atol']}"
+    return None

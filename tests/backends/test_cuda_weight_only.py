@@ -1,0 +1,173 @@
+"""target="cuda" with weight-only Linear layers (bits="w4" / "w8"): the GEMV kernel of cuda_gemv.py.
+
+On any machine: the packing decodes (the kernel's way) to the codes, decode-shaped models build, and the
+PTX has what the kernel is for (128-bit weight loads, no integer-to-float conversions, fp32 FMAs, warp
+shuffles) and ptxas spills nothing. With a GPU and TVM's compiler (marker `gpu`, `pytest -m gpu`):
+results against target="reference" and against float16 torch, within the bound below. A GPU machine
+with the TVM runtime only runs the same checks from a bundle built of `gpu_cases()`.
+
+Tolerance: the kernel rounds the activations and the group scales to float16 (unit roundoff 2^-11
+each) and multiplies and sums exactly enough in float32 that nothing else counts, so for one Linear
+|y - y_ref| <= 2 * 2^-11 * sum_k |x_k| |w_nk| (the weights dequantized), checked with a factor 2 of
+margin for float32 summation and, through a GELU, for the next layer (`error_bound`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import qcompile
+from qcompile.backends.tvm import cuda_build
+from qcompile.backends.tvm.cuda_weight_codes import CODES, SUBNORMAL
+from qcompile.ir.rewrite import constant
+
+FP16_ROUNDOFF = 2.0**-11
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, hidden, bias=bias), nn.Linear(hidden, d, bias=bias)
+
+    def forward(self, x):
+        return self.down(nn.functional.gelu(self.up(x)))
+
+
+def error_bound(model: nn.Module, x: torch.Tensor) -> float:
+    """The largest |y - y_ref| the float16 roundings allow (module docstring), for a Linear or an MLP:
+    each layer adds 2 * 2^-11 * |x| @ |W|.T, and carries its input's bound through |W| (GELU's slope is
+    below 1.13); times 2 for the margin."""
+    layers = [model] if isinstance(model, nn.Linear) else [model.up, model.down]
+    bound = torch.zeros_like(x)
+    with torch.no_grad():
+        for layer in layers:
+            w = layer.weight.abs()
+            bound = 2 * FP16_ROUNDOFF * (x.abs() @ w.T) + (1.13 * bound) @ w.T
+            x = nn.functional.gelu(layer(x))
+    return 2 * float(bound.max())
+
+
+def _linear(k: int, n: int, seed: int, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(k, n, bias=bias).eval()
+
+
+def gpu_cases() -> list[tuple]:
+    """(name, model, example_inputs, calibration, compile kwargs, tolerance) for the device bundle: the
+    compiled model's outputs on example_inputs must be within `tolerance` (absolute) of the reference's."""
+    g = torch.Generator().manual_seed(7)
+    cases = []
+
+    def add(name, model, x, **kwargs):
+        cases.append((name, model, (x,), None, kwargs, error_bound(model, x)))
+
+    add("linear_4096_w4_m1", _linear(4096, 4096, 0), torch.randn(1, 4096, generator=g), bits="w4")
+    add("linear_4096_w8_m1", _linear(4096, 4096, 1), torch.randn(1, 4096, generator=g), bits="w8")
+    add("linear_1152x640_w4_m5_nobias", _linear(1152, 640, 2, bias=False), torch.randn(5, 1152, generator=g), bits="w4")
+    add("linear_2048_w4_3d", _linear(2048, 1000, 3), torch.randn(2, 3, 2048, generator=g), bits="w4")
+    add("mlp_1024x4096_w4_m1", MLP(1024, 4096).eval(), torch.randn(1, 1024, generator=g), bits="w4")
+    add("mlp_512x1024_w4_dynamic_batch", MLP(512, 1024).eval(), torch.randn(11, 512, generator=g), bits="w4",
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
+    add("mlp_512x1024_w8_m16", MLP(512, 1024).eval(), 8 * torch.randn(16, 512, generator=g), bits="w8")
+    return cases
+
+
+# ---------------------------------------------------------------- on any machine
+def decode_like_kernel(packed: np.ndarray, bits: int) -> np.ndarray:
+    """The signed codes [N, K] the kernel reads out of `packed`: per word and pair t, (word >> t*bits) &
+    pair_mask viewed as two float16 subnormals, times 2^24, minus the offset; lanes are k = 2t, 2t + 1."""
+    codes = CODES[bits]
+    n, words = packed.shape
+    out = np.empty((n, words, codes.per_word), np.float32)
+    for t in range(codes.per_word // 2):
+        pair = ((packed >> np.uint32(t * bits)) & np.uint32(codes.pair_mask)).astype(np.uint32)
+        halves = pair.view(np.float16).reshape(n, words, 2).astype(np.float32)
+        out[:, :, 2 * t:2 * t + 2] = halves * SUBNORMAL - codes.offset
+    return out.reshape(n, -1)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_packed_weights_decode_to_the_codes(bits):
+    codes = CODES[bits]
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randint(-codes.offset, codes.offset, (37, 8 * codes.chunk), dtype=torch.int8, generator=g).numpy()
+    w[0, :2] = [-codes.offset, codes.offset - 1]
+    packed = codes.pack(w)
+    assert packed.dtype == np.uint32 and packed.shape == (37, w.shape[1] // codes.per_word)
+    np.testing.assert_array_equal(decode_like_kernel(packed, bits), w.astype(np.float32))
+
+
+def test_int4_packing_rejects_wider_codes():
+    with pytest.raises(ValueError):
+        CODES[4].pack(np.full((1, 32), 8, np.int8))
+
+
+def _build(model, x, **kwargs):
+    return qcompile.compile(model, (x,), target="cuda", progress=False, **kwargs)
+
+
+def _gemv_kernels(compiled):
+    build = compiled._runner.kernels
+    ptx = {name: body for name, body in build.kernel_ptx().items() if name.startswith("gemv_")}
+    return ptx, build.spills()
+
+
+@pytest.mark.parametrize("bits", ["w4", "w8"])
+def test_decode_mlp_builds_a_gemv_with_128_bit_weight_loads(bits):
+    compiled = _build(MLP(512, 1024).eval(), torch.randn(1, 512), bits=bits)
+    ptx, spills = _gemv_kernels(compiled)
+    assert len(ptx) == 2  # both layers
+    for name, body in ptx.items():
+        assert spills[name] == 0
+        # rows (4) weight loads + activation loads per K step: all 128-bit, none narrower for the weights
+        assert body.count("ld.global.nc.v4.u32") >= 4
+        assert "ld.global.nc.u32" not in body and "ld.global.u32" not in body
+        assert "cvt.rn.f32.s32" not in body and "cvt.rn.f32.u32" not in body  # no integer-to-float conversion
+        assert "fma.rn.f32" in body and "shfl.sync.down.b32" in body
+
+
+def test_dynamic_batch_builds_the_gemv():
+    dims = ({0: torch.export.Dim("batch", min=1, max=64)},)
+    compiled = _build(MLP(512, 1024).eval(), torch.randn(3, 512), bits="w4", dynamic_shapes=dims)
+    ptx, spills = _gemv_kernels(compiled)
+    assert len(ptx) == 2 and not any(spills[name] for name in ptx)
+
+
+def test_large_static_batch_keeps_the_te_definition():
+    compiled = _build(_linear(256, 256, 0), torch.randn(64, 256), bits="w4")
+    ptx, _ = _gemv_kernels(compiled)
+    assert not ptx
+
+
+# ---------------------------------------------------------------- with a GPU
+needs_gpu = pytest.mark.skipif(not cuda_build.gpu_present(), reason="no NVIDIA GPU here (cuda_build.gpu_present() is False)")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
+def test_gpu_matches_reference(case):
+    name, model, inputs, calibration, kwargs, tolerance = case
+    cuda = qcompile.compile(model, inputs, target="cuda", calibration=calibration, progress=False, **kwargs)
+    ref = qcompile.compile(model, inputs, target="reference", calibration=calibration, progress=False, **kwargs)
+    got, want = cuda(*inputs), ref(*inputs)  # cuda's outputs stay on the GPU
+    assert (got.cpu() - want).abs().max().item() <= tolerance, name
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("bits", ["w4", "w8"])
+def test_gpu_matches_float16_torch(bits):
+    """The same dequantized weights in float16 through torch: cuBLAS also rounds x and w to float16."""
+    lin, x = _linear(4096, 4096, 5), torch.randn(3, 4096)
+    cuda = qcompile.compile(lin, (x,), target="cuda", bits=bits, progress=False)
+    gm = cuda.graph_module
+    node = next(n for n in gm.graph.nodes if n.target == torch.ops.qcompile.linear_weight_only.default)
+    _, w, scale, bias, group = node.args
+    dequantized = constant(gm, w).float() * constant(gm, scale).repeat_interleave(group, dim=1)
+    want = nn.functional.linear(x.half().cuda(), dequantized.half().cuda(), constant(gm, bias).half().cuda())
+    # both round x and the weights (here w * scale, there the scale alone) to float16
+    tolerance = 4 * FP16_ROUNDOFF * float((x.abs() @ dequantized.abs().T).max())
+    assert (cuda(x).cpu() - want.float().cpu()).abs().max().item() <= tolerance

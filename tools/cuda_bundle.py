@@ -32,7 +32,10 @@ sys.path.insert(0, str(ROOT))
 import qcompile  # noqa: E402
 
 BUNDLE_LIMIT = 60 * 2**20
-_SITE_SKIP = ("3rdparty", "src", "include", "__pycache__", "libtvm_compiler.so", "cython", "share", "*.a")
+# What the runtime-only TVM never imports (checked: sys.modules after loading and running a model), or
+# only the compiler needs.
+_SITE_SKIP = ("3rdparty", "src", "include", "__pycache__", "libtvm_compiler.so", "cython", "share", "*.a",
+              "relax", "s_tir", "topi", "web", "testing", "exec", "cmake")
 
 CASES: dict[str, Callable[[Path], dict]] = {}
 
@@ -125,14 +128,54 @@ def _minilm(directory: Path) -> dict:
                      peer="minilm", config=json.loads((model_dir() / "config.json").read_text()))
 
 
+# The weight-only GEMV's 4096x4096 models would take 8-16 MB of the bundle each: the kernel bench
+# (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
+_TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1"}
+
+
+def _weight_only_case(model, example, kwargs, tolerance):
+    def build(directory: Path) -> dict:
+        ref, gpu = _compiled_pair(model, example, None, **kwargs)
+        return save_case(directory, gpu, list(example), _outputs(ref, list(example)),
+                         compare={"rtol": 0.0, "atol": tolerance})
+    return build
+
+
+def _register_weight_only_cases() -> None:
+    from tests.backends.test_cuda_weight_only import gpu_cases
+
+    for name, model, example, _, kwargs, tolerance in gpu_cases():
+        if name not in _TOO_BIG:
+            CASES[name] = _weight_only_case(model, example, kwargs, tolerance)
+
+
+def build_gemv_bench(directory: Path) -> None:
+    """The GEMV kernel alone per shape and config (bench/cuda_int4_gemv.py), without its sources."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cuda_int4_gemv", ROOT / "bench" / "cuda_int4_gemv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shutil.rmtree(directory, ignore_errors=True)
+    bench.build(directory)
+    shutil.rmtree(directory / "sources")
+
+
 def main(argv=None) -> None:
+    _register_weight_only_cases()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / ".gpu")
-    ap.add_argument("--only", nargs="*", choices=sorted(CASES), help="build these cases only (default: all)")
+    ap.add_argument("--only", nargs="*", help="build these cases only (default: all)")
     ap.add_argument("--no-site", action="store_true", help="keep the existing site/")
+    ap.add_argument("--no-kernels", action="store_true", help="keep the existing kernel benches (gemv/)")
     args = ap.parse_args(argv)
     if not args.no_site:
         build_site(args.out / "site")
+    if not args.no_kernels:
+        build_gemv_bench(args.out / "gemv")
+    unknown = set(args.only or ()) - set(CASES)
+    if unknown:
+        ap.error(f"no case {', '.join(sorted(unknown))}; the cases: {', '.join(sorted(CASES))}")
     for name in args.only or sorted(CASES):
         directory = args.out / "cases" / name
         shutil.rmtree(directory, ignore_errors=True)

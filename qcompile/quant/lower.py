@@ -179,7 +179,7 @@ def _linear_weight_only(rw: Rewriter, m: Match):
         return None
     x, w, wq = found
     scale = rw.const(_row_scales(w, wq), f"{m.op.name}_weight_scale", m.anchor)
-    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
     group_size = wq.spec.group_size or w.shape[1]
     out = rw.call(qc.linear_weight_only.default, (x, w_node, scale, _float_bias(rw, m), group_size), m.anchor,
                   like=m.op, represents=m.op)
@@ -194,7 +194,7 @@ def _linear_dynamic(rw: Rewriter, m: Match):
         return None
     x, w, wq = found
     scale = rw.const(_row_scales(w, wq).reshape(-1), f"{m.op.name}_weight_scale", m.anchor)
-    w_node = rw.const(w, f"{m.op.name}_weight_int", m.anchor)
+    w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
     out = rw.call(qc.linear_dynamic.default, (x, w_node, scale, _float_bias(rw, m)), m.anchor, like=m.op, represents=m.op)
     _weight_layer(m, "linear dynamic")
     meta.set_layer(out, meta.layer(m.last))

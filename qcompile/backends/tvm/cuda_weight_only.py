@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import tvm
 from torch import fx
 from tvm import relax, tirx
 
@@ -41,7 +42,7 @@ def _static_rows(gm: fx.GraphModule, x: fx.Node) -> int | None:
 
 def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     """linear_weight_only nodes the GEMV computes on a CUDA `target` (each node is its own accumulator)."""
-    if target is None or target.kind.name != "cuda":
+    if target is None or tvm.target.Target(target).kind.name != "cuda":
         return {}
     taken = {}
     for node in gm.graph.find_nodes(op="call_function", target=qc.linear_weight_only.default):

@@ -16,28 +16,10 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable
-
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import cuda_device  # noqa: E402
-
-
-def cuda_seconds(fn: Callable[[], object], number: int, repeat: int) -> float:
-    """Median seconds per call of `fn`, timed by CUDA events around `number` queued calls."""
-    fn()
-    torch.cuda.synchronize()
-    rounds = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
-        rounds.append(start.elapsed_time(end) / 1e3 / number)
-    return statistics.median(rounds)
 
 
 def _mobilenet_v2_fp16(spec: dict):
@@ -86,7 +68,7 @@ def end_to_end(rt, cases, number: int, repeat: int) -> list[dict]:
             ours = statistics.median(model.time(*cuda_device.repeated(inputs, batch), number=number, repeat=repeat))
             args = peer_inputs(batch)
             with torch.inference_mode():
-                theirs = cuda_seconds(lambda: peer(*args), number, repeat)
+                theirs = cuda_device.cuda_seconds(lambda: peer(*args), number, repeat)
             rows.append({"model": case.name, "batch": batch, "qcompile int8 ms": ours * 1e3, "torch fp16 ms": theirs * 1e3,
                          "speed-up": theirs / ours})
     return rows

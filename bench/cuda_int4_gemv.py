@@ -4,7 +4,7 @@ F.linear on the same shape: time and achieved bandwidth = (packed weight + scale
 Two steps, because the GPU machine has the TVM runtime only:
 
     python bench/cuda_int4_gemv.py build OUT      # here: one library per (shape, bits, config) + inputs
-    python bench/cuda_int4_gemv.py run OUT        # there (TVM_USE_RUNTIME_LIB=1): check, time, table
+    python bench/cuda_int4_gemv.py run OUT        # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemv)
 
 `build` writes OUT/<name>.so (cubin inside, a few hundred KB) for every shape in SHAPES, bits 4 (group
 128) and 8 (per channel), and every config in CONFIGS (the default config of cuda_gemv first), with
@@ -17,9 +17,7 @@ and prints the table. H100 SXM copy bandwidth is about 3.0 TB/s.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -87,35 +85,18 @@ def build(out: Path) -> None:
     (out / "index.json").write_text(json.dumps(index, indent=1))
 
 
-def _load_tvm_runtime():
-    """The TVM runtime with its CUDA module (runtime-only installs need the library loaded by hand)."""
-    import tvm
-
-    ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
-    return tvm
-
-
-def _time_us(fn, number: int, repeat: int) -> float:
-    import torch
-
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) * 1000 / number)
-    return float(np.median(samples))
-
-
 def run(out: Path, number: int, repeat: int) -> None:
     import torch
 
-    tvm = _load_tvm_runtime()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import cuda_device  # the runtime-only TVM of the bundle OUT sits in (tools/cuda_bundle.py)
+
+    cuda_device.runtime(out.parent)
+    import tvm
+
+    def time_us(fn):
+        return cuda_device.cuda_seconds(fn, number, repeat) * 1e6
+
     index = json.loads((out / "index.json").read_text())
     print(f"{'kernel':44} {'us':>8} {'GB/s':>7} {'fp16 us':>8} {'fp16 GB/s':>9} {'max err':>9}  {'spills'}")
     torch_us, problems = {}, {}
@@ -131,12 +112,12 @@ def run(out: Path, number: int, repeat: int) -> None:
         f = tvm.runtime.load_module(str(out / f"{entry['name']}.so"))["main"]
         f(*args)
         err = float(np.abs(args[-1].numpy() - data["expected"]).max())
-        us = _time_us(lambda: f(*args), number, repeat)
+        us = time_us(lambda: f(*args))
         moved = sum(data[a].nbytes for a in ("x", "w", "scale")) + m * n * 4
         x = torch.from_numpy(data["x"]).cuda()
         if (m, n, k) not in torch_us:
             dense = torch.randn(n, k, device="cuda", dtype=torch.float16)
-            torch_us[(m, n, k)] = (_time_us(lambda: torch.nn.functional.linear(x, dense), number, repeat),
+            torch_us[(m, n, k)] = (time_us(lambda: torch.nn.functional.linear(x, dense)),
                                    dense.numel() * 2 + x.numel() * 2 + m * n * 2)
         t_us, t_bytes = torch_us[(m, n, k)]
         mark = "*" if entry["default"] else " "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,24 @@ def runtime(bundle: Path = DEFAULT_BUNDLE):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def cuda_seconds(fn, number: int, repeat: int) -> float:
+    """Median seconds per call of `fn` over `repeat` rounds of `number` calls queued back to back, timed by
+    CUDA events on the current stream (after warm-up calls)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(number):
+            fn()
+        end.record()
+        end.synchronize()
+        rounds.append(start.elapsed_time(end) / 1e3 / number)
+    return statistics.median(rounds)
 
 
 @dataclass

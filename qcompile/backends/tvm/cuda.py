@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import cuda_build, profile
+from . import cuda_build, cuda_gemm, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group
 
@@ -21,7 +21,7 @@ KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, 
 
 def gpu_rules() -> list:
     """Schedule rules, tried in order on each kernel."""
-    return [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(),
+    return [cuda_gemm.TensorCoreGemm(), dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(),
             dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 
@@ -70,7 +70,8 @@ class CudaBackend:
     def build(self, gm: fx.GraphModule) -> CudaRunner:
         before, grouped = group(to_relax(gm, target=self.target))
         sites = profile.call_sites(before, grouped, profile.layer_names(gm))
-        with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels:
+        with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels, \
+                tvm.transform.PassContext(config=cuda_gemm.PASS_CONFIG):
             executable = tvm.compile(schedule(grouped, self.target), target=self.target)
         return CudaRunner(executable, sites, kernels)
 

@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import cuda_build, cuda_gemm, profile
+from . import cuda_build, cuda_depthwise, cuda_gemm, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group
 
@@ -21,7 +21,7 @@ KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, 
 
 def gpu_rules() -> list:
     """Schedule rules, tried in order on each kernel."""
-    return [cuda_gemm.TensorCoreGemm(), dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(),
+    return [cuda_gemm.TensorCoreGemm(), cuda_depthwise.DepthwiseConv(), dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(),
             dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
@@ -34,7 +35,7 @@ from . import cuda_mma
 from .cuda_mma import TILE_K, TILE_M, TILE_N, WARP
 
 SHARED = "shared.dyn"  # dynamic shared memory: TVM merges the stages' buffers and lifts the 48 KiB limit
-_COPY_BYTES = 16  # per thread and global -> shared copy: one cp.async of 16 bytes
+_COPY_BYTES = (16, 4)  # vector widths of a global -> shared copy (16: one cp.async); else bytes one by one
 # What the build's PassContext needs for these schedules: the pipelined global -> shared copies become
 # cp.async (without it they are synchronous loads and stores).
 PASS_CONFIG = {"tirx.use_async_copy": True}
@@ -66,6 +67,13 @@ class GemmTile:
 LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=4, stages=3)
 # Few rows or columns (a linear at batch 1..32, a classifier): a 32 x 64 tile, 4 warps of 16 x 32.
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
+
+
+def tensorize_works() -> bool:
+    """TVM 0.27's tensorize deep-copies the intrinsic through its JSON serializer, which segfaults with
+    apache-tvm-ffi 0.1.15 (any TIR node; 0.1.14.post0 works, hence the project's pin). With 0.1.15 the
+    rule steps aside and dlight's CUDA-core schedules run instead of crashing the build."""
+    return not tvm_ffi.__version__.startswith("0.1.15")
 
 
 def choose_tile(m, n: int) -> GemmTile:
@@ -102,7 +110,7 @@ class TensorCoreGemm(GPUScheduleRule):
     with spatial epilogue blocks; others are left to the next rule."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not tensorize_works():
             return None
         sch = s_tir.Schedule(func)
         reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
@@ -113,11 +121,14 @@ class TensorCoreGemm(GPUScheduleRule):
         dtypes, product = _operand_dtypes(block), _product_form(block)
         if dtypes is None or product is None or get_index_map(block) is None:
             return None
+        widths = [_copy_width(block, operand) for operand in (0, 1)]
         _normalize(sch, main)
-        _, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
+        batch, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
+        if not (isinstance(batch, tirx.IntImm) and batch.value == 1):
+            return None  # a batch of GEMMs (an operand indexed by an output variable): a depthwise conv
         tile = choose_tile(m, int(n))
         sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
-        _schedule_gemm(sch, main, tile, dtypes, product)
+        _schedule_gemm(sch, main, tile, dtypes, product, widths)
         return sch
 
 
@@ -133,7 +144,8 @@ def _normalize(sch: s_tir.Schedule, main) -> None:
     sch.transform_block_layout(main, block_map)
 
 
-def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str, str], product: str) -> None:
+def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str, str], product: str,
+                   widths: list[int]) -> None:
     tiles_m, tiles_n = tile.warp_tiles
     batch, i, j, k = sch.get_loops(main)
     # The 16 x 16 x 32 tiles one mma intrinsic computes become blocks of their own (tensorized below).
@@ -154,8 +166,8 @@ def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str,
     warp = sch.fuse(i_warp, j_warp)
     sch.bind(warp, "threadIdx.y")
 
-    a_shared = _stage_to_shared(sch, tile_block, 0, k_step, tile)
-    b_shared = _stage_to_shared(sch, tile_block, 1, k_step, tile)
+    a_shared = _stage_to_shared(sch, tile_block, 0, k_step, tile, widths[0])
+    b_shared = _stage_to_shared(sch, tile_block, 1, k_step, tile, widths[1])
     a_frag = _load_fragments(sch, tile_block, 0, k_inner, "A", dtypes[0])
     b_frag = _load_fragments(sch, tile_block, 1, k_inner, "B", dtypes[1])
 
@@ -179,15 +191,28 @@ def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str,
     del a_shared, b_shared, a_frag, b_frag
 
 
-def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: GemmTile):
-    """Copy the block tile's operand slice of one K step into shared memory, 16 bytes per thread and
+def _copy_width(block: tirx.Block, operand: int) -> int:
+    """Bytes one thread copies at once for an operand: a vector only where consecutive K elements are
+    provably consecutive in memory and the rows aligned, i.e. the buffer's innermost index is a reduction
+    variable (linear's k, the conv input's channel) whose extent the width divides. TVM's CUDA codegen
+    has no type for a gathered vector (a conv weight in HWIO order, read along K with a stride of Cout)."""
+    innermost = block.reads[operand].region[-1].min
+    for iv in block.iter_vars:
+        if iv.var.same_as(innermost) and iv.iter_type == tirx.IterVar.CommReduce:
+            extent = int(iv.dom.extent)
+            return next((w for w in _COPY_BYTES if extent % w == 0), 1)
+    return 1
+
+
+def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: GemmTile, width: int):
+    """Copy the block tile's operand slice of one K step into shared memory, `width` bytes per thread and
     copy, with the operand's producers (padding, the reindexed conv input) inlined into the copy."""
     copy = sch.cache_read(block, operand, SHARED)
     sch.compute_at(copy, k_step)
-    _inline_producers(sch, copy)
+    inline_producers(sch, copy)
     rows, cols = sch.get_loops(copy)[-2:]
     fused = sch.fuse(rows, cols)
-    _, ty, tx, vec = sch.split(fused, [None, tile.warps, WARP, _COPY_BYTES])
+    _, ty, tx, vec = sch.split(fused, [None, tile.warps, WARP, width])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     sch.vectorize(vec)
@@ -196,14 +221,14 @@ def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: Gem
     return copy
 
 
-def _inline_producers(sch: s_tir.Schedule, block) -> None:
+def inline_producers(sch: s_tir.Schedule, block) -> None:
     """Inline every producer chain of `block` (reindex and pad_einsum copies, the conv's padding)."""
     while True:
         producers = [p for p in sch.get_producers(block) if sch.get(p).name_hint != "root"]
         if not producers:
             return
         for p in producers:
-            _inline_producers(sch, p)
+            inline_producers(sch, p)
             sch.compute_inline(p)
 
 

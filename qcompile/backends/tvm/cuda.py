@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import cuda_build, cuda_runtime, profile
+from . import cuda_build, cuda_depthwise, cuda_gemm, cuda_runtime, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group
 
@@ -21,8 +21,8 @@ KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, 
 
 def gpu_rules() -> list:
     """Schedule rules, tried in order on each kernel."""
-    return [dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(),
-            dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
+    return [cuda_gemm.TensorCoreGemm(), cuda_depthwise.DepthwiseConv(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+            dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 
 def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -81,7 +81,8 @@ class CudaBackend:
         cuda_build.nvcc()  # before lowering: a missing compiler is the first thing to say
         before, grouped = group(to_relax(gm, target=self.target))
         sites = profile.call_sites(before, grouped, profile.layer_names(gm))
-        with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels:
+        with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels, \
+                tvm.transform.PassContext(config=cuda_gemm.PASS_CONFIG):
             executable = tvm.compile(schedule(grouped, self.target), target=self.target)
         return CudaRunner(executable, sites, kernels)
 

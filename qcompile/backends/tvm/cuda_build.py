@@ -97,10 +97,20 @@ class KernelBuild:
         return found
 
 
+# TVM 0.27's CUDA codegen prints a 16-lane broadcast of a zero byte (the padding value of a predicated
+# 16-byte copy into shared memory) as make_uint4 / make_int4 with 16 byte arguments, which nvcc rejects;
+# the 16 zero bytes are four zero words.
+_ZERO_BYTES_X16 = re.compile(r"make_(u?)int4\(\((?:uchar|signed char)\)0(?:, \((?:uchar|signed char)\)0){15}\)")
+
+
+def _fix_codegen(source: str) -> str:
+    return _ZERO_BYTES_X16.sub(lambda m: f"make_{m.group(1)}int4(0, 0, 0, 0)", source)
+
+
 def _compile(source: str, arch: str, directory: Path) -> bytes:
     directory.mkdir(parents=True, exist_ok=True)
     cu, ptx, cubin = (directory / f"kernels.{ext}" for ext in ("cu", "ptx", "cubin"))
-    cu.write_text(source)
+    cu.write_text(_fix_codegen(source))
     compiler = nvcc()
     _run([compiler, "--ptx", f"-arch={arch}", "-O3", "-w", "-o", str(ptx), str(cu)], "nvcc")
     report = _run([compiler, "--cubin", f"-arch={arch}", "-O3", "-w", "-Xptxas", "-v", "-o", str(cubin), str(ptx)], "ptxas")

@@ -44,7 +44,9 @@ def conv2d_nhwc(node, x, w_hwio, bias, x_zp, zp_folded, stride, padding, dilatio
     ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, cin_g), "rc")
 
     def body(b, y, xx, co):
-        ci = (co // cout_g) * cin_g + rc
+        # Ungrouped: the channel read is rc alone, so that the output channel indexes only the weights
+        # and the output (what a schedule recognises a GEMM by: cuda_gemm.py).
+        ci = rc if groups == 1 else (co // cout_g) * cin_g + rc
         pix = xp[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], ci]
         return te.sum(_i(_product16(pix, sub, w_hwio[ry, rx, rc, co])), axis=[ry, rx, rc])
 

@@ -1,0 +1,263 @@
+"""The int8 GEMM of every fused linear and ungrouped conv on NVIDIA tensor cores: a dlight schedule rule.
+
+It schedules the kernels FuseOps made from the TE definitions (ops.py linear_int, ops_nhwc.py conv2d_nhwc)
+together with their epilogue blocks (bias, requantize, residual add_fixed, clamps), so the arithmetic is
+the one the bit-exact x86 backend compiles, and every step below is a TVM schedule primitive that TVM
+checks.
+
+1. Normalize: the reduction block becomes C[1, M, N] += A[1, M, K] * B[1, N, K] (reindex + layout
+   transforms; for a conv M = batch * OH * OW output pixels, K = KH * KW * Cin, read from the NHWC input
+   through the (inlined) padding: an implicit GEMM, no im2col buffer).
+2. Pad M, N, K to whole block tiles (pad_einsum): padded A/B elements read as 0, padded rows and columns
+   are never stored. M may be a free (dynamic) size.
+3. Tile: a BM x BN block tile, WM x WN warps each owning a (BM/WM) x (BN/WN) warp tile made of 16 x 16
+   accumulator tiles; a BK-byte K step staged in shared memory (global -> shared with cp.async, 16
+   bytes per thread and copy, `stages` deep software pipeline), operands loaded to registers with
+   ldmatrix.x4 and multiplied with mma.sync m16n8k32 u8/s8 -> s32 (cuda_mma.py). The shared rows are
+   padded by 16 bytes so that the 8 rows one ldmatrix phase reads fall in distinct banks.
+4. Epilogue on the accumulator registers: the accumulator tile is never written to memory; the copy
+   out of the fragments, in which the bias, requantize, residual add and clamps are inlined, stores the
+   output directly, each lane storing the (row, column) pairs its fragment holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
+from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, get_index_map, get_reduction_blocks
+from tvm.s_tir.tensor_intrin.cuda import MMA_fill_16x16_i32_INTRIN
+from tvm.target import Target
+
+from . import cuda_mma
+from .cuda_mma import TILE_K, TILE_M, TILE_N, WARP
+
+SHARED = "shared.dyn"  # dynamic shared memory: TVM merges the stages' buffers and lifts the 48 KiB limit
+_COPY_BYTES = (16, 4)  # vector widths of a global -> shared copy (16: one cp.async); else bytes one by one
+# What the build's PassContext needs for these schedules: the pipelined global -> shared copies become
+# cp.async (without it they are synchronous loads and stores).
+PASS_CONFIG = {"tirx.use_async_copy": True}
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """A block tile BM x BN, computed by WM x WN warps, with a BK-byte K step and a `stages`-deep pipeline."""
+
+    bm: int
+    bn: int
+    bk: int
+    wm: int
+    wn: int
+    stages: int
+
+    @property
+    def warps(self) -> int:
+        return self.wm * self.wn
+
+    @property
+    def warp_tiles(self) -> tuple[int, int]:
+        """16 x 16 accumulator tiles per warp, along M and N."""
+        return self.bm // self.wm // TILE_M, self.bn // self.wn // TILE_N
+
+
+# Large GEMMs: 128 x 128 x 64 with 8 warps of 64 x 32 (8 accumulator tiles, 64 registers per lane),
+# 3 stages: (128 + 128) x (64 + 16) bytes x 3 = 60 KiB of shared memory, 2 blocks per SM.
+LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=4, stages=3)
+# Few rows or columns (a linear at batch 1..32, a classifier): a 32 x 64 tile, 4 warps of 16 x 32.
+SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
+
+
+def tensorize_works() -> bool:
+    """TVM 0.27's tensorize deep-copies the intrinsic through its JSON serializer, which segfaults with
+    apache-tvm-ffi 0.1.15 (any TIR node; 0.1.14.post0 works, hence the project's pin). With 0.1.15 the
+    rule steps aside and dlight's CUDA-core schedules run instead of crashing the build."""
+    return not tvm_ffi.__version__.startswith("0.1.15")
+
+
+def choose_tile(m, n: int) -> GemmTile:
+    """The large tile unless the GEMM is too small to fill it (a free M counts as large)."""
+    rows = m.value if isinstance(m, tirx.IntImm) else None
+    if (rows is not None and rows <= 64) or n <= 64:
+        return SMALL
+    return LARGE
+
+
+def _operand_dtypes(block: tirx.Block) -> tuple[str, str] | None:
+    """(A, B) dtypes of an int32 += 8-bit x 8-bit reduction the mma takes (B: int8 weights)."""
+    if len(block.reads) < 2 or len(block.writes) != 1 or block.writes[0].source.dtype != "int32":
+        return None
+    a, b = (r.source.dtype for r in block.reads[:2])
+    return (a, b) if a in ("uint8", "int8") and b == "int8" else None
+
+
+def _product_form(block: tirx.Block) -> str | None:
+    """Which cuda_mma.PRODUCTS the block's update `C = C + product(a, b)` is written as."""
+    update = block.body
+    if not isinstance(update, tirx.BufferStore) or not isinstance(update.value, tirx.Add):
+        return None
+    product = update.value.b
+    if isinstance(product, tirx.Mul) and isinstance(product.a, tirx.Cast) and isinstance(product.b, tirx.Cast):
+        return "i32" if str(product.a.ty) == "int32" else None
+    if isinstance(product, tirx.Cast) and isinstance(product.value, tirx.Mul):
+        return "i16" if str(product.value.ty) == "int16" else None
+    return None
+
+
+class TensorCoreGemm(GPUScheduleRule):
+    """Kernels whose one reduction is an 8-bit x int8 -> int32 GEMM (linear_int, ungrouped conv2d_int)
+    with spatial epilogue blocks; others are left to the next rule."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not tensorize_works():
+            return None
+        sch = s_tir.Schedule(func)
+        reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+        if reductions is None:
+            return None
+        main = reductions[0]
+        block = sch.get(main)
+        dtypes, product = _operand_dtypes(block), _product_form(block)
+        if dtypes is None or product is None or get_index_map(block) is None:
+            return None
+        widths = [_copy_width(block, operand) for operand in (0, 1)]
+        _normalize(sch, main)
+        batch, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
+        if not (isinstance(batch, tirx.IntImm) and batch.value == 1):
+            return None  # a batch of GEMMs (an operand indexed by an output variable): a depthwise conv
+        tile = choose_tile(m, int(n))
+        sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
+        _schedule_gemm(sch, main, tile, dtypes, product, widths)
+        return sch
+
+
+def _normalize(sch: s_tir.Schedule, main) -> None:
+    """C[1, M, N] += A[1, M, K] * B[1, N, K] (dlight's own normalization, as its matmul rules do)."""
+    a = sch.reindex(main, ("read", 0))
+    b = sch.reindex(main, ("read", 1))
+    c = sch.reindex(main, ("write", 0))
+    block_map, a_map, b_map, c_map = get_index_map(sch.get(main))
+    sch.transform_layout(a, ("write", 0), a_map)
+    sch.transform_layout(b, ("write", 0), b_map)
+    sch.transform_layout(c, ("read", 0), c_map)
+    sch.transform_block_layout(main, block_map)
+
+
+def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str, str], product: str,
+                   widths: list[int]) -> None:
+    tiles_m, tiles_n = tile.warp_tiles
+    batch, i, j, k = sch.get_loops(main)
+    # The 16 x 16 x 32 tiles one mma intrinsic computes become blocks of their own (tensorized below).
+    i, i_mma = sch.split(i, [None, TILE_M])
+    j, j_mma = sch.split(j, [None, TILE_N])
+    k, k_mma = sch.split(k, [None, TILE_K])
+    sch.reorder(i, j, k, i_mma, j_mma, k_mma)
+    mma_block = main
+    tile_block = sch.blockize(i_mma)
+
+    i_block, i_warp, i_tile = sch.split(i, [None, tile.wm, tiles_m])
+    j_block, j_warp, j_tile = sch.split(j, [None, tile.wn, tiles_n])
+    k_step, k_inner = sch.split(k, [None, tile.bk // TILE_K])
+    sch.reorder(j_block, i_block, i_warp, j_warp, k_step, k_inner, i_tile, j_tile)
+    sch.bind(batch, "blockIdx.z")
+    sch.bind(j_block, "blockIdx.x")  # neighbouring blocks share A rows: they run together and hit L2
+    sch.bind(i_block, "blockIdx.y")
+    warp = sch.fuse(i_warp, j_warp)
+    sch.bind(warp, "threadIdx.y")
+
+    a_shared = _stage_to_shared(sch, tile_block, 0, k_step, tile, widths[0])
+    b_shared = _stage_to_shared(sch, tile_block, 1, k_step, tile, widths[1])
+    a_frag = _load_fragments(sch, tile_block, 0, k_inner, "A", dtypes[0])
+    b_frag = _load_fragments(sch, tile_block, 1, k_inner, "B", dtypes[1])
+
+    acc = sch.cache_write(tile_block, 0, "warp")
+    sch.reverse_compute_at(acc, warp)
+    sch.transform_layout(acc, ("read", 0), _accumulator_layout)
+    init = sch.decompose_reduction(tile_block, k_step)
+    sch.tensorize(sch.get_loops(sch.get_child_blocks(init)[0])[-2], MMA_fill_16x16_i32_INTRIN)
+    sch.tensorize(sch.get_loops(mma_block)[-3], cuda_mma.mma_intrin(*dtypes, product))
+    auto_inline_consumer_chain(sch, acc)
+    _store_from_fragments(sch, acc)
+
+    # Pipelines: the K step's copies run `stages - 1` steps ahead of its mma (cp.async groups), and
+    # inside a step the next 32-wide slice's ldmatrix runs ahead of the current slice's mma. The inner
+    # pipeline is expanded first (prologue, body, epilogue), so the K step then has 2 + 3 statements.
+    sch.annotate(k_step, "software_pipeline_stage", [0, 0] + [tile.stages - 1] * 3)
+    sch.annotate(k_step, "software_pipeline_order", [0, 1, 2, 3, 4])
+    sch.annotate(k_step, "software_pipeline_async_stages", [0])
+    sch.annotate(k_inner, "software_pipeline_stage", [0, 0, 1])
+    sch.annotate(k_inner, "software_pipeline_order", [0, 1, 2])
+    del a_shared, b_shared, a_frag, b_frag
+
+
+def _copy_width(block: tirx.Block, operand: int) -> int:
+    """Bytes one thread copies at once for an operand: a vector only where consecutive K elements are
+    provably consecutive in memory and the rows aligned, i.e. the buffer's innermost index is a reduction
+    variable (linear's k, the conv input's channel) whose extent the width divides. TVM's CUDA codegen
+    has no type for a gathered vector (a conv weight in HWIO order, read along K with a stride of Cout)."""
+    innermost = block.reads[operand].region[-1].min
+    for iv in block.iter_vars:
+        if iv.var.same_as(innermost) and iv.iter_type == tirx.IterVar.CommReduce:
+            extent = int(iv.dom.extent)
+            return next((w for w in _COPY_BYTES if extent % w == 0), 1)
+    return 1
+
+
+def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: GemmTile, width: int):
+    """Copy the block tile's operand slice of one K step into shared memory, `width` bytes per thread and
+    copy, with the operand's producers (padding, the reindexed conv input) inlined into the copy."""
+    copy = sch.cache_read(block, operand, SHARED)
+    sch.compute_at(copy, k_step)
+    inline_producers(sch, copy)
+    rows, cols = sch.get_loops(copy)[-2:]
+    fused = sch.fuse(rows, cols)
+    _, ty, tx, vec = sch.split(fused, [None, tile.warps, WARP, width])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)
+    # Rows of BK + 16 bytes: the 8 rows of one ldmatrix phase start in 8 different 4-bank groups.
+    sch.storage_align(copy, 0, axis=-2, factor=tile.bk, offset=16)
+    return copy
+
+
+def inline_producers(sch: s_tir.Schedule, block) -> None:
+    """Inline every producer chain of `block` (reindex and pad_einsum copies, the conv's padding)."""
+    while True:
+        producers = [p for p in sch.get_producers(block) if sch.get(p).name_hint != "root"]
+        if not producers:
+            return
+        for p in producers:
+            inline_producers(sch, p)
+            sch.compute_inline(p)
+
+
+def _load_fragments(sch: s_tir.Schedule, block, operand: int, k_inner, name: str, dtype: str):
+    """The warp's 16 x 32 operand tiles of one 32-wide K slice, from shared memory with ldmatrix."""
+    frag = sch.cache_read(block, operand, "warp")
+    sch.compute_at(frag, k_inner)
+    layout = cuda_mma.OPERANDS[name][0]
+    sch.transform_layout(frag, ("write", 0), lambda s, r, c: (s, r // TILE_M, c // TILE_K, *layout(r % TILE_M, c % TILE_K)))
+    rows, cols = sch.get_loops(frag)[-2:]
+    tiles, rows = sch.split(rows, [None, TILE_M])
+    sch.reorder(tiles, rows, cols)
+    sch.tensorize(rows, cuda_mma.ldmatrix_intrin(name, dtype, SHARED))
+    return frag
+
+
+def _accumulator_layout(s, i, j):
+    return (s, i // TILE_M, j // TILE_N, *cuda_mma.fragment_of_accumulator(i % TILE_M, j % TILE_N))
+
+
+def _store_from_fragments(sch: s_tir.Schedule, store) -> None:
+    """Loop over the warp tile's accumulators in fragment order: lane = 4 * (row % 8) + col % 8 // 2 runs
+    on threadIdx.x, so every lane reads its own registers (the warp buffer's lane index must be
+    threadIdx.x), and stores the epilogue's result of its 8 values per 16 x 16 tile."""
+    rows, cols = sch.get_loops(store)[-2:]
+    tile_r, r_hi, r_lo = sch.split(rows, [None, 2, 8])
+    tile_c, c_hi, c_mid, c_lo = sch.split(cols, [None, 2, 4, 2])
+    sch.reorder(tile_r, tile_c, r_lo, c_mid, c_hi, r_hi, c_lo)
+    lane = sch.fuse(r_lo, c_mid)
+    sch.bind(lane, "threadIdx.x")
+    for loop in (c_hi, r_hi, c_lo):
+        sch.unroll(loop)

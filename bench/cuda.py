@@ -64,13 +64,13 @@ def end_to_end(rt, cases, number: int, repeat: int) -> list[dict]:
         model = case.model(rt)
         peer, peer_inputs = PEERS[case.spec["peer"]](case.spec)
         inputs, _ = case.io()
-        for batch in case.spec["batches"]:
-            ours = statistics.median(model.time(*cuda_device.repeated(inputs, batch), number=number, repeat=repeat))
-            args = peer_inputs(batch)
-            with torch.inference_mode():
-                theirs = cuda_device.cuda_seconds(lambda: peer(*args), number, repeat)
-            rows.append({"model": case.name, "batch": batch, "qcompile int8 ms": ours * 1e3, "torch fp16 ms": theirs * 1e3,
-                         "speed-up": theirs / ours})
+        batch = case.spec["batch"]
+        ours = statistics.median(model.time(*inputs, number=number, repeat=repeat))
+        args = peer_inputs(batch)
+        with torch.inference_mode():
+            theirs = cuda_device.cuda_seconds(lambda: peer(*args), number, repeat)
+        rows.append({"model": case.spec["peer"], "batch": batch, "qcompile int8 ms": ours * 1e3,
+                     "torch fp16 ms": theirs * 1e3, "speed-up": theirs / ours})
     return rows
 
 

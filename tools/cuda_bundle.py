@@ -6,10 +6,10 @@
   library, headers and sources; the cp312 apache-tvm-ffi wheel unpacked): `TVM_USE_RUNTIME_LIB=1`.
 - `cases/NAME/`: one built model each (`model.so`, with its cubin), its inputs and the "reference" backend's
   outputs (`io.pt`), and `case.json` (how to compare, how to time, which torch peer to time beside it).
+- `gemm/`, `gemv/`: the kernel benches' libraries (bench/cuda_gemm.py, bench/cuda_int4_gemv.py).
 
 The GPU machine's working tree travels with the bundle (device tool: carry .gpu); there
-`python3 bench/cuda.py .gpu` prints the checks and the side-by-side table, and
-`python3 -m pytest -m gpu tests/gpu` runs the bit-exactness tests. The bundle must stay under the device
+`bash tools/cuda_device_check.sh` runs the bit-exactness tests (tests/gpu) and the benches. The bundle must stay under the device
 tool's 64 MiB (what cannot fit, such as a 4096x28672 weight, is made on the GPU machine instead).
 """
 from __future__ import annotations
@@ -38,13 +38,6 @@ _SITE_SKIP = ("3rdparty", "src", "include", "__pycache__", "libtvm_compiler.so",
               "relax", "s_tir", "topi", "web", "testing", "exec", "cmake")
 
 CASES: dict[str, Callable[[Path], dict]] = {}
-
-
-def case(name: str):
-    def deco(fn):
-        CASES[name] = fn
-        return fn
-    return deco
 
 
 def build_site(site: Path) -> None:
@@ -88,72 +81,92 @@ def _outputs(cm, inputs) -> tuple:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-@case("mobilenet_v2")
-def _mobilenet_v2(directory: Path) -> dict:
-    """Real weights and images; one library with a free batch, timed at batch 1 and 64 (64 = 4 images
-    repeated: a 64-image input would not fit the bundle)."""
-    from qcompile.zoo.evaluate import mobilenet_setup
-
-    model, _, calibration, views, *_ = mobilenet_setup()
-    batch = {"x": {0: torch.export.Dim("batch", min=1, max=64)}}
-    ref, gpu = _compiled_pair(model, (views[:2],), calibration, dynamic_shapes=batch)  # an example of 1 would fix the batch
-    images = views[:4]
-    return save_case(directory, gpu, [images], _outputs(ref, [images]), compare="exact", batches=[1, 64],
-                     peer="mobilenet_v2", input_shape=[3, 224, 224])
+# End to end at a static batch of 1 and of 64: the tensor-core GEMM rule does not yet take a free batch
+# fused with fixed sizes (N*OH*OW conv rows, batch*seq linear rows); such kernels fall back to CUDA cores.
+E2E_BATCHES = (1, 64)
 
 
-MINILM_VOCABULARY = 8192
-
-
-@case("minilm")
-def _minilm(directory: Path) -> dict:
-    """all-MiniLM-L6-v2 (real weights), sequence length 128, free batch, timed at batch 1 and 64.
-
-    Its float word-embedding table (30522 x 384, 47 MB) would not fit the bundle: the bundled model keeps
-    the first MINILM_VOCABULARY rows and the inputs use only those tokens, so its outputs are the full
-    model's. The gather reads one row per token whatever the table's size, so the time is the full model's."""
-    from qcompile.zoo.minilm import load_minilm, model_dir
-
-    embedder, tok = load_minilm()
-    words = embedder.m.embeddings.word_embeddings
-    embedder.m.embeddings.word_embeddings = torch.nn.Embedding.from_pretrained(words.weight[:MINILM_VOCABULARY].detach(), freeze=True)
-    sentences = ["a wonderful, moving film", "the plot was dull and predictable", "I loved the acting", "not worth the ticket"]
-    b = tok(sentences, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
-    ids, mask = b["input_ids"], b["attention_mask"]
-    ids = torch.where(ids < MINILM_VOCABULARY, ids, tok.unk_token_id)
-    batch = torch.export.Dim("batch", min=1, max=64)
-    dims = {"ids": {0: batch}, "mask": {0: batch}}
-    ref, gpu = _compiled_pair(embedder, (ids[:2], mask[:2]), [(ids[2:], mask[2:])], dynamic_shapes=dims)
-    return save_case(directory, gpu, [ids, mask], _outputs(ref, [ids, mask]), compare="exact", batches=[1, 64],
-                     peer="minilm", config=json.loads((model_dir() / "config.json").read_text()))
-
-
-# The weight-only GEMV's 4096x4096 models would take 8-16 MB of the bundle each: the kernel bench
-# (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
-_TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1"}
-
-
-def _weight_only_case(model, example, kwargs, tolerance):
+def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batch: int, **spec):
+    """The model built for "cuda" at a static `batch`; the expected outputs come from the reference
+    backend (built with a free batch) on the few distinct rows of `inputs`, which the GPU machine repeats
+    to `batch` rows (a 64-image input would not fit the bundle)."""
     def build(directory: Path) -> dict:
-        ref, gpu = _compiled_pair(model, example, None, **kwargs)
-        return save_case(directory, gpu, list(example), _outputs(ref, list(example)),
-                         compare={"rtol": 0.0, "atol": tolerance})
+        example = [t[:1].expand(batch, *t.shape[1:]).contiguous() for t in inputs]
+        gpu = qcompile.compile(model, tuple(example), target="cuda", calibration=calibration, progress=False)
+        ref = qcompile.compile(model, tuple(t[:2] for t in inputs), target="reference", calibration=calibration,
+                               dynamic_shapes=dims, progress=False)
+        return save_case(directory, gpu, inputs, _outputs(ref, inputs), compare="exact", batch=batch, **spec)
     return build
 
 
-def _register_weight_only_cases() -> None:
-    from tests.backends.test_cuda_weight_only import gpu_cases
+def _mobilenet_v2_cases() -> None:
+    """Real weights and images (4 of them)."""
+    from qcompile.zoo.evaluate import mobilenet_setup
 
-    for name, model, example, _, kwargs, tolerance in gpu_cases():
+    model, _, calibration, views, *_ = mobilenet_setup()
+    dims = {"x": {0: torch.export.Dim("batch", min=1, max=64)}}
+    for batch in E2E_BATCHES:
+        CASES[f"mobilenet_v2_b{batch}"] = _end_to_end(model, calibration, [views[:4].clone()], dims, batch,
+                                                      peer="mobilenet_v2", input_shape=[3, 224, 224])
+
+
+def _minilm_cases() -> None:
+    """all-MiniLM-L6-v2 (real weights) on 4 sentences at sequence length 128.
+
+    Its float word-embedding table (30522 x 384, 47 MB) would not fit the bundle twice: the bundled model's
+    table holds the rows of the tokens in its inputs only, and the inputs are renumbered into it, so its
+    outputs are the full model's on those inputs. The gather reads one row per token whatever the table's
+    size, so the time is the full model's."""
+    from qcompile.zoo.minilm import load_minilm, model_dir
+
+    embedder, tok = load_minilm()
+    sentences = ["a wonderful, moving film", "the plot was dull and predictable", "I loved the acting", "not worth the ticket"]
+    b = tok(sentences, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+    used, ids = torch.unique(b["input_ids"], return_inverse=True)
+    words = embedder.m.embeddings.word_embeddings.weight[used].detach()
+    embedder.m.embeddings.word_embeddings = torch.nn.Embedding.from_pretrained(words, freeze=True)
+    calibration = [(ids[2:], b["attention_mask"][2:])]
+    batch = torch.export.Dim("batch", min=1, max=64)
+    dims = {"ids": {0: batch}, "mask": {0: batch}}
+    config = json.loads((model_dir() / "config.json").read_text())
+    for n in E2E_BATCHES:
+        CASES[f"minilm_b{n}"] = _end_to_end(embedder, calibration, [ids, b["attention_mask"]], dims, n,
+                                            peer="minilm", config=config)
+
+
+# The weight-only GEMV's 4096-wide models would take 4-16 MB of the bundle each: the kernel bench
+# (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
+_TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1", "mlp_1024x4096_w4_m1"}
+
+
+def _test_case(model, example, calibration, kwargs, compare):
+    def build(directory: Path) -> dict:
+        ref, gpu = _compiled_pair(model, example, calibration, **kwargs)
+        return save_case(directory, gpu, list(example), _outputs(ref, list(example)), compare=compare)
+    return build
+
+
+def _register_test_cases() -> None:
+    """The GPU cases of the CUDA kernel tests: the tensor-core GEMMs and depthwise convs (bit-exact), the
+    weight-only GEMV (float16 activations: within the test's bound)."""
+    from tests.backends import test_cuda_gemm, test_cuda_weight_only
+
+    for name, model, example, calibration in test_cuda_gemm.gpu_cases():
+        CASES[name] = _test_case(model, example, calibration, {}, "exact")
+    for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         if name not in _TOO_BIG:
-            CASES[name] = _weight_only_case(model, example, kwargs, tolerance)
+            CASES[name] = _test_case(model, example, calibration, kwargs, {"rtol": 0.0, "atol": tolerance})
 
 
-def build_gemv_bench(directory: Path) -> None:
-    """The GEMV kernel alone per shape and config (bench/cuda_int4_gemv.py), without its sources."""
+# Kernel benches: built here, their data made on the GPU machine (bench/<file> build DIR / run DIR).
+KERNEL_BENCHES = {"gemm": "cuda_gemm.py", "gemv": "cuda_int4_gemv.py"}
+
+
+def build_kernel_bench(name: str, directory: Path) -> None:
+    """One kernel bench's libraries, without the sources nvcc compiled (kept only for inspection)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("cuda_int4_gemv", ROOT / "bench" / "cuda_int4_gemv.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / KERNEL_BENCHES[name])
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     shutil.rmtree(directory, ignore_errors=True)
@@ -162,17 +175,20 @@ def build_gemv_bench(directory: Path) -> None:
 
 
 def main(argv=None) -> None:
-    _register_weight_only_cases()
+    _mobilenet_v2_cases()
+    _minilm_cases()
+    _register_test_cases()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / ".gpu")
     ap.add_argument("--only", nargs="*", help="build these cases only (default: all)")
     ap.add_argument("--no-site", action="store_true", help="keep the existing site/")
-    ap.add_argument("--no-kernels", action="store_true", help="keep the existing kernel benches (gemv/)")
+    ap.add_argument("--no-kernels", action="store_true", help="keep the existing kernel benches (gemm/, gemv/)")
     args = ap.parse_args(argv)
     if not args.no_site:
         build_site(args.out / "site")
     if not args.no_kernels:
-        build_gemv_bench(args.out / "gemv")
+        for name in KERNEL_BENCHES:
+            build_kernel_bench(name, args.out / name)
     unknown = set(args.only or ()) - set(CASES)
     if unknown:
         ap.error(f"no case {', '.join(sorted(unknown))}; the cases: {', '.join(sorted(CASES))}")

@@ -58,8 +58,12 @@ class Case:
         return rt.GpuModel(self.directory / "model.so")
 
     def io(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Inputs and expected outputs, their rows repeated to the model's static batch where it has one."""
         data = torch.load(self.directory / "io.pt")
-        return data["inputs"], data["expected"]
+        inputs, expected = data["inputs"], data["expected"]
+        if "batch" in self.spec:
+            return repeated(inputs, self.spec["batch"]), repeated(expected, self.spec["batch"])
+        return inputs, expected
 
 
 def cases(bundle: Path = DEFAULT_BUNDLE) -> list[Case]:

@@ -1,13 +1,11 @@
 """target="cuda": int8 GEMMs (linear, ungrouped conv) on tensor cores, depthwise convs one thread per output.
 
 Without a GPU the tests check what nvcc made of the kernels (PTX instructions, ptxas spills). The `gpu`
-tests compare with target="reference" bit for bit; on a machine with TVM's compiler they build each case
-of gpu_cases(), elsewhere (the GPU machine has the TVM runtime only) they load it from
-$QCOMPILE_CUDA_ARTIFACTS/<name>, saved there by CompiledModel.save() of a build of the same case.
+test compares gpu_cases() with target="reference" bit for bit where TVM's compiler and a GPU are both
+present; the lent GPU machine has the TVM runtime only and runs the same cases from the bundle
+(tools/cuda_bundle.py, tests/gpu).
 """
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,18 +15,6 @@ import qcompile
 from tests.models import DepthwiseBlocks, TinyResNet
 
 MMA_U8S8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
-
-
-def _tensorize_works() -> bool:
-    try:
-        from qcompile.backends.tvm import cuda_gemm
-    except ImportError:  # TVM's runtime-only mode (the GPU machine): nothing is built there
-        return False
-    return cuda_gemm.tensorize_works()
-
-
-needs_tensorize = pytest.mark.skipif(
-    not _tensorize_works(), reason="TVM 0.27's tensorize segfaults with apache-tvm-ffi 0.1.15: install 0.1.14.post0 (pyproject pin)")
 
 
 class ConvStack(nn.Module):
@@ -52,10 +38,6 @@ def _odd_linear():
     return nn.Sequential(nn.Linear(27, 10), nn.ReLU(), nn.Linear(10, 37)).eval()
 
 
-def _big_linear():
-    return nn.Sequential(nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 4096)).eval()
-
-
 def gpu_cases() -> list[tuple]:
     """(name, model, example inputs, calibration) of every case the gpu tests compare with the reference
     (the device bundle is built from these)."""
@@ -69,8 +51,6 @@ def gpu_cases() -> list[tuple]:
     cases.append(("conv_stack", ConvStack().eval(), (x,), [x]))
     x = torch.randn(2, 3, 16, 16)
     cases.append(("depthwise", DepthwiseBlocks().eval(), (x,), [x]))
-    x = torch.randn(4096, 4096)  # the 4096^3 GEMM (twice), large tile, 3-stage pipeline
-    cases.append(("gemm_4096", _big_linear(), (x,), [x]))
     return cases
 
 
@@ -96,7 +76,6 @@ def resnet_build(resnet):
     return _build(model, (x,), [x])
 
 
-@needs_tensorize
 def test_every_resnet_gemm_runs_on_tensor_cores_without_spills(resnet_build):
     kernels = _kernels(resnet_build)
     gemms = _gemm_kernels(kernels)
@@ -108,7 +87,6 @@ def test_every_resnet_gemm_runs_on_tensor_cores_without_spills(resnet_build):
         assert spills[name] == 0, name
 
 
-@needs_tensorize
 def test_odd_linear_with_free_batch_builds_on_tensor_cores():
     """M = 3 (free at run time), K = 27, N = 10 and 37: every size padded to the tile."""
     torch.manual_seed(0)
@@ -123,7 +101,6 @@ def test_odd_linear_with_free_batch_builds_on_tensor_cores():
     assert any("requantize" in name for name in gemms)
 
 
-@needs_tensorize
 def test_large_gemm_stages_operands_with_cp_async():
     """K a multiple of 16: the global -> shared copies are 16-byte cp.async in a 3-stage pipeline."""
     torch.manual_seed(0)
@@ -135,13 +112,13 @@ def test_large_gemm_stages_operands_with_cp_async():
         assert kernels.spills()[name] == 0, name
 
 
-@needs_tensorize  # (the GEMM kernels are told apart from the depthwise ones by their mma)
 def test_depthwise_convs_run_one_thread_per_output():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
     kernels = _kernels(_build(DepthwiseBlocks().eval(), (x,), [x]))
     source = kernels.source
     # (A depthwise conv whose float epilogue has a transpose keeps that part in a second kernel, `_kernel_1`.)
+    # (The GEMM kernels are told apart from the depthwise ones by their mma.)
     depthwise = [name for name, ptx in kernels.kernel_ptx().items()
                  if "conv2d" in name and name.endswith("_kernel") and MMA_U8S8 not in ptx]
     assert len(depthwise) == 4
@@ -156,30 +133,13 @@ def _gpu_present() -> bool:
     return cuda_build.gpu_present()
 
 
-def _can_build() -> bool:
-    try:
-        from tvm import relax  # noqa: F401  (absent in TVM's runtime-only mode)
-    except ImportError:
-        return False
-    return True
-
-
-def _cuda_model(name, model, example, calibration):
-    artifacts = os.environ.get("QCOMPILE_CUDA_ARTIFACTS")
-    if artifacts and (Path(artifacts) / name).is_dir():
-        return qcompile.load(Path(artifacts) / name)
-    if not _can_build():
-        pytest.skip(f"no prebuilt artifact for {name} in $QCOMPILE_CUDA_ARTIFACTS and no TVM compiler to build it")
-    return _build(model, example, calibration)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA GPU (cuda_build.gpu_present() is False)")
 @pytest.mark.parametrize("case", [c[0] for c in gpu_cases()])
 def test_bit_exact_with_reference_on_the_gpu(case):
     name, model, example, calibration = next(c for c in gpu_cases() if c[0] == case)
     reference = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False)
-    cuda = _cuda_model(name, model, example, calibration)
+    cuda = _build(model, example, calibration)
     expected, got = reference(*example), cuda(*example)
     for e, g in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
         assert torch.equal(e, g), case

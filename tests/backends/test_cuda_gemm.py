@@ -143,3 +143,65 @@ def test_bit_exact_with_reference_on_the_gpu(case):
     expected, got = reference(*example), cuda(*example)
     for e, g in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
         assert torch.equal(e, g), case
+
+
+# ------------------------------------------------------------------ fragment layouts, against the PTX ISA
+def _ptx_a_fragment(lane: int, byte: int) -> tuple[int, int]:
+    """(row, k) of A's byte in a lane for mma.m16n8k32 with 8-bit A (PTX ISA, "Matrix Fragments for
+    mma.m16n8k32"): register q = byte // 4 holds row groupID (+8 for q = 1, 3), k = 4 * threadID_in_group
+    + (byte % 4) (+16 for q = 2, 3)."""
+    q, j = divmod(byte, 4)
+    return 8 * (q % 2) + lane // 4, 16 * (q // 2) + 4 * (lane % 4) + j
+
+
+def _ptx_b_fragment(lane: int, byte: int) -> tuple[int, int]:
+    """(n, k) for the two mma of a 16-column tile: bytes 0-7 the first's B (columns 0-7), 8-15 the
+    second's; each mma's B: register r holds column groupID, k = 4 * threadID_in_group + j (+16 for r = 1)."""
+    half, rest = divmod(byte, 8)
+    r, j = divmod(rest, 4)
+    return 8 * half + lane // 4, 16 * r + 4 * (lane % 4) + j
+
+
+def _ptx_accumulator(lane: int, value: int) -> tuple[int, int]:
+    """(row, column) of an int32 accumulator: values 0-3 the first mma's c0..c3 (columns 0-7), 4-7 the
+    second's; c0, c1 in row groupID, c2, c3 in row groupID + 8, column 2 * threadID_in_group + (c % 2)."""
+    half, c = divmod(value, 4)
+    return lane // 4 + 8 * (c // 2), 8 * half + 2 * (lane % 4) + c % 2
+
+
+def _ldmatrix_x4(row_address, stride: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """What ldmatrix.x4 (.b16, no transpose) delivers: (lane, byte) -> (row, column) of the shared tile.
+    Lanes 8q..8q+7 give the 8 row addresses of matrix q; lane l receives in register q the 4 bytes at
+    row l // 4 of matrix q, from byte 4 * (l % 4)."""
+    got = {}
+    for lane in range(32):
+        for q in range(4):
+            address = int(row_address(8 * q + lane // 4, stride)) + 4 * (lane % 4)
+            for j in range(4):
+                got[lane, 4 * q + j] = divmod(address + j, stride)
+    return got
+
+
+@pytest.mark.parametrize("operand, ptx", [("A", _ptx_a_fragment), ("B", _ptx_b_fragment)])
+def test_operand_fragments_are_what_ldmatrix_loads_and_mma_reads(operand, ptx):
+    """The layouts the intrinsics declare (and tensorize checks the schedule against) are the ones the
+    hardware uses: ldmatrix with the intrinsic's row addresses loads each element where the declared
+    layout puts it, and that is where mma.m16n8k32 reads it. Checked for a padded shared row (80 bytes)."""
+    from qcompile.backends.tvm import cuda_mma
+
+    layout, row_address = cuda_mma.OPERANDS[operand]
+    loaded = _ldmatrix_x4(row_address, stride=80)
+    for row in range(16):
+        for k in range(32):
+            lane, byte = (int(v) for v in layout(row, k))
+            assert loaded[lane, byte] == (row, k)
+            assert ptx(lane, byte) == (row, k)
+
+
+def test_accumulator_fragment_is_the_mma_one():
+    from qcompile.backends.tvm import cuda_mma
+
+    for row in range(16):
+        for col in range(16):
+            lane, value = (int(v) for v in cuda_mma.fragment_of_accumulator(row, col))
+            assert _ptx_accumulator(lane, value) == (row, col)

@@ -108,7 +108,7 @@ def test_load_never_resolves_arbitrary_callables(artifact):
 
 
 def test_unknown_target_and_pipeline_errors(model):
-    with pytest.raises(ValueError, match="unknown target 'tpu'; available: arm, arm-a55, arm-i8mm, reference, x86"):
+    with pytest.raises(ValueError, match="unknown target 'tpu'; available: arm, arm-a55, arm-i8mm, cuda, reference, x86"):
         qcompile.compile(model, (X,), target="tpu", calibration=[X])
     with pytest.raises(ValueError, match="unknown pass 'fold-everything'"):
         qcompile.compile(model, (X,), calibration=[X], pipeline="fold-batch-norm,fold-everything")

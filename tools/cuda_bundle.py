@@ -92,11 +92,22 @@ def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batc
     to `batch` rows (a 64-image input would not fit the bundle)."""
     def build(directory: Path) -> dict:
         example = [t[:1].expand(batch, *t.shape[1:]).contiguous() for t in inputs]
-        gpu = qcompile.compile(model, tuple(example), target="cuda", calibration=calibration, progress=False)
+        gpu = qcompile.compile(model, tuple(example), target="cuda", calibration=_rebatched(calibration, batch),
+                               progress=False)
         ref = qcompile.compile(model, tuple(t[:2] for t in inputs), target="reference", calibration=calibration,
                                dynamic_shapes=dims, progress=False)
         return save_case(directory, gpu, inputs, _outputs(ref, inputs), compare="exact", batch=batch, **spec)
     return build
+
+
+def _rebatched(calibration, batch: int) -> list[tuple]:
+    """The calibration rows in batches of exactly `batch` (a static batch takes no other size), the last
+    one completed with rows from the start: min/max statistics are those of the rows themselves."""
+    items = [item if isinstance(item, tuple) else (item,) for item in calibration]
+    columns = [torch.cat(parts) for parts in zip(*items)]
+    rows = columns[0].shape[0]
+    order = [i % rows for i in range(-(-rows // batch) * batch)]
+    return [tuple(c[order[i:i + batch]] for c in columns) for i in range(0, len(order), batch)]
 
 
 def _mobilenet_v2_cases() -> None:

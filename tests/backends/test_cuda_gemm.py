@@ -205,3 +205,26 @@ def test_accumulator_fragment_is_the_mma_one():
         for col in range(16):
             lane, value = (int(v) for v in cuda_mma.fragment_of_accumulator(row, col))
             assert _ptx_accumulator(lane, value) == (row, col)
+
+
+class FeedForward(nn.Module):
+    """A transformer block's MLP on [batch, seq, features]: the second GEMM's epilogue adds the residual
+    in float (its operand dequantized beside the GEMM) before a layer norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down, self.norm = nn.Linear(64, 128), nn.Linear(128, 64), nn.LayerNorm(64)
+
+    def forward(self, x):
+        return self.norm(x + self.down(nn.functional.gelu(self.up(x))))
+
+
+def test_sequence_linears_run_on_tensor_cores_and_a_free_batch_still_builds():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 64)
+    gemms = _gemm_kernels(_kernels(_build(FeedForward().eval(), (x,), [x])))
+    assert len(gemms) == 2 and all(MMA_U8S8 in ptx for ptx in gemms.values())
+    # A free batch fused with the fixed length into GEMM rows is not taken by the rule yet: the kernels
+    # fall back to dlight's CUDA-core matmul, and the model builds.
+    free = _build(FeedForward().eval(), (x,), [x], dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+    assert len(_gemm_kernels(_kernels(free))) == 2

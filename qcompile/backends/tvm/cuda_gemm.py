@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import tvm_ffi
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
-from tvm.s_tir.dlight.base.common_schedules import try_inline
+from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, get_index_map, get_reduction_blocks
 from tvm.s_tir.tensor_intrin.cuda import MMA_fill_16x16_i32_INTRIN
@@ -113,40 +112,34 @@ class TensorCoreGemm(GPUScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not tensorize_works():
             return None
-        sch = s_tir.Schedule(func)
-        _inline_spatial_blocks(sch)
-        reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
-        if reductions is None:
-            return None
-        main = reductions[0]
-        block = sch.get(main)
-        dtypes, product = _operand_dtypes(block), _product_form(block)
-        if dtypes is None or product is None or get_index_map(block) is None:
-            return None
-        widths = [_copy_width(block, operand) for operand in (0, 1)]
         try:
-            _normalize(sch, main)
-            batch, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
-            if not (isinstance(batch, tirx.IntImm) and batch.value == 1):
-                return None  # a batch of GEMMs (an operand indexed by an output variable): a depthwise conv
-            tile = choose_tile(m, int(n))
-            sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
-            _schedule_gemm(sch, main, tile, dtypes, product, widths)
+            return _gemm_schedule(s_tir.Schedule(func))
         except s_tir.ScheduleError:
-            # Known case: rows that fuse a free batch with a fixed length (a [batch, seq, K] activation):
-            # the padded rows' copy is "not a stage pipeline" for compute_at. dlight's CUDA-core matmul
-            # takes such a kernel (exact, slower).
+            # Known case: rows that fuse a free batch with a fixed length ([batch, seq, K] activations,
+            # N*OH*OW conv rows): their padded copy is "not a stage pipeline" for compute_at. dlight's
+            # CUDA-core matmul takes such kernels (exact, slower).
             return None
-        return sch
 
 
-def _inline_spatial_blocks(sch: s_tir.Schedule) -> None:
-    """Inline the element-wise blocks that can be, so that what is left is the GEMM and one chain of
-    consumers: a residual add reads its second operand through a dequantize block of its own, which
-    otherwise stays beside the GEMM and breaks the stage pipeline the shared-memory staging needs."""
-    blocks = normalize_prim_func(sch)
-    if blocks is not None:
-        try_inline(sch, [b for b in blocks if not b.is_reduction()])
+def _gemm_schedule(sch: s_tir.Schedule) -> s_tir.Schedule | None:
+    """`sch` with its GEMM on tensor cores, or None when the kernel is not an 8-bit GEMM."""
+    reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+    if reductions is None:
+        return None
+    main = reductions[0]
+    block = sch.get(main)
+    dtypes, product = _operand_dtypes(block), _product_form(block)
+    if dtypes is None or product is None or get_index_map(block) is None:
+        return None
+    widths = [_copy_width(block, operand) for operand in (0, 1)]
+    _normalize(sch, main)
+    batch, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
+    if not (isinstance(batch, tirx.IntImm) and batch.value == 1):
+        return None  # a batch of GEMMs (an operand indexed by an output variable): a depthwise conv
+    tile = choose_tile(m, int(n))
+    sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
+    _schedule_gemm(sch, main, tile, dtypes, product, widths)
+    return sch
 
 
 def _normalize(sch: s_tir.Schedule, main) -> None:

@@ -13,10 +13,12 @@ torch._int_mm (int8 x int8 -> int32) and torch.matmul in float16 with CUDA event
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import cuda_device  # noqa: E402  (torch only: runs on both machines)
 
 # (M, N, K): the issue's 4096^3, a transformer FFN at a batch of 64 x 128 tokens, a small-M one.
 SHAPES = [(4096, 4096, 4096), (8192, 3072, 768), (128, 4096, 4096)]
@@ -82,11 +84,7 @@ def _expected(a, w, bias, mult, requantize: bool):
 def run(out: Path, number: int, repeat: int) -> None:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import cuda_device  # the runtime-only TVM of the bundle OUT sits in (tools/cuda_bundle.py)
-
-    cuda_device.runtime(out.parent)
-    import tvm
+    import tvm  # the bundle's runtime-only TVM (cuda_device.kernel_bench loaded it)
 
     def seconds(fn):
         return cuda_device.cuda_seconds(fn, number, repeat)
@@ -114,19 +112,5 @@ def run(out: Path, number: int, repeat: int) -> None:
               f"{ops / theirs / 1e12:7.1f} | {half * 1e6:9.1f} {ops / half / 1e12:7.1f} | {theirs / ours:5.2f}x", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["build", "run"])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--number", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
-    if args.step == "build":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        build(args.out)
-    else:
-        run(args.out, args.number, args.repeat)
-
-
 if __name__ == "__main__":
-    main()
+    cuda_device.kernel_bench(__doc__, build, run, number=20, repeat=7)

@@ -16,12 +16,14 @@ and prints the table. H100 SXM copy bandwidth is about 3.0 TB/s.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import cuda_device  # noqa: E402  (torch only: runs on both machines)
 
 # (M, N, K): K = N = 4096; the 8192 x 28672 MLP's up projection (N = 28672, K = 8192) and down projection
 # (N = 8192, K = 28672); small batches of the first.
@@ -88,11 +90,7 @@ def build(out: Path) -> None:
 def run(out: Path, number: int, repeat: int) -> None:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import cuda_device  # the runtime-only TVM of the bundle OUT sits in (tools/cuda_bundle.py)
-
-    cuda_device.runtime(out.parent)
-    import tvm
+    import tvm  # the bundle's runtime-only TVM (cuda_device.kernel_bench loaded it)
 
     def time_us(fn):
         return cuda_device.cuda_seconds(fn, number, repeat) * 1e6
@@ -125,19 +123,5 @@ def run(out: Path, number: int, repeat: int) -> None:
               flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["build", "run"])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--number", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=11)
-    args = parser.parse_args()
-    if args.step == "build":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        build(args.out)
-    else:
-        run(args.out, args.number, args.repeat)
-
-
 if __name__ == "__main__":
-    main()
+    cuda_device.kernel_bench(__doc__, build, run, number=50, repeat=11)

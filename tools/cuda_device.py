@@ -3,6 +3,7 @@ and compare with the reference outputs. Imports nothing of qcompile but its runt
 has torch and the bundle's TVM runtime, not qcompile's dependencies); bench/cuda.py and tests/gpu use it."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -95,3 +96,22 @@ def mismatch(case: Case, model) -> str | None:
         if tolerance != "exact" and not torch.allclose(g, e, rtol=tolerance["rtol"], atol=tolerance["atol"]):
             return f"output {i}: max |diff| {(g - e).abs().max().item():.3g} over rtol {tolerance['rtol']} atol {tolerance['atol']}"
     return None
+
+
+def kernel_bench(doc: str, build, run, number: int, repeat: int) -> None:
+    """The command line of a kernel bench: `build OUT` where TVM's compiler is, `run OUT` on the GPU
+    machine with OUT inside a bundle (its runtime-only TVM is loaded first)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["build", "run"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--number", type=int, default=number)
+    parser.add_argument("--repeat", type=int, default=repeat)
+    args = parser.parse_args()
+    if args.step == "build":
+        sys.path.insert(0, str(ROOT))
+        build(args.out)
+    else:
+        why = runtime(args.out.parent).missing_gpu()
+        if why:
+            sys.exit(f"`run` runs on a GPU machine, and {why}")
+        run(args.out, args.number, args.repeat)

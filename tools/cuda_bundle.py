@@ -162,8 +162,8 @@ def _register_test_cases() -> None:
     weight-only GEMV (float16 activations: within the test's bound)."""
     from tests.backends import test_cuda_gemm, test_cuda_weight_only
 
-    for name, model, example, calibration in test_cuda_gemm.gpu_cases():
-        CASES[name] = _test_case(model, example, calibration, {}, "exact")
+    for name, model, example, calibration, options in test_cuda_gemm.gpu_cases():
+        CASES[name] = _test_case(model, example, calibration, options, "exact")
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         if name not in _TOO_BIG:
             CASES[name] = _test_case(model, example, calibration, kwargs, {"rtol": 0.0, "atol": tolerance})

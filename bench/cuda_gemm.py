@@ -47,24 +47,20 @@ def _gemm_func(m: int, n: int, k: int, requantize: bool):
 
 def build(out: Path) -> None:
     import tvm
-    from tvm.s_tir import dlight
 
-    from qcompile.backends.tvm import cuda, cuda_build, cuda_gemm
+    from qcompile.backends.tvm import cuda, cuda_build
 
     out.mkdir(parents=True, exist_ok=True)
     target, index = cuda_build.target(), []
     for m, n, k in SHAPES:
         for requantize in (False, True):
             name = f"m{m}_n{n}_k{k}_{'requant' if requantize else 'int32'}"
-            mod = tvm.IRModule({"main": _gemm_func(m, n, k, requantize)})
-            with target:
-                mod = dlight.ApplyDefaultSchedule(*cuda.gpu_rules())(mod)
-            with cuda_build.nvcc_compiles(cuda_build.DEFAULT_ARCH, out / "sources" / name) as kernels, \
-                    tvm.transform.PassContext(config=cuda_gemm.PASS_CONFIG):
-                tvm.compile(mod, target=target).export_library(str(out / f"{name}.so"))
+            mod = cuda.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target)
+            lib, kernels = cuda.compile_module(mod, target, out / "sources" / name)
+            lib.export_library(str(out / f"{name}.so"))
             mma = sum(body.count("mma.sync.aligned.m16n8k32") for body in kernels.kernel_ptx().values())
             index.append(dict(name=name, m=m, n=n, k=k, requantize=requantize, mma_in_ptx=mma, spills=kernels.spills(),
-                              registers=[line.split("Used ")[1].split(" registers")[0] for line in kernels.ptxas_report.splitlines() if "Used " in line]))
+                              registers=kernels.registers()))
             print(name, index[-1], flush=True)
     (out / "index.json").write_text(json.dumps(index, indent=1))
 

@@ -61,12 +61,12 @@ def _problem(m: int, n: int, k: int, bits: int, seed: int = 0):
 def build(out: Path) -> None:
     import tvm
 
-    from qcompile.backends.tvm import cuda_build
+    from qcompile.backends.tvm import cuda, cuda_build
     from qcompile.backends.tvm.cuda_gemv import GemvConfig, default_config, gemv_prim_func
     from qcompile.backends.tvm.cuda_weight_codes import CODES
 
     out.mkdir(parents=True, exist_ok=True)
-    index = []
+    target, index = cuda_build.target(), []
     for m, n, k in SHAPES:
         for bits in (4, 8):
             group = GROUP if bits == 4 else k
@@ -76,13 +76,10 @@ def build(out: Path) -> None:
             for cfg in configs:
                 name = f"m{m}_n{n}_k{k}_w{bits}_r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}"
                 func = gemv_prim_func(n, k, group, CODES[bits], cfg)
-                with cuda_build.nvcc_compiles("sm_90a", out / "sources" / name) as kernels:
-                    lib = tvm.compile(tvm.IRModule({"main": func}), target=cuda_build.target())
+                lib, kernels = cuda.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
                 lib.export_library(str(out / f"{name}.so"))
-                report = kernels.ptxas_report
                 index.append(dict(name=name, m=m, n=n, k=k, bits=bits, default=cfg == default,
-                                  group=group, spills=kernels.spills(),
-                                  registers=[line.split("Used ")[1].split(" registers")[0] for line in report.splitlines() if "Used " in line]))
+                                  group=group, spills=kernels.spills(), registers=kernels.registers()))
                 print(name, index[-1]["registers"], index[-1]["spills"], flush=True)
     (out / "index.json").write_text(json.dumps(index, indent=1))
 

@@ -11,7 +11,6 @@ import torch
 
 import qcompile
 from qcompile.backends.tvm import cuda_build, cuda_runtime
-from tests.models import TinyResNet
 
 needs_no_gpu = pytest.mark.skipif(cuda_build.gpu_present(), reason="checks the behaviour of a machine without a GPU")
 RUNTIME_FILE = Path(cuda_runtime.__file__)
@@ -20,13 +19,6 @@ RUNTIME_FILE = Path(cuda_runtime.__file__)
 def _saved_kernels(cm, directory: Path) -> cuda_build.KernelBuild:
     cm.save(directory)
     return cuda_build.KernelBuild(directory / "cuda")
-
-
-@pytest.fixture(scope="module")
-def tiny_resnet():
-    torch.manual_seed(0)
-    model, x = TinyResNet().eval(), torch.randn(2, 3, 32, 32)
-    return model, x, [torch.randn(2, 3, 32, 32) for _ in range(2)]
 
 
 def test_mobilenet_v2_builds_into_a_library_that_carries_its_cubin(mobilenet, tmp_path):
@@ -44,8 +36,8 @@ def test_mobilenet_v2_builds_into_a_library_that_carries_its_cubin(mobilenet, tm
 
 
 @needs_no_gpu
-def test_calling_without_a_gpu_says_so_after_building_and_after_loading(tiny_resnet, tmp_path):
-    model, x, calibration = tiny_resnet
+def test_calling_without_a_gpu_says_so_after_building_and_after_loading(resnet, tmp_path):
+    model, (x,), calibration = resnet
     cm = qcompile.compile(model, (x,), target="cuda", calibration=calibration, progress=False)
     with pytest.raises(qcompile.UsageError, match="needs an NVIDIA GPU to run, and there is no NVIDIA driver"):
         cm(x)
@@ -58,9 +50,9 @@ def test_calling_without_a_gpu_says_so_after_building_and_after_loading(tiny_res
 
 
 @needs_no_gpu
-def test_a_saved_library_loads_with_the_tvm_runtime_alone(tiny_resnet, tmp_path):
+def test_a_saved_library_loads_with_the_tvm_runtime_alone(resnet, tmp_path):
     """What the GPU machine does: TVM_USE_RUNTIME_LIB=1 (no compiler library) and cuda_runtime.py alone."""
-    model, x, calibration = tiny_resnet
+    model, (x,), calibration = resnet
     qcompile.compile(model, (x,), target="cuda", calibration=calibration, progress=False).save(tmp_path)
     script = f"""
 import importlib.util, sys, tvm
@@ -89,14 +81,14 @@ def test_minilm_builds_with_a_free_batch(minilm, tmp_path):
     assert "batch" in kernels.source
 
 
-def test_other_architectures_by_option(tiny_resnet, tmp_path):
-    model, x, calibration = tiny_resnet
+def test_other_architectures_by_option(resnet, tmp_path):
+    model, (x,), calibration = resnet
     cm = qcompile.compile(model, (x,), target="cuda", arch="sm_80", calibration=calibration, progress=False)
     assert ".target sm_80" in _saved_kernels(cm, tmp_path).ptx
 
 
-def test_bad_architecture_and_missing_nvcc_are_clear_errors(tiny_resnet, monkeypatch):
-    model, x, calibration = tiny_resnet
+def test_bad_architecture_and_missing_nvcc_are_clear_errors(resnet, monkeypatch):
+    model, (x,), calibration = resnet
     with pytest.raises(qcompile.UsageError, match="arch must name a CUDA architecture"):
         qcompile.compile(model, (x,), target="cuda", arch="hopper", calibration=calibration, progress=False)
     monkeypatch.setattr(cuda_build.shutil, "which", lambda *a, **k: None)

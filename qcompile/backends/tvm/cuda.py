@@ -25,10 +25,23 @@ def gpu_rules() -> list:
             dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 
-def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    mod = tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(grouped)
+def apply_rules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Every kernel of `mod` scheduled by the first of gpu_rules() that takes it."""
     with target:
         return dlight.ApplyDefaultSchedule(*gpu_rules())(mod)
+
+
+def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    mod = tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(grouped)
+    return apply_rules(mod, target)
+
+
+def compile_module(mod: tvm.IRModule, target: tvm.target.Target, directory: Path):
+    """(executable, KernelBuild): the scheduled module built with its cubin compiled by nvcc for the
+    target's arch, the kernels' source, PTX and ptxas report kept in `directory`."""
+    with cuda_build.nvcc_compiles(str(target.attrs["arch"]), directory) as kernels, \
+            tvm.transform.PassContext(config=cuda_gemm.PASS_CONFIG):
+        return tvm.compile(mod, target=target), kernels
 
 
 class CudaRunner:
@@ -73,7 +86,6 @@ class CudaBackend:
 
     def __init__(self, *, arch: str = cuda_build.DEFAULT_ARCH):
         """arch: the GPU architecture the cubin is for ('sm_90a': H100/H200; 'sm_80': A100; ...)."""
-        self.arch = arch
         self.target = cuda_build.target(arch)
         self._builds = Path(tempfile.mkdtemp(prefix="qcompile-cuda-"))
 
@@ -81,9 +93,8 @@ class CudaBackend:
         cuda_build.nvcc()  # before lowering: a missing compiler is the first thing to say
         before, grouped = group(to_relax(gm, target=self.target))
         sites = profile.call_sites(before, grouped, profile.layer_names(gm))
-        with cuda_build.nvcc_compiles(self.arch, self._builds / f"model-{len(list(self._builds.iterdir()))}") as kernels, \
-                tvm.transform.PassContext(config=cuda_gemm.PASS_CONFIG):
-            executable = tvm.compile(schedule(grouped, self.target), target=self.target)
+        directory = self._builds / f"model-{len(list(self._builds.iterdir()))}"
+        executable, kernels = compile_module(schedule(grouped, self.target), self.target, directory)
         return CudaRunner(executable, sites, kernels)
 
     def load(self, directory: Path, gm: fx.GraphModule) -> CudaRunner:

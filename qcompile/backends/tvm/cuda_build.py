@@ -86,12 +86,20 @@ class KernelBuild:
 
     def spills(self) -> dict[str, int]:
         """kernel name -> bytes of registers spilled to local memory (stores), from ptxas -v."""
+        return self._per_kernel(r"(\d+) bytes spill stores")
+
+    def registers(self) -> dict[str, int]:
+        """kernel name -> registers per thread, from ptxas -v."""
+        return self._per_kernel(r"Used (\d+) registers")
+
+    def _per_kernel(self, pattern: str) -> dict[str, int]:
+        """kernel name -> the number `pattern` captures in the ptxas report lines of that kernel."""
         found, kernel = {}, None
         for line in self.ptxas_report.splitlines():
             m = re.search(r"Compiling entry function '(\w+)'", line)
             if m:
                 kernel = m.group(1)
-            m = re.search(r"(\d+) bytes spill stores", line)
+            m = re.search(pattern, line)
             if m and kernel:
                 found[kernel] = int(m.group(1))
         return found

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
@@ -69,13 +68,6 @@ LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=4, stages=3)
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
 
 
-def tensorize_works() -> bool:
-    """TVM 0.27's tensorize deep-copies the intrinsic through its JSON serializer, which segfaults with
-    apache-tvm-ffi 0.1.15 (any TIR node; 0.1.14.post0 works, hence the project's pin). With 0.1.15 the
-    rule steps aside and dlight's CUDA-core schedules run instead of crashing the build."""
-    return not tvm_ffi.__version__.startswith("0.1.15")
-
-
 def choose_tile(m, n: int) -> GemmTile:
     """The large tile unless the GEMM is too small to fill it (a free M counts as large)."""
     rows = m.value if isinstance(m, tirx.IntImm) else None
@@ -110,7 +102,7 @@ class TensorCoreGemm(GPUScheduleRule):
     with spatial epilogue blocks; others are left to the next rule."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target) or not tensorize_works():
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         try:
             return _gemm_schedule(s_tir.Schedule(func))
@@ -181,10 +173,10 @@ def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str,
     warp = sch.fuse(i_warp, j_warp)
     sch.bind(warp, "threadIdx.y")
 
-    a_shared = _stage_to_shared(sch, tile_block, 0, k_step, tile, widths[0])
-    b_shared = _stage_to_shared(sch, tile_block, 1, k_step, tile, widths[1])
-    a_frag = _load_fragments(sch, tile_block, 0, k_inner, "A", dtypes[0])
-    b_frag = _load_fragments(sch, tile_block, 1, k_inner, "B", dtypes[1])
+    _stage_to_shared(sch, tile_block, 0, k_step, tile, widths[0])
+    _stage_to_shared(sch, tile_block, 1, k_step, tile, widths[1])
+    _load_fragments(sch, tile_block, 0, k_inner, "A", dtypes[0])
+    _load_fragments(sch, tile_block, 1, k_inner, "B", dtypes[1])
 
     acc = sch.cache_write(tile_block, 0, "warp")
     sch.reverse_compute_at(acc, warp)
@@ -203,7 +195,6 @@ def _schedule_gemm(sch: s_tir.Schedule, main, tile: GemmTile, dtypes: tuple[str,
     sch.annotate(k_step, "software_pipeline_async_stages", [0])
     sch.annotate(k_inner, "software_pipeline_stage", [0, 0, 1])
     sch.annotate(k_inner, "software_pipeline_order", [0, 1, 2])
-    del a_shared, b_shared, a_frag, b_frag
 
 
 def _copy_width(block: tirx.Block, operand: int) -> int:
@@ -219,7 +210,7 @@ def _copy_width(block: tirx.Block, operand: int) -> int:
     return 1
 
 
-def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: GemmTile, width: int):
+def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: GemmTile, width: int) -> None:
     """Copy the block tile's operand slice of one K step into shared memory, `width` bytes per thread and
     copy, with the operand's producers (padding, the reindexed conv input) inlined into the copy."""
     copy = sch.cache_read(block, operand, SHARED)
@@ -233,7 +224,6 @@ def _stage_to_shared(sch: s_tir.Schedule, block, operand: int, k_step, tile: Gem
     sch.vectorize(vec)
     # Rows of BK + 16 bytes: the 8 rows of one ldmatrix phase start in 8 different 4-bank groups.
     sch.storage_align(copy, 0, axis=-2, factor=tile.bk, offset=16)
-    return copy
 
 
 def inline_producers(sch: s_tir.Schedule, block) -> None:
@@ -247,7 +237,7 @@ def inline_producers(sch: s_tir.Schedule, block) -> None:
             sch.compute_inline(p)
 
 
-def _load_fragments(sch: s_tir.Schedule, block, operand: int, k_inner, name: str, dtype: str):
+def _load_fragments(sch: s_tir.Schedule, block, operand: int, k_inner, name: str, dtype: str) -> None:
     """The warp's 16 x 32 operand tiles of one 32-wide K slice, from shared memory with ldmatrix."""
     frag = sch.cache_read(block, operand, "warp")
     sch.compute_at(frag, k_inner)
@@ -257,7 +247,6 @@ def _load_fragments(sch: s_tir.Schedule, block, operand: int, k_inner, name: str
     tiles, rows = sch.split(rows, [None, TILE_M])
     sch.reorder(tiles, rows, cols)
     sch.tensorize(rows, cuda_mma.ldmatrix_intrin(name, dtype, SHARED))
-    return frag
 
 
 def _accumulator_layout(s, i, j):

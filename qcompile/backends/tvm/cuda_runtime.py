@@ -4,6 +4,7 @@ library (tools/cuda_device.py loads this file by path)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -14,7 +15,6 @@ from tvm.runtime.vm import VirtualMachine
 
 _STUB_SOURCE = Path(__file__).with_name("cuda_driver_stub.c")
 _CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))
-_DRIVER: list[bool] = []  # whether the real driver was found, once loaded
 
 
 def _load_driver() -> bool:
@@ -35,18 +35,18 @@ def _load_driver() -> bool:
     return False
 
 
-def load_runtime() -> None:
-    """Load TVM's CUDA runtime (once per process): builds then produce cubins, and saved CUDA libraries load."""
-    if _DRIVER:
-        return
-    _DRIVER.append(_load_driver())
+@functools.cache
+def load_runtime() -> bool:
+    """Load TVM's CUDA runtime (once per process): builds then produce cubins, and saved CUDA libraries
+    load. True if the real NVIDIA driver is there (else the stand-in)."""
+    driver = _load_driver()
     ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), mode=ctypes.RTLD_GLOBAL)
+    return driver
 
 
 def missing_gpu() -> str | None:
     """Why this process cannot run CUDA kernels, or None when it can."""
-    load_runtime()
-    if not _DRIVER[0]:
+    if not load_runtime():
         return "there is no NVIDIA driver on this machine"
     if not tvm.cuda(0).exist:
         return "the NVIDIA driver sees no GPU"

@@ -9,7 +9,8 @@ without its requantize epilogue: per-channel multipliers, uint8 out) with the mo
 PassContext, and writes OUT/<name>.so and OUT/index.json (registers, spills). `run` makes uint8
 activations and int8 weights on the GPU, checks every output exactly against a float64 matmul (exact: |sum|
 < 2^53) and the requantized one against the same integer arithmetic in torch, then times the kernel,
-torch._int_mm (int8 x int8 -> int32) and torch.matmul in float16 with CUDA events. TOPS = 2*M*N*K / time.
+torch._int_mm (int8 x int8 -> int32) and torch.matmul in float16 with CUDA events (cuBLAS: the faster of two
+weight layouts). TOPS = 2*M*N*K / time.
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ import cuda_device  # noqa: E402  (torch only: runs on both machines)
 
 # (M, N, K): the issue's 4096^3, a transformer FFN at a batch of 64 x 128 tokens, a small-M one.
 SHAPES = [(4096, 4096, 4096), (8192, 3072, 768), (128, 4096, 4096)]
+# Block tiles timed beside the rule's choice on the 4096^3 int32 kernel: (name, bm, bn, bk, wm, wn, stages).
+TILE_VARIANTS = [("128x128x64s4", 128, 128, 64, 2, 4, 4), ("128x128x128s3", 128, 128, 128, 2, 4, 3),
+                 ("128x256x64s3", 128, 256, 64, 2, 4, 3), ("256x128x64s3", 256, 128, 64, 4, 2, 3),
+                 ("128x256x64s4", 128, 256, 64, 2, 4, 4)]
 SHIFT = 43  # requantize: out = clamp(round(acc * mult / 2^SHIFT) + zp), mult in [2^29, 2^30): outputs spread over 0..255
 OUT_ZP = 3
 
@@ -50,18 +55,25 @@ def build(out: Path) -> None:
 
     from qcompile.backends.tvm import cuda, cuda_build
 
+    from qcompile.backends.tvm.cuda_gemm import GemmTile
+
     out.mkdir(parents=True, exist_ok=True)
     target, index = cuda_build.target(), []
+
+    def kernel(name: str, m: int, n: int, k: int, requantize: bool, tile: GemmTile | None) -> None:
+        mod = cuda.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target, tile)
+        lib, kernels = cuda.compile_module(mod, target, out / "sources" / name)
+        lib.export_library(str(out / f"{name}.so"))
+        mma = sum(body.count("mma.sync.aligned.m16n8k32") for body in kernels.kernel_ptx().values())
+        index.append(dict(name=name, m=m, n=n, k=k, requantize=requantize, mma_in_ptx=mma, spills=kernels.spills(),
+                          registers=kernels.registers()))
+        print(name, index[-1], flush=True)
+
     for m, n, k in SHAPES:
         for requantize in (False, True):
-            name = f"m{m}_n{n}_k{k}_{'requant' if requantize else 'int32'}"
-            mod = cuda.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target)
-            lib, kernels = cuda.compile_module(mod, target, out / "sources" / name)
-            lib.export_library(str(out / f"{name}.so"))
-            mma = sum(body.count("mma.sync.aligned.m16n8k32") for body in kernels.kernel_ptx().values())
-            index.append(dict(name=name, m=m, n=n, k=k, requantize=requantize, mma_in_ptx=mma, spills=kernels.spills(),
-                              registers=kernels.registers()))
-            print(name, index[-1], flush=True)
+            kernel(f"m{m}_n{n}_k{k}_{'requant' if requantize else 'int32'}", m, n, k, requantize, None)
+    for name, *tile in TILE_VARIANTS:
+        kernel(f"m4096_n4096_k4096_int32_{name}", 4096, 4096, 4096, False, GemmTile(*tile))
     (out / "index.json").write_text(json.dumps(index, indent=1))
 
 
@@ -85,7 +97,7 @@ def run(out: Path, number: int, repeat: int) -> None:
     def seconds(fn):
         return cuda_device.cuda_seconds(fn, number, repeat)
 
-    print(f"{'kernel':32} {'exact':>5} {'us':>9} {'TOPS':>7} | {'_int_mm us':>10} {'TOPS':>7} | {'fp16 us':>9} {'TFLOPS':>7} | ours/_int_mm")
+    print(f"{'kernel':40} {'exact':>5} {'us':>9} {'TOPS':>7} | {'_int_mm us':>10} {'TOPS':>7} | {'fp16 us':>9} {'TFLOPS':>7} | ours/_int_mm")
     g = torch.Generator(device="cuda").manual_seed(0)
     for entry in json.loads((out / "index.json").read_text()):
         m, n, k, requantize = entry["m"], entry["n"], entry["k"], entry["requantize"]
@@ -99,12 +111,14 @@ def run(out: Path, number: int, repeat: int) -> None:
         f(*args)
         exact = torch.equal(result, _expected(a, w, bias, mult, requantize))
         ours = seconds(lambda: f(*args))
+        # cuBLAS's best of both weight layouts: [K, N] row-major, and [N, K] row-major read transposed.
         a8, wt = (a.int() - 128).to(torch.int8), w.T.contiguous()
-        theirs = seconds(lambda: torch._int_mm(a8, wt))
-        a16, w16 = a.half(), w.half().T.contiguous()
-        half = seconds(lambda: a16 @ w16)
+        theirs = min(seconds(lambda: torch._int_mm(a8, wt)), seconds(lambda: torch._int_mm(a8, w.T)))
+        a16, w16 = a.half(), w.half()
+        w16t = w16.T.contiguous()
+        half = min(seconds(lambda: a16 @ w16t), seconds(lambda: a16 @ w16.T))
         ops = 2 * m * n * k
-        print(f"{entry['name']:32} {str(exact):>5} {ours * 1e6:9.1f} {ops / ours / 1e12:7.1f} | {theirs * 1e6:10.1f} "
+        print(f"{entry['name']:40} {str(exact):>5} {ours * 1e6:9.1f} {ops / ours / 1e12:7.1f} | {theirs * 1e6:10.1f} "
               f"{ops / theirs / 1e12:7.1f} | {half * 1e6:9.1f} {ops / half / 1e12:7.1f} | {theirs / ours:5.2f}x", flush=True)
 
 

@@ -8,11 +8,12 @@ Two steps, because the GPU machine has the TVM runtime only:
 
 `build` writes OUT/<name>.so (cubin inside, a few hundred KB) for every shape in SHAPES, bits 4 (group
 128) and 8 (per channel), and every config in CONFIGS (the default config of cuda_gemv first), with
-OUT/index.json (registers, spills). `run` makes the inputs there (random codes packed by
-cuda_weight_codes.py, numpy only; float16 activations and scales; the expected output in float64 from the
-same codes and rounded inputs), checks each kernel's output, times it and torch's F.linear(x fp16,
+OUT/index.json (registers, spills). `run` makes the inputs there (random packed words, unpacked by
+cuda_weight_codes.py for the expected output, computed in float64 on the GPU from the same codes and
+rounded inputs; float16 activations and scales), checks each kernel's output, times it and torch's F.linear(x fp16,
 W fp16 [N, K]) with CUDA events (median of `--repeat` samples of `--number` calls each, after warm-up),
-and prints the table. H100 SXM copy bandwidth is about 3.0 TB/s.
+and prints the table. Each timed call reads a different copy of the weights (4x the L2 cache in all), so
+the bandwidth is device memory's; the ceiling printed first is a 1 GiB device-to-device copy's.
 """
 from __future__ import annotations
 
@@ -46,16 +47,22 @@ def _weight_codes():
 
 
 def _problem(m: int, n: int, k: int, bits: int, seed: int = 0):
+    """Random packed words (every code equally likely), float16 activations and scales; the expected output
+    in float64 on the GPU from the same codes and rounded inputs (a CPU float64 copy of a 28672 x 8192
+    weight would cost the GPU machine a minute)."""
+    import torch
+
     rng = np.random.default_rng(seed)
     codes = _weight_codes().CODES[bits]
     group = GROUP if bits == 4 else k
-    w = rng.integers(-codes.offset, codes.offset, (n, k), dtype=np.int8)
+    words = rng.integers(0, 2**32, (n, k // codes.per_word), dtype=np.uint32)
     scale = (rng.random((n, k // group), dtype=np.float32) * 0.02 + 0.001).astype(np.float16)
     x = rng.standard_normal((m, k), dtype=np.float32).astype(np.float16)
     bias = rng.standard_normal(n, dtype=np.float32)
-    dequantized = w.astype(np.float64) * np.repeat(scale.astype(np.float64), group, axis=1)
-    expected = (x.astype(np.float64) @ dequantized.T + bias).astype(np.float32)
-    return dict(x=x, w=codes.pack(w), scale=scale, bias=bias, expected=expected), group
+    w = torch.from_numpy(codes.unpack(words)).cuda().double()
+    dequantized = w * torch.from_numpy(scale).cuda().double().repeat_interleave(group, dim=1)
+    expected = torch.from_numpy(x).cuda().double() @ dequantized.T + torch.from_numpy(bias).cuda().double()
+    return dict(x=x, w=words, scale=scale, bias=bias, expected=expected.float().cpu().numpy()), group
 
 
 def build(out: Path) -> None:
@@ -84,6 +91,34 @@ def build(out: Path) -> None:
     (out / "index.json").write_text(json.dumps(index, indent=1))
 
 
+def _copies(nbytes: int) -> int:
+    """How many copies of a weight the timing loop cycles through so that each call reads it from device
+    memory, not from the L2 cache the previous call left it in (4x the L2 in all)."""
+    import torch
+
+    return max(1, -(-4 * torch.cuda.get_device_properties(0).L2_cache_size // nbytes))
+
+
+def copy_bandwidth(number: int, repeat: int) -> float:
+    """Bytes per second of a 1 GiB device-to-device copy, bytes read plus bytes written: the ceiling."""
+    import torch
+
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / cuda_device.cuda_seconds(lambda: dst.copy_(src), number, repeat)
+
+
+class _Cycle:
+    """Calls fn(item) with the next of `items` on each call."""
+
+    def __init__(self, fn, items):
+        self.fn, self.items, self.i = fn, items, 0
+
+    def __call__(self):
+        self.i = (self.i + 1) % len(self.items)
+        return self.fn(self.items[self.i])
+
+
 def run(out: Path, number: int, repeat: int) -> None:
     import torch
 
@@ -92,32 +127,37 @@ def run(out: Path, number: int, repeat: int) -> None:
     def time_us(fn):
         return cuda_device.cuda_seconds(fn, number, repeat) * 1e6
 
+    ceiling = copy_bandwidth(5, 5) / 1e9
+    print(f"{torch.cuda.get_device_name()}: device-to-device copy {ceiling:.0f} GB/s (read + write); "
+          f"L2 {torch.cuda.get_device_properties(0).L2_cache_size >> 20} MiB; every timed call reads its weights from memory")
+    print(f"{'kernel':44} {'us':>8} {'GB/s':>7} {'% copy':>6} {'fp16 us':>8} {'fp16 GB/s':>9} {'speed-up':>8} {'max err':>9}  spills")
     index = json.loads((out / "index.json").read_text())
-    print(f"{'kernel':44} {'us':>8} {'GB/s':>7} {'fp16 us':>8} {'fp16 GB/s':>9} {'max err':>9}  {'spills'}")
-    torch_us, problems = {}, {}
+    dev, torch_us, problems = tvm.cuda(0), {}, {}
     for entry in index:
         m, n, k, bits = entry["m"], entry["n"], entry["k"], entry["bits"]
         if (m, n, k, bits) not in problems:
             problems.clear()  # one problem's weights at a time
-            problems[(m, n, k, bits)] = _problem(m, n, k, bits)[0]
-        data = problems[(m, n, k, bits)]
-        dev = tvm.cuda(0)
-        args = [tvm.runtime.tensor(data[a], dev) for a in ("x", "w", "scale", "bias")]
-        args.append(tvm.runtime.tensor(np.zeros((m, n), np.float32), dev))
+            data = _problem(m, n, k, bits)[0]
+            x, scale, bias = (tvm.runtime.tensor(data[a], dev) for a in ("x", "scale", "bias"))
+            weights = [tvm.runtime.tensor(data["w"], dev) for _ in range(_copies(data["w"].nbytes))]
+            problems[(m, n, k, bits)] = data, x, scale, bias, weights
+        data, x, scale, bias, weights = problems[(m, n, k, bits)]
+        result = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32), dev)  # poisoned: every value must be written
         f = tvm.runtime.load_module(str(out / f"{entry['name']}.so"))["main"]
-        f(*args)
-        err = float(np.abs(args[-1].numpy() - data["expected"]).max())
-        us = time_us(lambda: f(*args))
+        f(x, weights[0], scale, bias, result)
+        err = float(np.abs(result.numpy() - data["expected"]).max())
+        us = time_us(_Cycle(lambda w: f(x, w, scale, bias, result), weights))
         moved = sum(data[a].nbytes for a in ("x", "w", "scale")) + m * n * 4
-        x = torch.from_numpy(data["x"]).cuda()
         if (m, n, k) not in torch_us:
-            dense = torch.randn(n, k, device="cuda", dtype=torch.float16)
-            torch_us[(m, n, k)] = (time_us(lambda: torch.nn.functional.linear(x, dense)),
-                                   dense.numel() * 2 + x.numel() * 2 + m * n * 2)
+            xt = torch.from_numpy(data["x"]).cuda()
+            dense = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(_copies(n * k * 2))]
+            torch_us[(m, n, k)] = (time_us(_Cycle(lambda w: torch.nn.functional.linear(xt, w), dense)),
+                                   n * k * 2 + xt.numel() * 2 + m * n * 2)
+            del dense
         t_us, t_bytes = torch_us[(m, n, k)]
         mark = "*" if entry["default"] else " "
-        print(f"{mark}{entry['name']:43} {us:8.1f} {moved / us / 1e3:7.0f} {t_us:8.1f} {t_bytes / t_us / 1e3:9.0f} {err:9.2e}  {entry['spills']}",
-              flush=True)
+        print(f"{mark}{entry['name']:43} {us:8.1f} {moved / us / 1e3:7.0f} {100 * moved / us / 1e3 / ceiling:5.0f}% "
+              f"{t_us:8.1f} {t_bytes / t_us / 1e3:9.0f} {t_us / us:7.2f}x {err:9.2e}  {entry['spills']}", flush=True)
 
 
 if __name__ == "__main__":

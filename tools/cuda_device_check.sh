@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, for the GPU machine (device tool: carry [".gpu"], OUT set):
 #   bash tools/cuda_device_check.sh [BUNDLE]
-# Build the bundle here first: make gpu-bundle. Writes tests.log, results.md/json, gemv.txt and gemm.txt to $OUT.
+# Build the bundle here first: make gpu-bundle. Writes gpu.txt, gemm.txt, gemv.txt, tests.log and
+# results.md/json to $OUT. The Must-show kernels come first; every step has its own time limit (STEP_S
+# seconds), so that one slow step leaves the others' results.
 set -uo pipefail
 BUNDLE="${1:-.gpu}"
 OUT="${OUT:-/tmp/qcompile-gpu}"
+STEP_S="${STEP_S:-120}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/$BUNDLE/site" TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1 QCOMPILE_GPU_BUNDLE="$PWD/$BUNDLE"
+# TVM's CUDA runtime needs libcudart.so.13: the toolkit's, or the one torch's wheels bring.
+CUDART_DIRS=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() + ['/usr/local/cuda/lib64', '/usr/local/cuda/lib'] for p in glob.glob(d + '/libcudart.so.13') + glob.glob(d + '/nvidia/**/libcudart.so.13', recursive=True)})))")
+export LD_LIBRARY_PATH="${CUDART_DIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+step() {  # step NAME LOG COMMAND...: run with a time limit, log its output and its seconds
+    local name=$1 log=$2 start=$SECONDS
+    shift 2
+    echo "== $name"
+    timeout "$STEP_S" "$@" 2>&1 | tee "$OUT/$log"
+    echo "== $name: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$OUT/$log"
+}
+
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
-python3 bench/cuda.py "$BUNDLE" --out "$OUT"
-python3 bench/cuda_int4_gemv.py run "$BUNDLE/gemv" 2>&1 | tee "$OUT/gemv.txt"
-python3 bench/cuda_gemm.py run "$BUNDLE/gemm" 2>&1 | tee "$OUT/gemm.txt"
+echo "libcudart dirs: $CUDART_DIRS" | tee -a "$OUT/gpu.txt"
+step "int8 GEMM" gemm.txt python3 bench/cuda_gemm.py run "$BUNDLE/gemm"
+step "weight-only GEMV" gemv.txt python3 bench/cuda_int4_gemv.py run "$BUNDLE/gemv"
+step "gpu tests" tests.log python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider
+step "end to end" e2e.log python3 bench/cuda.py "$BUNDLE" --out "$OUT"

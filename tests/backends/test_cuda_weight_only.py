@@ -20,7 +20,7 @@ from torch import nn
 
 import qcompile
 from qcompile.backends.tvm import cuda_build
-from qcompile.backends.tvm.cuda_weight_codes import CODES, SUBNORMAL
+from qcompile.backends.tvm.cuda_weight_codes import CODES, SUBNORMAL, WORDS_PER_LOAD
 from qcompile.ir.rewrite import constant
 
 FP16_ROUNDOFF = 2.0**-11
@@ -97,6 +97,17 @@ def test_packed_weights_decode_to_the_codes(bits):
     packed = codes.pack(w)
     assert packed.dtype == np.uint32 and packed.shape == (37, w.shape[1] // codes.per_word)
     np.testing.assert_array_equal(decode_like_kernel(packed, bits), w.astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unpack_inverts_pack(bits):
+    codes = CODES[bits]
+    words = np.random.default_rng(bits).integers(0, 2**32, (64, 3 * WORDS_PER_LOAD), dtype=np.uint32)
+    w = codes.unpack(words)
+    assert w.dtype == np.int8 and w.shape == (64, 3 * WORDS_PER_LOAD * codes.per_word)
+    assert w.min() == -codes.offset and w.max() == codes.offset - 1
+    np.testing.assert_array_equal(codes.pack(w), words)
+    np.testing.assert_array_equal(decode_like_kernel(words, bits), w.astype(np.float32))
 
 
 def test_int4_packing_rejects_wider_codes():

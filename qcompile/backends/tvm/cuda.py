@@ -19,16 +19,16 @@ from .x86 import KERNELS, LIBRARY, group
 KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, PTX and ptxas report
 
 
-def gpu_rules() -> list:
-    """Schedule rules, tried in order on each kernel."""
-    return [cuda_gemm.TensorCoreGemm(), cuda_depthwise.DepthwiseConv(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+def gpu_rules(gemm_tile: cuda_gemm.GemmTile | None = None) -> list:
+    """Schedule rules, tried in order on each kernel (`gemm_tile`: one block tile for every GEMM)."""
+    return [cuda_gemm.TensorCoreGemm(gemm_tile), cuda_depthwise.DepthwiseConv(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
             dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 
-def apply_rules(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def apply_rules(mod: tvm.IRModule, target: tvm.target.Target, gemm_tile: cuda_gemm.GemmTile | None = None) -> tvm.IRModule:
     """Every kernel of `mod` scheduled by the first of gpu_rules() that takes it."""
     with target:
-        return dlight.ApplyDefaultSchedule(*gpu_rules())(mod)
+        return dlight.ApplyDefaultSchedule(*gpu_rules(gemm_tile))(mod)
 
 
 def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

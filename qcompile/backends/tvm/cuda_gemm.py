@@ -99,13 +99,18 @@ def _product_form(block: tirx.Block) -> str | None:
 
 class TensorCoreGemm(GPUScheduleRule):
     """Kernels whose one reduction is an 8-bit x int8 -> int32 GEMM (linear_int, ungrouped conv2d_int)
-    with spatial epilogue blocks; others are left to the next rule."""
+    with spatial epilogue blocks; others are left to the next rule. `tile` fixes the block tile (the
+    kernel bench times alternatives); by default choose_tile picks it per kernel."""
+
+    def __init__(self, tile: GemmTile | None = None):
+        super().__init__()
+        self.tile = tile
 
     def apply(self, func: tirx.PrimFunc, target: Target, _: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         try:
-            return _gemm_schedule(s_tir.Schedule(func))
+            return _gemm_schedule(s_tir.Schedule(func), self.tile)
         except s_tir.ScheduleError:
             pass
         # Rows that fuse a free batch with a fixed length ([batch, seq, K] activations, N*OH*OW conv
@@ -113,12 +118,12 @@ class TensorCoreGemm(GPUScheduleRule):
         # so every primitive calls the scope "not a stage pipeline". The same schedule, checked for the
         # same kernel at any fixed batch, is applied without those checks.
         try:
-            return _gemm_schedule(s_tir.Schedule(func, enable_check=False))
+            return _gemm_schedule(s_tir.Schedule(func, enable_check=False), self.tile)
         except s_tir.ScheduleError:
             return None  # dlight's CUDA-core matmul takes the kernel (exact, slower)
 
 
-def _gemm_schedule(sch: s_tir.Schedule) -> s_tir.Schedule | None:
+def _gemm_schedule(sch: s_tir.Schedule, tile: GemmTile | None) -> s_tir.Schedule | None:
     """`sch` with its GEMM on tensor cores, or None when the kernel is not an 8-bit GEMM."""
     reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
     if reductions is None:
@@ -133,7 +138,7 @@ def _gemm_schedule(sch: s_tir.Schedule) -> s_tir.Schedule | None:
     batch, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
     if not (isinstance(batch, tirx.IntImm) and batch.value == 1):
         return None  # a batch of GEMMs (an operand indexed by an output variable): a depthwise conv
-    tile = choose_tile(m, int(n))
+    tile = tile or choose_tile(m, int(n))
     sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
     _schedule_gemm(sch, main, tile, dtypes, product, widths)
     return sch

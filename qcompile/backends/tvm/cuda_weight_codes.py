@@ -50,6 +50,13 @@ class Codes:
         shifts = np.arange(self.per_word, dtype=np.int64) * self.bits
         return np.bitwise_or.reduce(by_position << shifts, axis=2).astype(np.uint32)
 
+    def unpack(self, words: np.ndarray) -> np.ndarray:
+        """uint32 [N, K / per_word] -> int8 codes [N, K]: the inverse of `pack`."""
+        n, count = words.shape
+        shifts = np.arange(self.per_word, dtype=np.uint32) * np.uint32(self.bits)
+        by_position = (words[:, :, None] >> shifts) & np.uint32((1 << self.bits) - 1)
+        in_k_order = by_position[:, :, np.argsort(self.positions())]
+        return (in_k_order.astype(np.int16) - self.offset).astype(np.int8).reshape(n, count * self.per_word)
 
 
 # storage bits of the weight constant -> its codes; int8 weights without storage bits are 8-bit codes.

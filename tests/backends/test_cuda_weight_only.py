@@ -13,6 +13,8 @@ margin for float32 summation and, through a GELU, for the next layer (`error_bou
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +154,22 @@ def test_dynamic_batch_builds_the_gemv():
     compiled = _build(MLP(512, 1024).eval(), torch.randn(3, 512), bits="w4", dynamic_shapes=dims)
     ptx, spills = _gemv_kernels(compiled)
     assert len(ptx) == 2 and not any(spills[name] for name in ptx)
+
+
+@pytest.mark.parametrize("m_block", [2, 5])
+def test_each_activation_row_of_a_block_is_loaded(m_block, tmp_path):
+    """Every activation row a block serves has loads of its own in the CUDA source (a row index bound to a
+    variable once made the codegen reuse the first row's load for all rows: wrong results for M > 1)."""
+    import tvm
+
+    from qcompile.backends.tvm import cuda
+    from qcompile.backends.tvm.cuda_gemv import GemvConfig, gemv_prim_func
+
+    codes = CODES[4]
+    func = gemv_prim_func(64, 32 * codes.chunk, 128, codes, GemvConfig(rows=1, warps=2, m_block=m_block, unroll=1))
+    _, kernels = cuda.compile_module(tvm.IRModule({"main": func}), cuda_build.target(), tmp_path)
+    loads = set(re.findall(r"\*\(uint4\*\)\(X_ptr \+ ([^;]*)\);", kernels.source))
+    assert len(loads) == m_block * codes.chunk // 8  # 8 float16 per 128-bit load
 
 
 def test_large_static_batch_keeps_the_te_definition():

@@ -80,9 +80,11 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
     @T.macro
     def step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, warp, c):
         for mb in T.unroll(MB):
-            m = T.min(bm * MB + mb, M - 1)
+            # The row index is written out in each load, not bound to a variable: TVMScript would make a
+            # variable assigned in an unrolled loop one local cell, and the CUDA codegen then prints the
+            # loads of all rows as one expression and reuses the first row's load for every row.
             for v in T.unroll(C // 8):
-                xl[mb, T.ramp(v * 8, 1, 8)] = T.Cast("float32x8", X[m, T.ramp(c * C + v * 8, 1, 8)])
+                xl[mb, T.ramp(v * 8, 1, 8)] = T.Cast("float32x8", X[T.min(bm * MB + mb, M - 1), T.ramp(c * C + v * 8, 1, 8)])
             xs[mb] = T.float32(0)
             for i in T.unroll(C):
                 xs[mb] = xs[mb] + xl[mb, i]

@@ -7,7 +7,7 @@ Two steps, because the GPU machine has the TVM runtime only:
     python bench/cuda_int4_gemv.py run OUT        # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemv)
 
 `build` writes OUT/<name>.so (cubin inside, a few hundred KB) for every shape in SHAPES, bits 4 (group
-128) and 8 (per channel), and every config in CONFIGS (the default config of cuda_gemv first), with
+128) and 8 (per channel), and every config in CONFIGS[M] (the default config of cuda_gemv first), with
 OUT/index.json (registers, spills). `run` makes the inputs there (random packed words, unpacked by
 cuda_weight_codes.py for the expected output, computed in float64 on the GPU from the same codes and
 rounded inputs; float16 activations and scales), checks each kernel's output, times it and torch's F.linear(x fp16,
@@ -29,8 +29,11 @@ import cuda_device  # noqa: E402  (torch only: runs on both machines)
 # (M, N, K): K = N = 4096; the 8192 x 28672 MLP's up projection (N = 28672, K = 8192) and down projection
 # (N = 8192, K = 28672); small batches of the first.
 SHAPES = [(1, 4096, 4096), (1, 28672, 8192), (1, 8192, 28672), (4, 4096, 4096), (16, 4096, 4096)]
-# (rows per warp, warps per block, unroll): alternatives to the default, timed side by side.
-CONFIGS = [(2, 4, 4), (4, 8, 2), (8, 4, 2), (1, 4, 8), (2, 8, 4), (1, 4, 4)]
+# (rows per warp, warps per block, unroll): alternatives to the default, timed side by side; a wide sweep
+# at M = 1 (the Must-show shapes), a few at larger M (the bundle's 64 MiB limit).
+CONFIGS = {1: [(2, 4, 4), (4, 8, 2), (8, 4, 2), (2, 8, 4), (8, 4, 4), (8, 8, 2), (16, 4, 1), (16, 2, 2), (4, 4, 8),
+               (8, 2, 4), (4, 2, 4), (8, 8, 1)],
+           4: [(2, 4, 4), (4, 8, 2), (8, 4, 2)], 16: [(2, 4, 4), (4, 8, 2), (8, 4, 2)]}
 GROUP = 128
 
 
@@ -78,7 +81,7 @@ def build(out: Path) -> None:
         for bits in (4, 8):
             group = GROUP if bits == 4 else k
             default = default_config(m, n, k)
-            configs = [default] + [GemvConfig(r, w, default.m_block, u) for r, w, u in CONFIGS
+            configs = [default] + [GemvConfig(r, w, default.m_block, u) for r, w, u in CONFIGS[m]
                                    if (r, w, u) != (default.rows, default.warps, default.unroll)]
             for cfg in configs:
                 name = f"m{m}_n{n}_k{k}_w{bits}_r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}"
@@ -119,19 +122,22 @@ class _Cycle:
         return self.fn(self.items[self.i])
 
 
-def run(out: Path, number: int, repeat: int) -> None:
+def run(out: Path, index: list[dict], number: int, repeat: int) -> None:
     import torch
 
     import tvm  # the bundle's runtime-only TVM (cuda_device.kernel_bench loaded it)
 
     def time_us(fn):
-        return cuda_device.cuda_seconds(fn, number, repeat) * 1e6
+        """(µs per call between CUDA events, µs of kernel time per call by CUPTI)."""
+        return cuda_device.cuda_seconds(fn, number, repeat) * 1e6, cuda_device.kernel_seconds(fn, number) * 1e6
 
     ceiling = copy_bandwidth(5, 5) / 1e9
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {ceiling:.0f} GB/s (read + write); "
-          f"L2 {torch.cuda.get_device_properties(0).L2_cache_size >> 20} MiB; every timed call reads its weights from memory")
-    print(f"{'kernel':44} {'us':>8} {'GB/s':>7} {'% copy':>6} {'fp16 us':>8} {'fp16 GB/s':>9} {'speed-up':>8} {'max err':>9}  spills")
-    index = json.loads((out / "index.json").read_text())
+          f"L2 {torch.cuda.get_device_properties(0).L2_cache_size >> 20} MiB; every timed call reads its weights from memory.\n"
+          "call us: per call, CUDA events around back-to-back calls; kernel us: GPU kernel time per call (CUPTI). "
+          "GB/s, % of the copy and the speed-up over torch fp16 are of kernel times.")
+    print(f"{'kernel':44} {'call us':>8} {'kern us':>8} {'GB/s':>6} {'%copy':>5} | {'fp16 call':>9} {'fp16 kern':>9} "
+          f"{'GB/s':>6} | {'speed-up':>8} {'max err':>9}  spills")
     dev, torch_us, problems = tvm.cuda(0), {}, {}
     for entry in index:
         m, n, k, bits = entry["m"], entry["n"], entry["k"], entry["bits"]
@@ -146,18 +152,19 @@ def run(out: Path, number: int, repeat: int) -> None:
         f = tvm.runtime.load_module(str(out / f"{entry['name']}.so"))["main"]
         f(x, weights[0], scale, bias, result)
         err = float(np.abs(result.numpy() - data["expected"]).max())
-        us = time_us(_Cycle(lambda w: f(x, w, scale, bias, result), weights))
+        call, kern = time_us(_Cycle(lambda w: f(x, w, scale, bias, result), weights))
         moved = sum(data[a].nbytes for a in ("x", "w", "scale")) + m * n * 4
         if (m, n, k) not in torch_us:
             xt = torch.from_numpy(data["x"]).cuda()
             dense = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(_copies(n * k * 2))]
-            torch_us[(m, n, k)] = (time_us(_Cycle(lambda w: torch.nn.functional.linear(xt, w), dense)),
+            torch_us[(m, n, k)] = (*time_us(_Cycle(lambda w: torch.nn.functional.linear(xt, w), dense)),
                                    n * k * 2 + xt.numel() * 2 + m * n * 2)
             del dense
-        t_us, t_bytes = torch_us[(m, n, k)]
+        t_call, t_kern, t_bytes = torch_us[(m, n, k)]
         mark = "*" if entry["default"] else " "
-        print(f"{mark}{entry['name']:43} {us:8.1f} {moved / us / 1e3:7.0f} {100 * moved / us / 1e3 / ceiling:5.0f}% "
-              f"{t_us:8.1f} {t_bytes / t_us / 1e3:9.0f} {t_us / us:7.2f}x {err:9.2e}  {entry['spills']}", flush=True)
+        print(f"{mark}{entry['name']:43} {call:8.1f} {kern:8.1f} {moved / kern / 1e3:6.0f} {100 * moved / kern / 1e3 / ceiling:4.0f}% | "
+              f"{t_call:9.1f} {t_kern:9.1f} {t_bytes / t_kern / 1e3:6.0f} | {t_kern / kern:7.2f}x {err:9.2e}  {entry['spills']}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,27 @@ def cuda_seconds(fn, number: int, repeat: int) -> float:
     return statistics.median(rounds)
 
 
+def kernel_seconds(fn, calls: int = 20) -> float:
+    """Seconds of GPU kernel time per call of `fn`, as CUPTI records it (torch.profiler): the kernels of
+    any library, TVM's too, without launch overheads or gaps between calls. NaN where CUPTI fails."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+    except RuntimeError as e:
+        print(f"CUPTI failed: {e}", file=sys.stderr)
+        return float("nan")
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not e.name.startswith(("Memcpy", "Memset"))]
+    return sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / calls
+
+
 @dataclass
 class Case:
     name: str
@@ -106,6 +127,7 @@ def kernel_bench(doc: str, build, run, number: int, repeat: int) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--number", type=int, default=number)
     parser.add_argument("--repeat", type=int, default=repeat)
+    parser.add_argument("--only", default="", help="`run`: the kernels whose name contains this")
     args = parser.parse_args()
     if args.step == "build":
         sys.path.insert(0, str(ROOT))
@@ -114,4 +136,5 @@ def kernel_bench(doc: str, build, run, number: int, repeat: int) -> None:
         why = runtime(args.out.parent).missing_gpu()
         if why:
             sys.exit(f"`run` runs on a GPU machine, and {why}")
-        run(args.out, args.number, args.repeat)
+        index = [e for e in json.loads((args.out / "index.json").read_text()) if args.only in e["name"]]
+        run(args.out, index, args.number, args.repeat)

@@ -29,11 +29,11 @@ import cuda_device  # noqa: E402  (torch only: runs on both machines)
 # (M, N, K): K = N = 4096; the 8192 x 28672 MLP's up projection (N = 28672, K = 8192) and down projection
 # (N = 8192, K = 28672); small batches of the first.
 SHAPES = [(1, 4096, 4096), (1, 28672, 8192), (1, 8192, 28672), (4, 4096, 4096), (16, 4096, 4096)]
-# (rows per warp, warps per block, unroll): alternatives to the default, timed side by side; a wide sweep
-# at M = 1 (the Must-show shapes), a few at larger M (the bundle's 64 MiB limit).
-CONFIGS = {1: [(2, 4, 4), (4, 8, 2), (8, 4, 2), (2, 8, 4), (8, 4, 4), (8, 8, 2), (16, 4, 1), (16, 2, 2), (4, 4, 8),
-               (8, 2, 4), (4, 2, 4), (8, 8, 1)],
-           4: [(2, 4, 4), (4, 8, 2), (8, 4, 2)], 16: [(2, 4, 4), (4, 8, 2), (8, 4, 2)]}
+# (rows per warp, warps per block, unroll, split_k): alternatives to the default, timed side by side; a
+# wide sweep at M = 1 (the Must-show shapes), a few at larger M (the bundle's 64 MiB limit).
+CONFIGS = {1: [(2, 4, 4, 1), (4, 4, 4, 1), (4, 8, 2, 1), (8, 4, 2, 1), (2, 8, 4, 1), (8, 4, 4, 1), (8, 8, 2, 1),
+               (8, 4, 2, 2), (8, 4, 2, 4), (8, 8, 2, 4), (4, 4, 4, 4), (4, 8, 2, 4), (2, 8, 4, 4), (8, 4, 4, 4)],
+           4: [(2, 4, 4, 1), (4, 8, 2, 1), (8, 4, 2, 1)], 16: [(2, 4, 4, 1), (4, 8, 2, 1), (8, 4, 2, 1)]}
 GROUP = 128
 
 
@@ -81,10 +81,10 @@ def build(out: Path) -> None:
         for bits in (4, 8):
             group = GROUP if bits == 4 else k
             default = default_config(m, n, k)
-            configs = [default] + [GemvConfig(r, w, default.m_block, u) for r, w, u in CONFIGS[m]
-                                   if (r, w, u) != (default.rows, default.warps, default.unroll)]
+            configs = [default] + [GemvConfig(r, w, default.m_block, u, sk) for r, w, u, sk in CONFIGS[m]
+                                   if (r, w, u, sk) != (default.rows, default.warps, default.unroll, default.split_k)]
             for cfg in configs:
-                name = f"m{m}_n{n}_k{k}_w{bits}_r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}"
+                name = f"m{m}_n{n}_k{k}_w{bits}_r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}s{cfg.split_k}"
                 func = gemv_prim_func(n, k, group, CODES[bits], cfg)
                 lib, kernels = cuda.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
                 lib.export_library(str(out / f"{name}.so"))

@@ -172,6 +172,17 @@ def test_each_activation_row_of_a_block_is_loaded(m_block, tmp_path):
     assert len(loads) == m_block * codes.chunk // 8  # 8 float16 per 128-bit load
 
 
+def test_every_function_the_vm_calls_is_a_gpu_kernel():
+    """A 3-D activation's reshapes stay views: the VM calls CUDA kernels and its builtins only. (TVM's own
+    pipeline once fused the input reshape with the float16 cast into a kernel no rule scheduled; compiled
+    for the host, it read device memory from the CPU and crashed on the GPU machine.)"""
+    runner = _build(_linear(2048, 1000, 3), torch.randn(2, 3, 2048), bits="w4")._runner
+    called = set(re.findall(r"call\s+([\w.]+) in:", runner.executable.as_text()))
+    kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+?)_kernel\w*\(", runner.kernels.source))
+    assert "gemv_linear_weight_only_default" in kernels
+    assert {name for name in called if not name.startswith("vm.builtin.")} <= kernels
+
+
 def test_large_static_batch_keeps_the_te_definition():
     compiled = _build(_linear(256, 256, 0), torch.randn(64, 256), bits="w4")
     ptx, _ = _gemv_kernels(compiled)

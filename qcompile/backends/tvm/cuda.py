@@ -36,12 +36,26 @@ def schedule(grouped: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     return apply_rules(mod, target)
 
 
+def _lowering(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CUDA Relax pipeline without its legalize-fuse-schedule stage, which schedule() has done: run
+    again, it fused a view reshape with its neighbour into a new kernel no rule scheduled, and that kernel
+    was compiled for the host, reading device memory from the CPU (a segfault on the GPU machine)."""
+    from tvm.relax.backend.cuda import pipeline
+
+    @tvm.transform.module_pass(opt_level=0)
+    def lower(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            return tvm.transform.Sequential(pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target))(mod)
+
+    return lower
+
+
 def compile_module(mod: tvm.IRModule, target: tvm.target.Target, directory: Path):
     """(executable, KernelBuild): the scheduled module built with its cubin compiled by nvcc for the
     target's arch, the kernels' source, PTX and ptxas report kept in `directory`."""
     with cuda_build.nvcc_compiles(str(target.attrs["arch"]), directory) as kernels, \
             tvm.transform.PassContext(config=cuda_gemm.PASS_CONFIG):
-        return tvm.compile(mod, target=target), kernels
+        return tvm.compile(mod, target=target, relax_pipeline=_lowering(target)), kernels
 
 
 class CudaRunner:

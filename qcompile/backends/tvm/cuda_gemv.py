@@ -44,17 +44,32 @@ class GemvConfig:
     warps: int = 4    # warps per block
     m_block: int = 1  # activation rows per block (grid.y covers M)
     unroll: int = 4   # K steps unrolled, so that rows * unroll 128-bit loads per lane are in flight
+    split_k: int = 1  # warps of a block sharing its rows, each over every split_k-th 512-byte K segment
 
 
 MAX_ROWS = 16  # largest static M the GEMV takes; above, the TE definition and the dlight schedules
 
 
 def default_config(m: int | None, n: int, k: int) -> GemvConfig:
-    """M = 1: 4 rows per warp, 4 warps; small batches keep up to 8 activation rows per block (their
-    accumulators and activation chunks live in registers: more weight rows per warp spill at 8), a free
-    M is served in blocks of 4 rows."""
+    """M = 1 by the weight's shape, from the sweep of bench/cuda_int4_gemv.py on the H200
+    (bench/gpu_runs/2026-11-26-h200-2): 8 rows per warp for wide weights (N >= 16384: enough blocks that
+    each warp can reuse its activation chunk for 8 rows), 2 rows per warp and 8 warps for small ones (a
+    4096 x 4096 weight: short rows, latency-bound), else 4 rows and 4 warps. Small batches keep up to 8
+    activation rows per block (their accumulators and activation chunks live in registers: more weight
+    rows per warp spill at 8); a free M is served in blocks of 4 rows."""
     m_block = 4 if m is None else min(m, 8)
-    return GemvConfig(rows={1: 4, 2: 2}.get(m_block, 1), m_block=m_block)
+    if m_block > 1:
+        return GemvConfig(rows=2 if m_block == 2 else 1, m_block=m_block)
+    if n >= 16384:
+        return GemvConfig(rows=8, warps=4, unroll=2)
+    if n * k <= 1 << 24:
+        return GemvConfig(rows=2, warps=8, unroll=4)
+    return GemvConfig(rows=4, warps=4, unroll=4)
+
+
+def _fma(a, b, c):
+    """a * b + c rounded once (CUDA's fmaf; TVM's CUDA codegen has no lowering of tirx.fma)."""
+    return T.call_pure_extern("float32", "fmaf", a, b, c)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -67,18 +82,21 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
     V, C = codes.per_word, codes.chunk
     if k % C or group_size % C:
         raise ValueError(f"K ({k}) and the group size ({group_size}) must be multiples of {C} for {codes.bits}-bit codes")
-    R, W, MB, U = cfg.rows, cfg.warps, cfg.m_block, cfg.unroll
+    R, W, MB, U, S = cfg.rows, cfg.warps, cfg.m_block, cfg.unroll, cfg.split_k
+    if W % S:
+        raise ValueError(f"split_k ({S}) must divide the warps per block ({W})")
     KW, NG, CH = k // V, k // group_size, k // C  # words, groups and lane chunks per row
-    steps = _ceil_div(CH, WARP)
+    G = W // S  # warp groups: each owns R rows; its S warps split their K
+    steps = _ceil_div(CH, WARP * S)
     U = min(U, steps)
     outer = _ceil_div(steps, U)
-    ragged_k = outer * U * WARP != CH  # the last step has lanes without a chunk
-    ROWS = R * W
+    ragged_k = outer * U * WARP * S != CH  # the last step has lanes without a chunk
+    ROWS = R * G
     half = V // 2
     mask, bits, offset = codes.pair_mask, codes.bits, float(codes.offset)
 
     @T.macro
-    def step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, warp, c):
+    def step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, g, c):
         for mb in T.unroll(MB):
             # The row index is written out in each load, not bound to a variable: TVMScript would make a
             # variable assigned in an unrolled loop one local cell, and the CUDA codegen then prints the
@@ -89,18 +107,19 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
             for i in T.unroll(C):
                 xs[mb] = xs[mb] + xl[mb, i]
         for r in T.unroll(R):
-            wl[r, T.ramp(0, 1, WORDS_PER_LOAD)] = w[T.min(bn * ROWS + r * W + warp, n - 1), T.ramp(c * WORDS_PER_LOAD, 1, WORDS_PER_LOAD)]
+            wl[r, T.ramp(0, 1, WORDS_PER_LOAD)] = w[T.min(bn * ROWS + r * G + g, n - 1), T.ramp(c * WORDS_PER_LOAD, 1, WORDS_PER_LOAD)]
         for r in T.unroll(R):
             for j in T.unroll(WORDS_PER_LOAD):
                 for t in T.unroll(half):
                     pair = T.bitwise_and(T.shift_right(wl[r, j], T.uint32(t * bits)), T.uint32(mask))
                     q[T.ramp(j * V + 2 * t, 1, 2)] = T.Cast("float32x2", T.reinterpret("float16x2", pair))
-            scale = T.Cast("float32", s[T.min(bn * ROWS + r * W + warp, n - 1), c * C // group_size])
+            scale = T.Cast("float32", s[T.min(bn * ROWS + r * G + g, n - 1), c * C // group_size])
             for mb in T.unroll(MB):
                 part[0] = T.float32(0)
                 for i in T.unroll(C):
-                    part[0] = part[0] + xl[mb, i] * q[i]
-                acc[mb, r] = acc[mb, r] + (part[0] * T.float32(SUBNORMAL) - T.float32(offset) * xs[mb]) * scale
+                    # Fused multiply-adds written out: the build compiles without contraction (cuda_build).
+                    part[0] = _fma(xl[mb, i], q[i], part[0])
+                acc[mb, r] = _fma(_fma(part[0], T.float32(SUBNORMAL), -T.float32(offset) * xs[mb]), scale, acc[mb, r])
 
     @T.prim_func
     def gemv(x: T.handle, w: T.Buffer((n, KW), "uint32"), s: T.Buffer((n, NG), "float16"),
@@ -119,23 +138,40 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
                         wl = T.alloc_buffer((R, WORDS_PER_LOAD), "uint32", scope="local")
                         q = T.alloc_buffer((C,), "float32", scope="local")
                         part = T.alloc_buffer((1,), "float32", scope="local")
+                        partial = T.alloc_buffer((W, MB, R), "float32", scope="shared")  # split-K: each warp's sums
                         for mb in T.unroll(MB):
                             for r in T.unroll(R):
                                 acc[mb, r] = T.float32(0)
                         for o in range(outer):
                             for u in T.unroll(U):
                                 if ragged_k:
-                                    if (o * U + u) * WARP + lane < CH:
-                                        step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, warp, (o * U + u) * WARP + lane)
+                                    if ((o * U + u) * S + warp % S) * WARP + lane < CH:
+                                        step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, warp // S, ((o * U + u) * S + warp % S) * WARP + lane)
                                 else:
-                                    step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, warp, (o * U + u) * WARP + lane)
+                                    step(X, w, s, acc, xl, xs, wl, q, part, M, bm, bn, warp // S, ((o * U + u) * S + warp % S) * WARP + lane)
                         # Split-K over the lanes: a shuffle tree leaves each row's sum in lane 0.
                         for mb in T.unroll(MB):
                             for r in T.unroll(R):
                                 for d in T.unroll(5):
                                     acc[mb, r] = acc[mb, r] + T.tvm_warp_shuffle_down(
                                         T.tvm_warp_activemask(), acc[mb, r], 16 >> d, WARP, WARP)
-                                if lane == 0 and bm * MB + mb < M and bn * ROWS + r * W + warp < n:
-                                    Y[bm * MB + mb, bn * ROWS + r * W + warp] = acc[mb, r] + bias[bn * ROWS + r * W + warp]
+                        if S == 1:
+                            for mb in T.unroll(MB):
+                                for r in T.unroll(R):
+                                    if lane == 0 and bm * MB + mb < M and bn * ROWS + r * G + warp < n:
+                                        Y[bm * MB + mb, bn * ROWS + r * G + warp] = acc[mb, r] + bias[bn * ROWS + r * G + warp]
+                        else:
+                            # Split-K over the warps of a group: the first warp adds the others' sums.
+                            for mb in T.unroll(MB):
+                                for r in T.unroll(R):
+                                    if lane == 0:
+                                        partial[warp, mb, r] = acc[mb, r]
+                            T.tvm_storage_sync("shared")
+                            for mb in T.unroll(MB):
+                                for r in T.unroll(R):
+                                    if lane == 0 and warp % S == 0 and bm * MB + mb < M and bn * ROWS + r * G + warp // S < n:
+                                        for j in T.unroll(1, S):
+                                            acc[mb, r] = acc[mb, r] + partial[warp + j, mb, r]
+                                        Y[bm * MB + mb, bn * ROWS + r * G + warp // S] = acc[mb, r] + bias[bn * ROWS + r * G + warp // S]
 
     return gemv

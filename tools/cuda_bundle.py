@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import qcompile  # noqa: E402
 
-BUNDLE_LIMIT = 60 * 2**20
+BUNDLE_LIMIT = 62 * 2**20
 # What the runtime-only TVM never imports (checked: sys.modules after loading and running a model), or
 # only the compiler needs.
 _SITE_SKIP = ("3rdparty", "src", "include", "__pycache__", "libtvm_compiler.so", "cython", "share", "*.a",
@@ -92,9 +92,11 @@ def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batc
     to `batch` rows (a 64-image input would not fit the bundle)."""
     def build(directory: Path) -> dict:
         example = [t[:1].expand(batch, *t.shape[1:]).contiguous() for t in inputs]
-        gpu = qcompile.compile(model, tuple(example), target="cuda", calibration=_rebatched(calibration, batch),
-                               progress=False)
-        ref = qcompile.compile(model, tuple(t[:2] for t in inputs), target="reference", calibration=calibration,
+        # Both from the same calibration batches: scales from differently batched data differ in their last
+        # bits (seen as 1e-6 differences of MobileNetV2's logits at batch 64 on the H200).
+        batches = _rebatched(calibration, batch)
+        gpu = qcompile.compile(model, tuple(example), target="cuda", calibration=batches, progress=False)
+        ref = qcompile.compile(model, tuple(t[:2] for t in inputs), target="reference", calibration=batches,
                                dynamic_shapes=dims, progress=False)
         return save_case(directory, gpu, inputs, _outputs(ref, inputs), compare="exact", batch=batch, **spec)
     return build
@@ -163,7 +165,8 @@ def _register_test_cases() -> None:
     from tests.backends import test_cuda_gemm, test_cuda_weight_only
 
     for name, model, example, calibration, options in test_cuda_gemm.gpu_cases():
-        CASES[name] = _test_case(model, example, calibration, options, "exact")
+        tail = test_cuda_gemm.FLOAT_TAIL.get(name)
+        CASES[name] = _test_case(model, example, calibration, options, "exact" if tail is None else {"rtol": 0.0, "atol": tail})
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         if name not in _TOO_BIG:
             CASES[name] = _test_case(model, example, calibration, kwargs, {"rtol": 0.0, "atol": tolerance})

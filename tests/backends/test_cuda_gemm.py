@@ -50,6 +50,13 @@ def _odd_linear():
     return nn.Sequential(nn.Linear(27, 10), nn.ReLU(), nn.Linear(10, 37)).eval()
 
 
+# Cases whose output comes out of float ops after the last integer kernel (the feed-forward's LayerNorm):
+# the GPU sums in its own order, so they are compared within this absolute bound, four orders of magnitude
+# below one quantization step of their input: an integer kernel off by one still fails. On the H200 the
+# largest difference was 4.8e-7 (bench/gpu_runs/2026-11-26-h200-3).
+FLOAT_TAIL = {"feedforward_free_batch": 1e-5}
+
+
 def gpu_cases() -> list[tuple]:
     """(name, model, example inputs, calibration, compile options) of every case the gpu tests compare
     with the reference (the device bundle is built from these)."""
@@ -158,7 +165,10 @@ def test_bit_exact_with_reference_on_the_gpu(case):
     cuda = _build(model, example, calibration, **options)
     expected, got = reference(*example), cuda(*example)
     for e, g in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
-        assert torch.equal(e, g), case
+        if case in FLOAT_TAIL:
+            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=FLOAT_TAIL[case])
+        else:
+            assert torch.equal(e, g.cpu()), case
 
 
 # ------------------------------------------------------------------ fragment layouts, against the PTX ISA

@@ -78,15 +78,17 @@ def gpu_cases() -> list[tuple]:
 
 # ---------------------------------------------------------------- on any machine
 def decode_like_kernel(packed: np.ndarray, bits: int) -> np.ndarray:
-    """The signed codes [N, K] the kernel reads out of `packed`: per word and pair t, (word >> t*bits) &
-    pair_mask viewed as two float16 subnormals, times 2^24, minus the offset; lanes are k = 2t, 2t + 1."""
+    """The signed codes [N, K] the kernel reads out of `packed`, as cuda_gemv.py reads them: per word and
+    pair t, (word >> whole bytes of t*bits) & (pair_mask << the rest) viewed as two float16 subnormals,
+    times 2^24, divided by 2^(the rest), minus the offset; lanes are k = 2t, 2t + 1."""
     codes = CODES[bits]
     n, words = packed.shape
     out = np.empty((n, words, codes.per_word), np.float32)
     for t in range(codes.per_word // 2):
-        pair = ((packed >> np.uint32(t * bits)) & np.uint32(codes.pair_mask)).astype(np.uint32)
+        shift, in_place = t * bits // 8 * 8, t * bits % 8
+        pair = ((packed >> np.uint32(shift)) & np.uint32(codes.pair_mask << in_place)).astype(np.uint32)
         halves = pair.view(np.float16).reshape(n, words, 2).astype(np.float32)
-        out[:, :, 2 * t:2 * t + 2] = halves * SUBNORMAL - codes.offset
+        out[:, :, 2 * t:2 * t + 2] = halves * SUBNORMAL / 2**in_place - codes.offset
     return out.reshape(n, -1)
 
 

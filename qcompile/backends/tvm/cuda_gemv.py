@@ -4,10 +4,11 @@ activations against a large int4 or int8 weight): the weights are streamed from 
 Layout of the packed weights (`Codes.pack`): uint32 [N, K / V] with V = 32 / bits codes per word, row n's
 words in K order. Each code is stored unsigned (u = code + 2^(bits-1)); within a word, code positions are
 interleaved in pairs: position p holds k offset 2 * (p % (V/2)) + p // (V/2), so that positions t and
-t + V/2, 16 bits apart, are the neighbours k = 2t, 2t + 1. One shift and one mask (`(word >> 4t) &
-0x000F000F` for int4) put a pair into the low mantissa bits of two float16 lanes, where each reads as the
-subnormal u * 2^-24, converted exactly to float32 by the half -> float conversion: no integer-to-float
-instruction (quarter rate) and no magic-number subtraction per value. The 2^24 and the offset come back
+t + V/2, 16 bits apart, are the neighbours k = 2t, 2t + 1. A mask (`word & 0x000F000F` for int4) puts a
+pair into the low mantissa bits of two float16 lanes, where each reads as the subnormal u * 2^-24,
+converted exactly to float32 by the half -> float conversion: no integer-to-float instruction (quarter
+rate) and no magic-number subtraction per value. The word is shifted by whole bytes only: an int4 pair at
+bits 4..7 is read in place as 16u * 2^-24 (exact) and summed apart, so one shift serves a word's 4 pairs. The 2^24 and the offset come back
 once per chunk: sum x * code = 2^24 * sum x * (u * 2^-24) - 2^(bits-1) * sum x. Row strides are multiples
 of 16 bytes.
 
@@ -51,10 +52,11 @@ MAX_ROWS = 16  # largest static M the GEMV takes; above, the TE definition and t
 
 
 def default_config(m: int | None, n: int, k: int) -> GemvConfig:
-    """M = 1 by the weight's shape, from the sweep of bench/cuda_int4_gemv.py on the H200
-    (bench/gpu_runs/2026-11-26-h200-2): 8 rows per warp for wide weights (N >= 16384: enough blocks that
-    each warp can reuse its activation chunk for 8 rows), 2 rows per warp and 8 warps for small ones (a
-    4096 x 4096 weight: short rows, latency-bound), else 4 rows and 4 warps. Small batches keep up to 8
+    """M = 1 by the weight's shape, from the sweeps of bench/cuda_int4_gemv.py on the H200
+    (bench/gpu_runs/2026-11-26-h200-2 and -3): 8 rows per warp (each warp reuses its activation chunk for 8
+    rows) for wide weights (N >= 16384: blocks enough), and for long rows (K >= 16384) with 2 warps
+    splitting each row's K (twice the blocks); 2 rows per warp and 8 warps for small weights (4096 x 4096:
+    short rows, latency-bound); else 4 rows and 4 warps. Small batches keep up to 8
     activation rows per block (their accumulators and activation chunks live in registers: more weight
     rows per warp spill at 8); a free M is served in blocks of 4 rows."""
     m_block = 4 if m is None else min(m, 8)
@@ -62,6 +64,8 @@ def default_config(m: int | None, n: int, k: int) -> GemvConfig:
         return GemvConfig(rows=2 if m_block == 2 else 1, m_block=m_block)
     if n >= 16384:
         return GemvConfig(rows=8, warps=4, unroll=2)
+    if k >= 16384:
+        return GemvConfig(rows=8, warps=4, unroll=2, split_k=2)
     if n * k <= 1 << 24:
         return GemvConfig(rows=2, warps=8, unroll=4)
     return GemvConfig(rows=4, warps=4, unroll=4)
@@ -111,15 +115,21 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
         for r in T.unroll(R):
             for j in T.unroll(WORDS_PER_LOAD):
                 for t in T.unroll(half):
-                    pair = T.bitwise_and(T.shift_right(wl[r, j], T.uint32(t * bits)), T.uint32(mask))
+                    # Pair t sits at bit t * bits of each half. Shifted down by whole bytes only, a 4-bit
+                    # pair at bits 4..7 is read in place as 16 times its value (still a subnormal, exact):
+                    # one shift per word instead of three. Its products go to the 16x partial sum.
+                    pair = T.bitwise_and(T.shift_right(wl[r, j], T.uint32(t * bits // 8 * 8)),
+                                         T.shift_left(T.uint32(mask), T.uint32(t * bits % 8)))
                     q[T.ramp(j * V + 2 * t, 1, 2)] = T.Cast("float32x2", T.reinterpret("float16x2", pair))
             scale = T.Cast("float32", s[T.min(bn * ROWS + r * G + g, n - 1), c * C // group_size])
             for mb in T.unroll(MB):
                 part[0] = T.float32(0)
+                part[1] = T.float32(0)
                 for i in T.unroll(C):
                     # Fused multiply-adds written out: the build compiles without contraction (cuda_build).
-                    part[0] = _fma(xl[mb, i], q[i], part[0])
-                acc[mb, r] = _fma(_fma(part[0], T.float32(SUBNORMAL), -T.float32(offset) * xs[mb]), scale, acc[mb, r])
+                    part[i % V // 2 * bits % 8 // 4] = _fma(xl[mb, i], q[i], part[i % V // 2 * bits % 8 // 4])
+                sums = _fma(part[1], T.float32(1 / 16), part[0])
+                acc[mb, r] = _fma(_fma(sums, T.float32(SUBNORMAL), -T.float32(offset) * xs[mb]), scale, acc[mb, r])
 
     @T.prim_func
     def gemv(x: T.handle, w: T.Buffer((n, KW), "uint32"), s: T.Buffer((n, NG), "float16"),
@@ -137,7 +147,7 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
                         xs = T.alloc_buffer((MB,), "float32", scope="local")  # sum of the chunk's activations
                         wl = T.alloc_buffer((R, WORDS_PER_LOAD), "uint32", scope="local")
                         q = T.alloc_buffer((C,), "float32", scope="local")
-                        part = T.alloc_buffer((1,), "float32", scope="local")
+                        part = T.alloc_buffer((2,), "float32", scope="local")  # products of codes read as 1x, 16x
                         partial = T.alloc_buffer((W, MB, R), "float32", scope="shared")  # split-K: each warp's sums
                         for mb in T.unroll(MB):
                             for r in T.unroll(R):

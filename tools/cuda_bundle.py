@@ -86,7 +86,13 @@ def _outputs(cm, inputs) -> tuple:
 E2E_BATCHES = (1, 64)
 
 
-def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batch: int, **spec):
+# MiniLM's mean pooling and normalization run in float after its last integer kernel: the GPU sums in its
+# own order (1-ulp differences, 1.2e-7, on the H200: bench/gpu_runs/2026-11-26-h200-4), so its outputs
+# are compared within this bound, far below one quantization step of the pooled activations.
+FLOAT_TAIL = {"rtol": 0.0, "atol": 1e-5}
+
+
+def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batch: int, compare="exact", **spec):
     """The model built for "cuda" at a static `batch`; the expected outputs come from the reference
     backend (built with a free batch) on the few distinct rows of `inputs`, which the GPU machine repeats
     to `batch` rows (a 64-image input would not fit the bundle)."""
@@ -98,7 +104,7 @@ def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batc
         gpu = qcompile.compile(model, tuple(example), target="cuda", calibration=batches, progress=False)
         ref = qcompile.compile(model, tuple(t[:2] for t in inputs), target="reference", calibration=batches,
                                dynamic_shapes=dims, progress=False)
-        return save_case(directory, gpu, inputs, _outputs(ref, inputs), compare="exact", batch=batch, **spec)
+        return save_case(directory, gpu, inputs, _outputs(ref, inputs), compare=compare, batch=batch, **spec)
     return build
 
 
@@ -144,7 +150,7 @@ def _minilm_cases() -> None:
     config = json.loads((model_dir() / "config.json").read_text())
     for n in E2E_BATCHES:
         CASES[f"minilm_b{n}"] = _end_to_end(embedder, calibration, [ids, b["attention_mask"]], dims, n,
-                                            peer="minilm", config=config)
+                                            compare=FLOAT_TAIL, peer="minilm", config=config)
 
 
 # The weight-only GEMV's 4096-wide models would take 4-16 MB of the bundle each: the kernel bench

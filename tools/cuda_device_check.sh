@@ -14,9 +14,12 @@ export PYTHONPATH="$PWD/$BUNDLE/site" TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1 Q
 CUDART_DIRS=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for d in site.getsitepackages() + ['/usr/local/cuda/lib64', '/usr/local/cuda/lib'] for p in glob.glob(d + '/libcudart.so.13') + glob.glob(d + '/nvidia/**/libcudart.so.13', recursive=True)})))")
 export LD_LIBRARY_PATH="${CUDART_DIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+STEPS="${STEPS:-gemm gemv tests e2e}"  # which of the steps below to run
+
 step() {  # step NAME LOG COMMAND...: run with a time limit, log its output and its seconds
     local name=$1 log=$2 start=$SECONDS
     shift 2
+    [[ " $STEPS probe ncu " == *" ${log%%[._]*} "* ]] || return 0
     echo "== $name"
     timeout "$STEP_S" "$@" 2>&1 | tee -a "$OUT/$log"
     echo "== $name: exit ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$OUT/$log"

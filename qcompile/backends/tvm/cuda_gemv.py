@@ -53,17 +53,17 @@ MAX_ROWS = 16  # largest static M the GEMV takes; above, the TE definition and t
 
 def default_config(m: int | None, n: int, k: int) -> GemvConfig:
     """M = 1 by the weight's shape, from the sweeps of bench/cuda_int4_gemv.py on the H200
-    (bench/gpu_runs/2026-11-26-h200-2 and -3): 8 rows per warp (each warp reuses its activation chunk for 8
-    rows) for wide weights (N >= 16384: blocks enough), and for long rows (K >= 16384) with 2 warps
-    splitting each row's K (twice the blocks); 2 rows per warp and 8 warps for small weights (4096 x 4096:
-    short rows, latency-bound); else 4 rows and 4 warps. Small batches keep up to 8
+    (bench/gpu_runs/2026-11-26-h200-2 to -4): for wide weights (N >= 16384) 4 rows per warp and 8 warps;
+    for long rows (K >= 16384) 8 rows per warp (each warp reuses its activation chunk for 8 rows) with 2
+    warps splitting each row's K (twice the blocks); 2 rows per warp and 8 warps for small weights
+    (4096 x 4096: short rows, latency-bound); else 4 rows and 4 warps. Small batches keep up to 8
     activation rows per block (their accumulators and activation chunks live in registers: more weight
     rows per warp spill at 8); a free M is served in blocks of 4 rows."""
     m_block = 4 if m is None else min(m, 8)
     if m_block > 1:
         return GemvConfig(rows=2 if m_block == 2 else 1, m_block=m_block)
     if n >= 16384:
-        return GemvConfig(rows=8, warps=4, unroll=2)
+        return GemvConfig(rows=4, warps=8, unroll=2)
     if k >= 16384:
         return GemvConfig(rows=8, warps=4, unroll=2, split_k=2)
     if n * k <= 1 << 24:

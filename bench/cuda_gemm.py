@@ -55,7 +55,6 @@ def build(out: Path) -> None:
     import tvm
 
     from qcompile.backends.tvm import cuda, cuda_build
-
     from qcompile.backends.tvm.cuda_gemm import GemmTile
 
     out.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,12 @@ E2E_BATCHES = (1, 64)
 # MiniLM's mean pooling and normalization run in float after its last integer kernel: the GPU sums in its
 # own order (1-ulp differences, 1.2e-7, on the H200: bench/gpu_runs/2026-11-26-h200-4), so its outputs
 # are compared within this bound, far below one quantization step of the pooled activations.
-FLOAT_TAIL = {"rtol": 0.0, "atol": 1e-5}
+MINILM_ATOL = 1e-5
+
+
+def _within(atol: float) -> dict:
+    """A case's `compare`: outputs within `atol` of the reference's."""
+    return {"rtol": 0.0, "atol": atol}
 
 
 def _end_to_end(model, calibration, inputs: list[torch.Tensor], dims: dict, batch: int, compare="exact", **spec):
@@ -150,7 +155,7 @@ def _minilm_cases() -> None:
     config = json.loads((model_dir() / "config.json").read_text())
     for n in E2E_BATCHES:
         CASES[f"minilm_b{n}"] = _end_to_end(embedder, calibration, [ids, b["attention_mask"]], dims, n,
-                                            compare=FLOAT_TAIL, peer="minilm", config=config)
+                                            compare=_within(MINILM_ATOL), peer="minilm", config=config)
 
 
 # The weight-only GEMV's 4096-wide models would take 4-16 MB of the bundle each: the kernel bench
@@ -172,10 +177,10 @@ def _register_test_cases() -> None:
 
     for name, model, example, calibration, options in test_cuda_gemm.gpu_cases():
         tail = test_cuda_gemm.FLOAT_TAIL.get(name)
-        CASES[name] = _test_case(model, example, calibration, options, "exact" if tail is None else {"rtol": 0.0, "atol": tail})
+        CASES[name] = _test_case(model, example, calibration, options, "exact" if tail is None else _within(tail))
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         if name not in _TOO_BIG:
-            CASES[name] = _test_case(model, example, calibration, kwargs, {"rtol": 0.0, "atol": tolerance})
+            CASES[name] = _test_case(model, example, calibration, kwargs, _within(tolerance))
 
 
 # Kernel benches: built here, their data made on the GPU machine (bench/<file> build DIR / run DIR).

@@ -2,8 +2,8 @@
 # The whole GPU check in one command, for the GPU machine (device tool: carry [".gpu"], OUT set):
 #   bash tools/cuda_device_check.sh [BUNDLE]
 # Build the bundle here first: make gpu-bundle. Writes gpu.txt, gemm.txt, gemv.txt, tests.log and e2e.log
-# to $OUT (and probe.log, ncu_*.txt when PROBE or NCU name cases or kernels). The Must-show kernels come first; every step has its own time limit (STEP_S
-# seconds), so that one slow step leaves the others' results.
+# to $OUT (and probe.log, ncu_*.txt when PROBE or NCU name cases or kernels). The Must-show kernels come
+# first; every step has its own time limit (STEP_S seconds), so that one slow step leaves the others' results.
 set -uo pipefail
 BUNDLE="${1:-.gpu}"
 OUT="${OUT:-/tmp/qcompile-gpu}"

@@ -8,9 +8,9 @@ t + V/2, 16 bits apart, are the neighbours k = 2t, 2t + 1. A mask (`word & 0x000
 pair into the low mantissa bits of two float16 lanes, where each reads as the subnormal u * 2^-24,
 converted exactly to float32 by the half -> float conversion: no integer-to-float instruction (quarter
 rate) and no magic-number subtraction per value. The word is shifted by whole bytes only: an int4 pair at
-bits 4..7 is read in place as 16u * 2^-24 (exact) and summed apart, so one shift serves a word's 4 pairs. The 2^24 and the offset come back
-once per chunk: sum x * code = 2^24 * sum x * (u * 2^-24) - 2^(bits-1) * sum x. Row strides are multiples
-of 16 bytes.
+bits 4..7 is read in place as 16u * 2^-24 (exact) and summed apart, so one shift serves a word's 4 pairs.
+The 2^24 and the offset come back once per chunk: sum x * code = 2^24 * sum x * (u * 2^-24) - 2^(bits-1)
+* sum x. Row strides are multiples of 16 bytes.
 
 Work split: a warp owns `rows` weight rows (split-K over its 32 lanes, reduced by warp shuffles at the
 end); each lane reads 4 consecutive words per row per step (one 128-bit load; the warp reads 512
@@ -165,23 +165,19 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
                                 for d in T.unroll(5):
                                     acc[mb, r] = acc[mb, r] + T.tvm_warp_shuffle_down(
                                         T.tvm_warp_activemask(), acc[mb, r], 16 >> d, WARP, WARP)
-                        if S == 1:
-                            for mb in T.unroll(MB):
-                                for r in T.unroll(R):
-                                    if lane == 0 and bm * MB + mb < M and bn * ROWS + r * G + warp < n:
-                                        Y[bm * MB + mb, bn * ROWS + r * G + warp] = acc[mb, r] + bias[bn * ROWS + r * G + warp]
-                        else:
-                            # Split-K over the warps of a group: the first warp adds the others' sums.
+                        # Split-K over the warps of a group: the first warp adds the others' sums.
+                        if S > 1:
                             for mb in T.unroll(MB):
                                 for r in T.unroll(R):
                                     if lane == 0:
                                         partial[warp, mb, r] = acc[mb, r]
                             T.tvm_storage_sync("shared")
-                            for mb in T.unroll(MB):
-                                for r in T.unroll(R):
-                                    if lane == 0 and warp % S == 0 and bm * MB + mb < M and bn * ROWS + r * G + warp // S < n:
+                        for mb in T.unroll(MB):
+                            for r in T.unroll(R):
+                                if lane == 0 and warp % S == 0 and bm * MB + mb < M and bn * ROWS + r * G + warp // S < n:
+                                    if S > 1:
                                         for j in T.unroll(1, S):
                                             acc[mb, r] = acc[mb, r] + partial[warp + j, mb, r]
-                                        Y[bm * MB + mb, bn * ROWS + r * G + warp // S] = acc[mb, r] + bias[bn * ROWS + r * G + warp // S]
+                                    Y[bm * MB + mb, bn * ROWS + r * G + warp // S] = acc[mb, r] + bias[bn * ROWS + r * G + warp // S]
 
     return gemv

@@ -171,11 +171,11 @@ def _test_case(model, example, calibration, kwargs, compare):
 
 
 def _register_test_cases() -> None:
-    """The GPU cases of the CUDA kernel tests: the tensor-core GEMMs and depthwise convs (bit-exact), the
-    weight-only GEMV (float16 activations: within the test's bound)."""
-    from tests.backends import test_cuda_gemm, test_cuda_weight_only
+    """The GPU cases of the CUDA kernel tests: the tensor-core GEMMs, batched attention matmuls and
+    depthwise convs (bit-exact), the weight-only GEMV (float16 activations: within the test's bound)."""
+    from tests.backends import test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
 
-    for name, model, example, calibration, options in test_cuda_gemm.gpu_cases():
+    for name, model, example, calibration, options in test_cuda_gemm.gpu_cases() + test_cuda_matmul.gpu_cases():
         tail = test_cuda_gemm.FLOAT_TAIL.get(name)
         CASES[name] = _test_case(model, example, calibration, options, "exact" if tail is None else _within(tail))
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():

@@ -2,6 +2,7 @@
 time, artifacts save and load without TVM's compiler, and calling says clearly that a GPU is needed.
 Results on a GPU: tests/gpu (run on a lent GPU through tools/cuda_device.py)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import qcompile
+from qcompile.ir import meta
 from qcompile.backends.tvm import cuda_build, cuda_runtime
 
 needs_no_gpu = pytest.mark.skipif(cuda_build.gpu_present(), reason="checks the behaviour of a machine without a GPU")
@@ -78,7 +80,15 @@ def test_minilm_builds_with_a_free_batch(minilm, tmp_path):
     kernels = _saved_kernels(cm, tmp_path)
     assert not any(kernels.spills().values())
     # The batch stays a run-time argument of the kernels (none was specialised to the example's 2).
-    assert "batch" in kernels.source
+    ids = next(iter(cm.graph_module.graph.find_nodes(op="placeholder")))
+    assert re.search(rf"int64_t {meta.input_dims(ids)[0].expr}\b", kernels.source)
+    # Float attention as two products tiled through shared memory and a softmax (attention.py), not TVM's
+    # one attention kernel, which only dlight's one-thread-per-score fallback took.
+    ptx = kernels.kernel_ptx()
+    assert not any("attention" in name for name in ptx)
+    products = [name for name in ptx if "matmul" in name]
+    assert len(products) == 2 and all(".shared" in ptx[name] for name in products), sorted(ptx)
+    assert any("softmax" in name for name in ptx)
 
 
 def test_other_architectures_by_option(resnet, tmp_path):

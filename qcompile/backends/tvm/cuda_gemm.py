@@ -21,7 +21,7 @@ checks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -70,20 +70,29 @@ LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=2, stages=3)
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
 
 
-def choose_tile(m, n: int) -> GemmTile:
-    """The large tile unless the GEMM is too small to fill it (a free M counts as large)."""
+def choose_tile(m, n: int, k: int) -> GemmTile:
+    """The large tile unless the GEMM is too small to fill it (a free M counts as large), with no K step
+    or column block wider than the GEMM where one mma tile covers it: the padding would be multiplied
+    too (a head dim of 32 is attention's K in Q.K^T and N in P.V)."""
     rows = m.value if isinstance(m, tirx.IntImm) else None
-    if (rows is not None and rows <= 64) or n <= 64:
-        return SMALL
-    return LARGE
+    tile = SMALL if (rows is not None and rows <= 64) or n <= 64 else LARGE
+    narrow = TILE_N * tile.wn  # the narrowest column block: one accumulator tile per warp
+    return replace(tile, bk=TILE_K if k <= TILE_K else tile.bk, bn=narrow if n <= narrow else tile.bn)
 
 
 def _operand_dtypes(block: tirx.Block) -> tuple[str, str] | None:
-    """(A, B) dtypes of an int32 += 8-bit x 8-bit reduction the mma takes (B: int8 weights)."""
+    """(A, B) dtypes of an int32 += 8-bit x 8-bit reduction the mma takes (either operand uint8 or int8)."""
     if len(block.reads) < 2 or len(block.writes) != 1 or block.writes[0].source.dtype != "int32":
         return None
     a, b = (r.source.dtype for r in block.reads[:2])
-    return (a, b) if a in ("uint8", "int8") and b == "int8" else None
+    return (a, b) if a in cuda_mma.BYTE_TYPES and b in cuda_mma.BYTE_TYPES else None
+
+
+def _leading_batch(block: tirx.Block) -> bool:
+    """Whether both operands and the output are indexed first by one variable, as a batched matmul's
+    [batch, rows, K] operands (cuda_matmul.py) are."""
+    firsts = [region.region[0].min for region in (*block.reads[:2], block.writes[0])]
+    return all(isinstance(f, tirx.Var) and f.same_as(firsts[0]) for f in firsts)
 
 
 def _product_form(block: tirx.Block) -> str | None:
@@ -137,10 +146,10 @@ def _gemm_schedule(sch: s_tir.Schedule, tile: GemmTile | None) -> s_tir.Schedule
         return None
     widths = [_copy_width(block, operand) for operand in (0, 1)]
     _normalize(sch, main)
-    batch, m, n, _ = (sch.get(loop).extent for loop in sch.get_loops(main))
-    if not (isinstance(batch, tirx.IntImm) and batch.value == 1):
-        return None  # a batch of GEMMs (an operand indexed by an output variable): a depthwise conv
-    tile = tile or choose_tile(m, int(n))
+    batch, m, n, k = (sch.get(loop).extent for loop in sch.get_loops(main))
+    if not (isinstance(batch, tirx.IntImm) and batch.value == 1) and not _leading_batch(block):
+        return None  # a depthwise conv: a batch (its channels) of one-column GEMMs
+    tile = tile or choose_tile(m, int(n), int(k))
     sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
     _schedule_gemm(sch, main, tile, dtypes, product, widths)
     return sch

@@ -26,6 +26,7 @@ TILE_K = 32
 OPERAND_BYTES = TILE_M * TILE_K // WARP  # bytes of a 16 x 32 operand tile per lane
 ACC_VALUES = TILE_M * TILE_N // WARP  # int32 accumulators of a 16 x 16 tile per lane
 _PTX_TYPES = {"uint8": "uint8", "int8": "int8"}
+BYTE_TYPES = tuple(_PTX_TYPES)  # the operand dtypes of the m16n8k32 mma, in any combination
 
 
 def fragment_of_a(m, k):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections import ChainMap
 
 import sympy
 import torch
@@ -16,7 +15,7 @@ from tvm import relax, tirx
 from ...ir import meta
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
-from . import cuda_weight_only, depthwise_lowering, gemm_lowering, matmul_kernel, ops_nhwc
+from . import attention, cuda_matmul, cuda_weight_only, depthwise_lowering, gemm_lowering, matmul_kernel, ops_nhwc
 from .layout import FOLLOWERS, Layouts, nhwc_axis
 from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
 from .var_names import var_name
@@ -96,7 +95,8 @@ def _const(t: torch.Tensor) -> relax.Expr:
 
 class _FloatIslands:
     """Float ops between dequantize and quantize, lowered by TVM's own PyTorch importer (one shared
-    env/BlockBuilder), so every ATen op TVM understands can stay float inside an integer model."""
+    env/BlockBuilder), so every ATen op TVM understands can stay float inside an integer model; attention
+    by attention.py."""
 
     def __init__(self):
         from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
@@ -104,26 +104,16 @@ class _FloatIslands:
         self.importer = ExportedProgramImporter()
 
     def supports(self, node: fx.Node) -> bool:
-        return node.target is operator.getitem or getattr(node.target, "__name__", None) in self.importer.convert_map
+        return (node.target is operator.getitem or node.target in attention.CONVERTERS
+                or getattr(node.target, "__name__", None) in self.importer.convert_map)
 
     def emit(self, bb: relax.BlockBuilder, node: fx.Node, env: dict) -> relax.Expr:
-        adapt = _ADAPTERS.get(node.target)
+        own = attention.CONVERTERS.get(node.target)
+        if own is not None:
+            return own(bb, node, env)
         self.importer.block_builder = bb
-        self.importer.env = adapt(bb, node, env) if adapt else env
+        self.importer.env = env
         return self.importer.convert_map[node.target.__name__](node)
-
-
-def _additive_attention_mask(bb: relax.BlockBuilder, node: fx.Node, env):
-    """TVM's attention takes only float masks: a boolean mask (True = attend) becomes 0 / -inf."""
-    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-    if mask is None or mask.meta["val"].dtype != torch.bool:
-        return env
-    zero, neg = relax.const(0.0, "float32"), relax.const(float("-inf"), "float32")
-    keep = bb.emit(relax.op.astype(env[mask], "bool"))  # some producers hand it over as integers
-    return ChainMap({mask: bb.emit(relax.op.where(keep, zero, neg))}, env)
-
-
-_ADAPTERS = {torch.ops.aten.scaled_dot_product_attention.default: _additive_attention_mask}
 
 
 def _sym_size(node: fx.Node, layouts: Layouts):
@@ -139,8 +129,8 @@ _SIZES = {torch.ops.aten.sym_size.int: _sym_size}
 # Hand-written kernels that take an accumulator (with its requantize) over from the TE definitions where
 # the target's ISA has one: each module plans the nodes it takes (`plan(gm, target)`: result -> accumulator,
 # empty for other targets) and emits them (`emit`). They claim disjoint nodes (ungrouped convs and linears;
-# depthwise convs; activation x activation matmuls; weight-only linears on CUDA).
-HAND_WRITTEN = (gemm_lowering, depthwise_lowering, matmul_kernel, cuda_weight_only)
+# depthwise convs; activation x activation matmuls on CPUs and on CUDA; weight-only linears on CUDA).
+HAND_WRITTEN = (gemm_lowering, depthwise_lowering, matmul_kernel, cuda_matmul, cuda_weight_only)
 
 
 def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:
@@ -157,7 +147,8 @@ def to_relax(gm: fx.GraphModule, target=None, choose_tiling: gemm_lowering.Choos
     Convolutions and pools run channels-last (layout.py). With a `target`, accumulate -> requantize pairs
     that a hand-written kernel for its ISA handles (HAND_WRITTEN: the GEMM for linear and ungrouped convs,
     with the register tile `choose_tiling` picks, the cost model's unless tuning; the depthwise conv) are
-    lowered to it; everything else to TE definitions."""
+    lowered to it; everything else to TE definitions; float ops through TVM's PyTorch importer (attention
+    through attention.py)."""
     floats = _FloatIslands()
     missing = unsupported_ops(gm, floats)
     if missing:

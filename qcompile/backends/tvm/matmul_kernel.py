@@ -55,14 +55,14 @@ from tvm.script import tirx as T
 from ...ir.rewrite import constant
 from .gemm_lowering import accumulators_taken
 from .layout import Layouts
-from .ops import size_product, tvm_dtype
+from .ops import broadcast_batch, is_one, operand_batch, size_product, tvm_dtype
 from .var_names import var_name
 from .x86_gemm import (Isa, Requant, Tiling, _candidate_tiles, _check_tiling, _preference, _requantize, _tile_cycles,
                        isa_for)
 
 qc = torch.ops.qcompile
 
-__all__ = ["supported_isa", "plan", "emit", "matmul_prim_func", "MatmulSpec"]
+__all__ = ["supported_isa", "plan", "emit", "matmul_prim_func", "MatmulSpec", "operands_ok"]
 
 
 def supported_isa(target) -> Isa | None:
@@ -83,7 +83,7 @@ def _requant_fusable(gm: fx.GraphModule, rq: fx.Node) -> bool:
             and 1 <= int(constant(gm, shift)) <= 62)
 
 
-def _operands_ok(mm: fx.Node) -> bool:
+def operands_ok(mm: fx.Node) -> bool:
     """Tensors of at least 2 dims, 8-bit, with zero points their dtype can hold (A is padded with its own)."""
     a, b, a_zp, b_zp = mm.args
     return all(isinstance(x, fx.Node) and x.meta["val"].ndim >= 2 and x.meta["val"].dtype in (torch.uint8, torch.int8)
@@ -96,7 +96,7 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     matmul (requantized on the register tile), or a matmul alone (int32 out)."""
     if supported_isa(target) is None:
         return {}
-    return accumulators_taken(gm, lambda n: n.target == qc.matmul_int.default and _operands_ok(n),
+    return accumulators_taken(gm, lambda n: n.target == qc.matmul_int.default and operands_ok(n),
                               lambda rq: _requant_fusable(gm, rq))
 
 
@@ -292,32 +292,18 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
 
 
 # ---------------------------------------------------------------- run-time packing (TE)
-def _is_one(d) -> bool:
-    return isinstance(d, (int, tir.IntImm)) and int(d) == 1
-
-
 def _static(d) -> int | None:
     return int(d) if isinstance(d, (int, tir.IntImm)) else None
 
 
-def _broadcast_batch(a_batch: list, b_batch: list) -> list:
-    """torch.matmul's batch broadcast (right-aligned); symbolic sizes that are not 1 are taken as equal."""
-    n = max(len(a_batch), len(b_batch))
-    a_batch = [1] * (n - len(a_batch)) + list(a_batch)
-    b_batch = [1] * (n - len(b_batch)) + list(b_batch)
-    return [b if _is_one(a) else a for a, b in zip(a_batch, b_batch)]
-
-
-def _batch_index(bo, out_batch: list, t_batch: list) -> list:
+def batch_index(bo, out_batch: list, t_batch: list) -> list:
     """The operand's batch coordinates for flat output batch index `bo` (broadcast dims read 0)."""
     coords, rest = [], bo
     for d in reversed(out_batch):
         d = tir.const(d, bo.ty) if isinstance(d, int) else d.astype(str(bo.ty))
         coords.append(tir.floormod(rest, d))
         rest = tir.floordiv(rest, d)
-    coords = coords[::-1]
-    offset = len(out_batch) - len(t_batch)
-    return [tir.const(0, str(bo.ty)) if _is_one(d) else coords[offset + i] for i, d in enumerate(t_batch)]
+    return operand_batch(coords[::-1], t_batch)
 
 
 def _ceil_div(x, d: int):
@@ -332,7 +318,7 @@ def _pack_b(b: te.Tensor, out_batch: list, bo_size, nr: int, g: int) -> te.Tenso
 
     def body(bo, po, kk, j):
         col, row = po * nr + j // g, kk * g + j % g
-        v = b(*_batch_index(bo, out_batch, b_batch), row, col)
+        v = b(*batch_index(bo, out_batch, b_batch), row, col)
         v = (v.astype("int32") - 128).astype("int8") if flip else v
         # Guards only where padding can occur: with static sizes that divide, the pack is a plain copy.
         inside = [c for c, size, step in ((row < k, k, g), (col < n, n, nr)) if _static(size) is None or _static(size) % step]
@@ -355,7 +341,7 @@ def _pad_a(a: te.Tensor, out_batch: list, bo_size, g: int, zp: int, dtype: str) 
     shift = {("uint8", "int8"): -128, ("int8", "uint8"): 128}.get((str(a.dtype), dtype), 0)
 
     def body(bo, i, kk):
-        v = a(*_batch_index(bo, out_batch, a_batch), i, tir.min(kk, k - 1))
+        v = a(*batch_index(bo, out_batch, a_batch), i, tir.min(kk, k - 1))
         v = (v.astype("int32") + shift).astype(dtype) if shift else v
         if _static(k) is not None and _static(k) % g == 0:
             return v
@@ -386,7 +372,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Nod
     a, b = layouts.get(a_n, False), layouts.get(b_n, False)
     *a_batch, m, k = a.ty.shape.values
     *b_batch, _, n = b.ty.shape.values
-    out_batch = _broadcast_batch(a_batch, b_batch)
+    out_batch = broadcast_batch(a_batch, b_batch)
     bo_size = size_product(out_batch)
     requant, mult = None, 0
     if result is not mm:
@@ -397,7 +383,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Nod
     a_dtype, a_native = tvm_dtype(a_n.meta["val"].dtype), _native_a(isa)
     in_place = (a_dtype == a_native and _static(k) is not None and _static(k) % g == 0
                 and len(a_batch) == len(out_batch)
-                and not any(_is_one(d) and not _is_one(o) for d, o in zip(a_batch, out_batch)))
+                and not any(is_one(d) and not is_one(o) for d, o in zip(a_batch, out_batch)))
     if in_place:
         a3 = bb.emit(relax.op.reshape(a, (bo_size, m, k)), var_name(mm))
     else:  # a copy (into which FuseOps folds A's producers: the transpose of Q, the quantize of P)

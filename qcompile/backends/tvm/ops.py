@@ -178,22 +178,37 @@ def _linear_dynamic(node, x, w, w_scale, bias):
     return te.compute(out_shape, epilogue, name="linear_dynamic")
 
 
+def is_one(d) -> bool:
+    return isinstance(d, (int, tir.IntImm)) and int(d) == 1
+
+
+def broadcast_batch(a_batch: list, b_batch: list) -> list:
+    """torch.matmul's batch broadcast (right-aligned); symbolic sizes that are not 1 are taken as equal."""
+    n = max(len(a_batch), len(b_batch))
+    a_batch = [1] * (n - len(a_batch)) + list(a_batch)
+    b_batch = [1] * (n - len(b_batch)) + list(b_batch)
+    return [b if is_one(a) else a for a, b in zip(a_batch, b_batch)]
+
+
+def operand_batch(out_index, t_batch: list) -> list:
+    """An operand's batch coordinates at the output's batch coordinates `out_index` (right-aligned; its
+    dims of size 1 read 0)."""
+    lead = len(out_index) - len(t_batch)
+    return [tir.const(0, str(out_index[lead + j].ty)) if is_one(d) else out_index[lead + j] for j, d in enumerate(t_batch)]
+
+
 @converter(qc.matmul_int.default)
 def _matmul(node, a, b, a_zp, b_zp):
-    k = te.reduce_axis((0, a.shape[-1]), "k")
-    batch = [a.shape[d] if a.shape[d] != 1 else b.shape[d] for d in range(len(a.shape) - 2)]
-    shape = (*batch, a.shape[-2], b.shape[-1])
-
-    def pick(t, idx):
-        return [0 if t.shape[d] == 1 else idx[d] for d in range(len(idx))]
+    *a_batch, m, depth = a.shape
+    *b_batch, _, n = b.shape
+    k = te.reduce_axis((0, depth), "k")
 
     def body(*i):
-        bi = list(i[:-2])
-        return te.sum(
-            (_i(a(*pick(a, bi), i[-2], k)) - a_zp) * (_i(b(*pick(b, bi), k, i[-1])) - b_zp), axis=k
-        )
+        left = a(*operand_batch(i[:-2], a_batch), i[-2], k)
+        right = b(*operand_batch(i[:-2], b_batch), k, i[-1])
+        return te.sum((_i(left) - a_zp) * (_i(right) - b_zp), axis=k)
 
-    return te.compute(shape, body, name="matmul_int")
+    return te.compute((*broadcast_batch(a_batch, b_batch), m, n), body, name="matmul_int")
 
 
 @converter(qc.mul_int.default)

@@ -1,5 +1,5 @@
 """target="cuda" on the GPU machine, side by side with PyTorch in one run: exactness of every bundled case,
-then end-to-end latency against torch fp16, then the kernels against cuBLAS.
+then end-to-end latency against torch fp16, then where the end-to-end cases spend their GPU time.
 
     here:  .venv/bin/python tools/cuda_bundle.py          # builds .gpu/ (no GPU needed)
     there: python3 bench/cuda.py .gpu --out $OUT          # device tool: carry [".gpu"]
@@ -74,6 +74,20 @@ def end_to_end(rt, cases, number: int, repeat: int) -> list[dict]:
     return rows
 
 
+def kernel_breakdown(rt, cases, top: int = 8) -> list[dict]:
+    """The `top` kernels by GPU time of every end-to-end case (CUPTI), with their share of its kernel time:
+    where a model's time goes."""
+    rows = []
+    for case in (c for c in cases if c.spec.get("peer") in PEERS):
+        model = case.model(rt)
+        inputs, _ = case.io()
+        times = cuda_device.kernel_times(lambda: model(*inputs))
+        total = sum(times.values())
+        for name, seconds in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+            rows.append({"case": case.name, "kernel": name, "µs per call": seconds * 1e6, "share": seconds / total})
+    return rows
+
+
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "(none)\n"
@@ -98,7 +112,8 @@ def main(argv=None) -> None:
     cases = cuda_device.cases(args.bundle)
     header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {torch.cuda.get_device_name()}, "
               f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-    sections = {"checks": check_cases(rt, cases), "end to end": end_to_end(rt, cases, args.number, args.repeat)}
+    sections = {"checks": check_cases(rt, cases), "end to end": end_to_end(rt, cases, args.number, args.repeat),
+                "kernels of the end-to-end cases": kernel_breakdown(rt, cases)}
     report = header + "\n\n" + "".join(f"## {title}\n{_table(rows)}\n" for title, rows in sections.items())
     print(report)
     if args.out:

@@ -135,7 +135,7 @@ def _mobilenet_v2_cases() -> None:
 
 
 def _minilm_cases() -> None:
-    """all-MiniLM-L6-v2 (real weights) on 4 sentences at sequence length 128.
+    """all-MiniLM-L6-v2 (real weights, int8 attention) on 4 sentences at sequence length 128.
 
     Its float word-embedding table (30522 x 384, 47 MB) would not fit the bundle twice: the bundled model's
     table holds the rows of the tokens in its inputs only, and the inputs are renumbered into it, so its
@@ -144,6 +144,10 @@ def _minilm_cases() -> None:
     from qcompile.zoo.minilm import load_minilm, model_dir
 
     embedder, tok = load_minilm()
+    # BERT's eager attention: Q.K^T and P.V quantized (matmul_int on tensor cores, cuda_matmul.py). With
+    # its default (sdpa) the attention stays float; the bundle has room for one MiniLM pair, and
+    # test_attention's GPU cases check float attention.
+    embedder.m.config._attn_implementation = "eager"
     sentences = ["a wonderful, moving film", "the plot was dull and predictable", "I loved the acting", "not worth the ticket"]
     b = tok(sentences, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
     used, ids = torch.unique(b["input_ids"], return_inverse=True)
@@ -172,12 +176,15 @@ def _test_case(model, example, calibration, kwargs, compare):
 
 def _register_test_cases() -> None:
     """The GPU cases of the CUDA kernel tests: the tensor-core GEMMs, batched attention matmuls and
-    depthwise convs (bit-exact), the weight-only GEMV (float16 activations: within the test's bound)."""
-    from tests.backends import test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
+    depthwise convs (bit-exact), float attention and the weight-only GEMV (float16 activations) within
+    their tests' bounds."""
+    from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
 
     for name, model, example, calibration, options in test_cuda_gemm.gpu_cases() + test_cuda_matmul.gpu_cases():
         tail = test_cuda_gemm.FLOAT_TAIL.get(name)
         CASES[name] = _test_case(model, example, calibration, options, "exact" if tail is None else _within(tail))
+    for name, model, example, calibration, options in test_attention.gpu_cases():
+        CASES[name] = _test_case(model, example, calibration, options, _within(test_attention.GPU_ATOL))
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         if name not in _TOO_BIG:
             CASES[name] = _test_case(model, example, calibration, kwargs, _within(tolerance))

@@ -49,9 +49,10 @@ def cuda_seconds(fn, number: int, repeat: int) -> float:
     return statistics.median(rounds)
 
 
-def kernel_seconds(fn, calls: int = 20) -> float:
-    """Seconds of GPU kernel time per call of `fn`, as CUPTI records it (torch.profiler): the kernels of
-    any library, TVM's too, without launch overheads or gaps between calls. NaN where CUPTI fails."""
+def kernel_times(fn, calls: int = 20) -> dict[str, float]:
+    """Seconds of GPU time per call of `fn` by kernel name, as CUPTI records it (torch.profiler): the
+    kernels of any library, TVM's too, without launch overheads or gaps between calls. Empty where CUPTI
+    fails."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(3):
@@ -64,10 +65,18 @@ def kernel_seconds(fn, calls: int = 20) -> float:
             torch.cuda.synchronize()
     except RuntimeError as e:
         print(f"CUPTI failed: {e}", file=sys.stderr)
-        return float("nan")
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and not e.name.startswith(("Memcpy", "Memset"))]
-    return sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / calls
+        return {}
+    times: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):
+            times[e.name] = times.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e6 / calls
+    return times
+
+
+def kernel_seconds(fn, calls: int = 20) -> float:
+    """Seconds of GPU kernel time per call of `fn` (kernel_times summed); NaN where CUPTI fails."""
+    times = kernel_times(fn, calls)
+    return sum(times.values()) if times else float("nan")
 
 
 @dataclass

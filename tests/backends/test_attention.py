@@ -54,6 +54,30 @@ def test_attention_matches_the_reference(name):
     torch.testing.assert_close(x86(x), ref(x), rtol=0, atol=1e-6)
 
 
+# On a GPU the island's sums run in the GPU's order: its outputs (float, nothing quantized after the
+# attention) are compared within this bound.
+GPU_ATOL = 1e-5
+
+
+def gpu_cases() -> list[tuple]:
+    """(name, model, example inputs, calibration, compile options) the GPU bundle compares with the
+    reference (tools/cuda_bundle.py): a 2-D boolean mask, and causal grouped-query attention with a scale."""
+    variants = _variants()
+    torch.manual_seed(2)
+    x = torch.randn(2, 24, 32)
+    causal_gqa = Sdpa(kv_heads=1, enable_gqa=True, is_causal=True, scale=0.2)
+    return [("sdpa_bool_mask", variants["bool_mask_2d"].eval(), (x,), [x], {}),
+            ("sdpa_causal_grouped_query", causal_gqa.eval(), (x,), [x], {})]
+
+
+@pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
+def test_gpu_cases_build_for_cuda_without_attention_kernels(case):
+    name, model, example, calibration, options = case
+    cm = qcompile.compile(model, example, target="cuda", calibration=calibration, progress=False, **options)
+    ptx = cm._runner.kernels.kernel_ptx()
+    assert not any("attention" in n for n in ptx) and sum("matmul" in n for n in ptx) == 2, sorted(ptx)
+
+
 def test_attention_dropout_is_a_clear_error():
     model = Sdpa(dropout_p=0.1).eval()
     x = torch.randn(2, 24, 32)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import qcompile
+from tests.backends.cuda_on_cpu import built_for_cpu, cuda_lowering
 from tests.models import DepthwiseBlocks, TinyResNet
 
 MMA_U8S8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
@@ -135,6 +136,19 @@ def test_large_gemm_stages_operands_with_cp_async():
         assert kernels.spills()[name] == 0, name
 
 
+def test_conv_weights_are_copied_16_bytes_per_thread():
+    """Weights as [cout, kh, kw, cin] (cuda_conv.py): K is innermost, so with cin a multiple of 16 the B
+    copies are 16-byte cp.async like A's; in [kh, kw, cin, cout] order they were byte loads, cout apart."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(2, 32, 16, 16)
+    gemms = _gemm_kernels(_kernels(_build(model, (x,), [x])))
+    assert len(gemms) == 2
+    for name, ptx in gemms.items():
+        assert MMA_U8S8 in ptx and "cp.async.cg.shared.global" in ptx, name
+        assert "ld.global.nc.u8" not in ptx and "ld.global.nc.s8" not in ptx, name
+
+
 def test_depthwise_convs_run_one_thread_per_output():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 16)
@@ -147,6 +161,17 @@ def test_depthwise_convs_run_one_thread_per_output():
     assert len(depthwise) == 4
     for name in depthwise:
         assert re.search(rf"__launch_bounds__\(256\) {name}\(", source), name
+
+
+@pytest.mark.parametrize("case", [c[0] for c in gpu_cases()])
+def test_the_cuda_lowering_is_bit_exact_on_the_cpu(case):
+    """Every GPU case's integer graph through the CUDA lowering (convs with [cout, kh, kw, cin] weights:
+    cuda_conv.py), built for this CPU: the arithmetic the GPU kernels schedule, against the reference."""
+    name, model, example, calibration, options = next(c for c in gpu_cases() if c[0] == case)
+    ref = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False, **options)
+    got = built_for_cpu(cuda_lowering(ref.graph_module))(*example)
+    for g, e in zip(got, ref(*example) if isinstance(ref(*example), tuple) else (ref(*example),)):
+        torch.testing.assert_close(g, e, rtol=0, atol=FLOAT_TAIL.get(case, 0))
 
 
 # ------------------------------------------------------------------ on a GPU

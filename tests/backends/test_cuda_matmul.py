@@ -7,13 +7,11 @@ matmul kernels, the requantize fused into them, no spills); the GPU compares the
 gpu_cases() with the reference (tools/cuda_bundle.py, tests/gpu)."""
 import pytest
 import torch
-import tvm
 
 import qcompile
-from qcompile.backends.tvm import cuda_build, cuda_matmul
+from qcompile.backends.tvm import cuda_matmul
 from qcompile.backends.tvm.cuda import CudaBackend
-from qcompile.backends.tvm.lower import to_relax
-from qcompile.backends.tvm.x86 import TVMRunner, host_target, optimize
+from tests.backends.cuda_on_cpu import built_for_cpu, cuda_lowering
 from tests.backends.test_matmul_kernel import CASES, I8, U8, _matmul_graph, _random
 from tests.models import Attention
 
@@ -32,9 +30,8 @@ TENSOR_CORE_CASES = [
 
 
 def _cpu_build_of_cuda_lowering(gm):
-    mod = to_relax(gm, target=cuda_build.target(cuda_build.DEFAULT_ARCH))
-    target = host_target()
-    return mod, TVMRunner(tvm.compile(optimize(mod, target), target=target), [])
+    mod = cuda_lowering(gm)
+    return mod, built_for_cpu(mod)
 
 
 def _taken(case) -> bool:

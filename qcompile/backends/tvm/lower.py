@@ -15,7 +15,7 @@ from tvm import relax, tirx
 from ...ir import meta
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
-from . import attention, cuda_matmul, cuda_weight_only, depthwise_lowering, gemm_lowering, matmul_kernel, ops_nhwc
+from . import attention, cuda_conv, cuda_matmul, cuda_weight_only, depthwise_lowering, gemm_lowering, matmul_kernel, ops_nhwc
 from .layout import FOLLOWERS, Layouts, nhwc_axis
 from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
 from .var_names import var_name
@@ -129,8 +129,9 @@ _SIZES = {torch.ops.aten.sym_size.int: _sym_size}
 # Hand-written kernels that take an accumulator (with its requantize) over from the TE definitions where
 # the target's ISA has one: each module plans the nodes it takes (`plan(gm, target)`: result -> accumulator,
 # empty for other targets) and emits them (`emit`). They claim disjoint nodes (ungrouped convs and linears;
-# depthwise convs; activation x activation matmuls on CPUs and on CUDA; weight-only linears on CUDA).
-HAND_WRITTEN = (gemm_lowering, depthwise_lowering, matmul_kernel, cuda_matmul, cuda_weight_only)
+# depthwise convs; activation x activation matmuls on CPUs and on CUDA; ungrouped convs and weight-only
+# linears on CUDA).
+HAND_WRITTEN = (gemm_lowering, depthwise_lowering, matmul_kernel, cuda_conv, cuda_matmul, cuda_weight_only)
 
 
 def unsupported_ops(gm: fx.GraphModule, floats: _FloatIslands) -> list[str]:

@@ -2,10 +2,12 @@
 
 Semantics are those of qcompile/quant/ops.py, only the activations are channels-last: the conv reads
 its weights as [kh, kw, cin/groups, cout], prepared once at lowering, so that the innermost output loop
-(over output channels) reads input pixels and weights with unit stride and vectorizes.
+(over output channels) reads input pixels and weights with unit stride and vectorizes on CPUs; CUDA's
+tensor-core GEMM reads them as [cout, kh, kw, cin] (CONV_OHWI, cuda_conv.py).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +23,8 @@ from .var_names import var_name
 
 qc = torch.ops.qcompile
 
-HWIO = (2, 3, 1, 0)
+HWIO = (2, 3, 1, 0)  # OIHW -> [kh, kw, cin/groups, cout]
+OHWI = (0, 2, 3, 1)  # OIHW -> [cout, kh, kw, cin/groups]
 
 
 def _pad_nhwc(x, ph: int, pw: int, value):
@@ -35,8 +38,22 @@ def conv_output_hw(h, w, kernel, stride, padding, dilation):
 
 
 def conv2d_nhwc(node, x, w_hwio, bias, x_zp, zp_folded, stride, padding, dilation, groups):
+    """The conv with [kh, kw, cin/groups, cout] weights (the CPUs' order: output channels innermost)."""
+    return _conv2d(x, w_hwio.shape, lambda ry, rx, rc, co: w_hwio[ry, rx, rc, co], bias, x_zp, zp_folded, stride,
+                   padding, dilation, groups)
+
+
+def conv2d_nhwc_ohwi(node, x, w_ohwi, bias, x_zp, zp_folded, stride, padding, dilation, groups):
+    """The conv with [cout, kh, kw, cin/groups] weights (input channels innermost, as a GEMM's K)."""
+    cout, kh, kw, cin_g = w_ohwi.shape
+    return _conv2d(x, (kh, kw, cin_g, cout), lambda ry, rx, rc, co: w_ohwi[co, ry, rx, rc], bias, x_zp, zp_folded,
+                   stride, padding, dilation, groups)
+
+
+def _conv2d(x, hwio_shape, weight, bias, x_zp, zp_folded, stride, padding, dilation, groups):
+    """`weight(ry, rx, rc, co)`: the weight of tap (ry, rx), input channel rc of the group, output channel co."""
     n, h, wd, _ = x.shape
-    kh, kw, cin_g, cout = w_hwio.shape
+    kh, kw, cin_g, cout = hwio_shape
     cout_g = cout // groups
     xp = _pad_nhwc(x, padding[0], padding[1], tir.const(x_zp, _dtype(x)))
     sub = 0 if zp_folded else x_zp
@@ -48,7 +65,7 @@ def conv2d_nhwc(node, x, w_hwio, bias, x_zp, zp_folded, stride, padding, dilatio
         # and the output (what a schedule recognises a GEMM by: cuda_gemm.py).
         ci = rc if groups == 1 else (co // cout_g) * cin_g + rc
         pix = xp[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], ci]
-        return te.sum(_i(_product16(pix, sub, w_hwio[ry, rx, rc, co])), axis=[ry, rx, rc])
+        return te.sum(_i(_product16(pix, sub, weight(ry, rx, rc, co))), axis=[ry, rx, rc])
 
     acc = te.compute((n, oh, ow, cout), body, name="conv2d_int")
     if bias is None:
@@ -76,11 +93,12 @@ def max_pool2d_nhwc(node, x, kernel, stride, padding, dilation, ceil_mode):
     return topi.nn.pool2d(x, kernel, stride, dilation, pads, "max", ceil_mode, "NHWC")
 
 
-def _conv_weight(gm: fx.GraphModule, w: fx.Node, env: dict) -> relax.Expr:
+def _conv_weight(order: tuple, gm: fx.GraphModule, w: fx.Node, env: dict) -> relax.Expr:
+    """The OIHW weight permuted to `order`: at build time when it is a constant."""
     if w.op == "get_attr":
-        t = constant(gm, w).detach().permute(*HWIO).contiguous()
+        t = constant(gm, w).detach().permute(*order).contiguous()
         return relax.const(t.numpy(), tvm_dtype(t.dtype))
-    return relax.op.permute_dims(env[w], HWIO)
+    return relax.op.permute_dims(env[w], order)
 
 
 @dataclass(frozen=True)
@@ -91,17 +109,19 @@ class NhwcOp:
 
 
 NHWC_OPS: dict[object, NhwcOp] = {
-    qc.conv2d_int.default: NhwcOp(conv2d_nhwc, {1: _conv_weight}),
+    qc.conv2d_int.default: NhwcOp(conv2d_nhwc, {1: functools.partial(_conv_weight, HWIO)}),
     qc.avg_pool2d_int.default: NhwcOp(avg_pool2d_nhwc, {}),
     qc.max_pool2d_int.default: NhwcOp(max_pool2d_nhwc, {}),
 }
+# The conv with input channels innermost in its weights (cuda_conv.py).
+CONV_OHWI = NhwcOp(conv2d_nhwc_ohwi, {1: functools.partial(_conv_weight, OHWI)})
 
 
-def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: Layouts) -> relax.Expr:
-    """The node's NHWC kernel; its first argument (the activation) is read channels-last."""
+def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: Layouts, op: NhwcOp | None = None) -> relax.Expr:
+    """The node's NHWC kernel (NHWC_OPS's, or `op`); its first argument (the activation) is read channels-last."""
     if not is_4d(node.args[0]):
         raise NotImplementedError(f"{node.target} on a {node.args[0].meta['val'].ndim}-D input (only batched NCHW)")
-    op = NHWC_OPS[node.target]
+    op = op or NHWC_OPS[node.target]
     prepared = {node.args[i]: fn(gm, node.args[i], layouts.env) for i, fn in op.prepare.items()}
     inputs = node.all_input_nodes
     values = [prepared[n] if n in prepared else layouts.get(n, n is node.args[0]) for n in inputs]

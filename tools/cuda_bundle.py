@@ -135,7 +135,7 @@ def _mobilenet_v2_cases() -> None:
 
 
 def _minilm_cases() -> None:
-    """all-MiniLM-L6-v2 (real weights, int8 attention) on 4 sentences at sequence length 128.
+    """all-MiniLM-L6-v2 (real weights) on 4 sentences at sequence length 128.
 
     Its float word-embedding table (30522 x 384, 47 MB) would not fit the bundle twice: the bundled model's
     table holds the rows of the tokens in its inputs only, and the inputs are renumbered into it, so its
@@ -143,11 +143,12 @@ def _minilm_cases() -> None:
     gather reads one row per token whatever the table's size, so the time is the full model's."""
     from qcompile.zoo.minilm import load_minilm, model_dir
 
+    # transformers' default attention (sdpa): float, as attention.py lowers it. With BERT's eager attention
+    # (Q.K^T and P.V quantized, on tensor cores) the float softmax is quantized, and the reference's and
+    # another backend's float rounding put some probabilities on different sides of a quantization step
+    # (x86 against the reference: 0.02 apart at sequence 128), so no tight bound would hold; the int8
+    # attention cases of test_cuda_matmul are bit-exact and cover its kernels.
     embedder, tok = load_minilm()
-    # BERT's eager attention: Q.K^T and P.V quantized (matmul_int on tensor cores, cuda_matmul.py). With
-    # its default (sdpa) the attention stays float; the bundle has room for one MiniLM pair, and
-    # test_attention's GPU cases check float attention.
-    embedder.m.config._attn_implementation = "eager"
     sentences = ["a wonderful, moving film", "the plot was dull and predictable", "I loved the acting", "not worth the ticket"]
     b = tok(sentences, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
     used, ids = torch.unique(b["input_ids"], return_inverse=True)

@@ -1,6 +1,7 @@
 """The CUDA lowering's Relax module (its TE definitions: batched matmuls, convs with [cout, kh, kw, cin]
 weights, zero-point terms, float attention) built for this CPU: its arithmetic checked against the
 reference without a GPU."""
+import torch
 import tvm
 from torch import fx
 
@@ -16,3 +17,14 @@ def cuda_lowering(gm: fx.GraphModule) -> tvm.IRModule:
 def built_for_cpu(mod: tvm.IRModule) -> TVMRunner:
     target = host_target()
     return TVMRunner(tvm.compile(optimize(mod, target), target=target), [])
+
+
+def assert_matches_reference(reference, example: tuple, atol: float = 0.0) -> None:
+    """The CUDA lowering of a model compiled for the reference, built for this CPU, gives the reference's
+    outputs on `example` (bit for bit unless `atol`)."""
+    expected = reference(*example)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = built_for_cpu(cuda_lowering(reference.graph_module))(*example)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=atol)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import qcompile
-from tests.backends.cuda_on_cpu import built_for_cpu, cuda_lowering
+from tests.backends.cuda_on_cpu import assert_matches_reference
 from tests.models import DepthwiseBlocks, TinyResNet
 
 MMA_U8S8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
@@ -169,9 +169,7 @@ def test_the_cuda_lowering_is_bit_exact_on_the_cpu(case):
     cuda_conv.py), built for this CPU: the arithmetic the GPU kernels schedule, against the reference."""
     name, model, example, calibration, options = next(c for c in gpu_cases() if c[0] == case)
     ref = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False, **options)
-    got = built_for_cpu(cuda_lowering(ref.graph_module))(*example)
-    for g, e in zip(got, ref(*example) if isinstance(ref(*example), tuple) else (ref(*example),)):
-        torch.testing.assert_close(g, e, rtol=0, atol=FLOAT_TAIL.get(case, 0))
+    assert_matches_reference(ref, example, atol=FLOAT_TAIL.get(case, 0.0))
 
 
 # ------------------------------------------------------------------ on a GPU

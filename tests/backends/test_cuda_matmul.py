@@ -11,7 +11,7 @@ import torch
 import qcompile
 from qcompile.backends.tvm import cuda_matmul
 from qcompile.backends.tvm.cuda import CudaBackend
-from tests.backends.cuda_on_cpu import built_for_cpu, cuda_lowering
+from tests.backends.cuda_on_cpu import assert_matches_reference, built_for_cpu, cuda_lowering
 from tests.backends.test_matmul_kernel import CASES, I8, U8, _matmul_graph, _random
 from tests.models import Attention
 
@@ -79,13 +79,22 @@ def test_matmul_kernels_run_on_tensor_cores(case):
 
 def gpu_cases() -> list[tuple]:
     """(name, model, example inputs, calibration, compile options): attention with a head dim of 32 (both
-    matmuls on tensor cores), at a fixed and a free batch."""
+    matmuls on tensor cores), at a fixed and a free batch, and at sequence 128 (MiniLM's: Q.K^T on the
+    large tile with a 32-deep K step, P.V on 32 columns)."""
     torch.manual_seed(0)
     model = Attention(d=64, heads=2).eval()
-    x = torch.randn(2, 32, 64)
+    x, long = torch.randn(2, 32, 64), torch.randn(2, 128, 64)
     free = {"dynamic_shapes": ({0: torch.export.Dim("batch", max=64)},)}
     return [("attention", model, (x,), [x, torch.randn(2, 32, 64)], {}),
-            ("attention_free_batch", model, (torch.randn(3, 32, 64),), [x], free)]
+            ("attention_free_batch", model, (torch.randn(3, 32, 64),), [x], free),
+            ("attention_seq128", model, (long,), [long, torch.randn(2, 128, 64)], {})]
+
+
+@pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
+def test_attention_lowering_is_bit_exact_on_the_cpu(case):
+    name, model, example, calibration, options = case
+    assert_matches_reference(qcompile.compile(model, example, target="reference", calibration=calibration,
+                                              progress=False, **options), example)
 
 
 @pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])

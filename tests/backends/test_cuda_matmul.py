@@ -79,15 +79,18 @@ def test_matmul_kernels_run_on_tensor_cores(case):
 
 def gpu_cases() -> list[tuple]:
     """(name, model, example inputs, calibration, compile options): attention with a head dim of 32 (both
-    matmuls on tensor cores), at a fixed and a free batch, and at sequence 128 (MiniLM's: Q.K^T on the
-    large tile with a 32-deep K step, P.V on 32 columns)."""
+    matmuls on tensor cores), at a fixed and a free batch, at sequence 128 (MiniLM's: Q.K^T on the large
+    tile with a 32-deep K step, P.V on 32 columns), and with a free sequence length."""
     torch.manual_seed(0)
     model = Attention(d=64, heads=2).eval()
     x, long = torch.randn(2, 32, 64), torch.randn(2, 128, 64)
     free = {"dynamic_shapes": ({0: torch.export.Dim("batch", max=64)},)}
+    free_length = {"dynamic_shapes": ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("length", min=2, max=512)},)}
     return [("attention", model, (x,), [x, torch.randn(2, 32, 64)], {}),
             ("attention_free_batch", model, (torch.randn(3, 32, 64),), [x], free),
-            ("attention_seq128", model, (long,), [long, torch.randn(2, 128, 64)], {})]
+            ("attention_seq128", model, (long,), [long, torch.randn(2, 128, 64)], {}),
+            # Q.K^T with a free N, P.V with a free K: both padded to the tile at run time
+            ("attention_free_length", model, (torch.randn(2, 40, 64),), [x], free_length)]
 
 
 @pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])

@@ -70,14 +70,15 @@ LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=2, stages=3)
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
 
 
-def choose_tile(m, n: int, k: int) -> GemmTile:
-    """The large tile unless the GEMM is too small to fill it (a free M counts as large), with no K step
-    or column block wider than the GEMM where one mma tile covers it: the padding would be multiplied
-    too (a head dim of 32 is attention's K in Q.K^T and N in P.V)."""
-    rows = m.value if isinstance(m, tirx.IntImm) else None
-    tile = SMALL if (rows is not None and rows <= 64) or n <= 64 else LARGE
+def choose_tile(m, n, k) -> GemmTile:
+    """The large tile unless the GEMM is too small to fill it (a free size counts as large), with no K
+    step or column block wider than the GEMM where one mma tile covers it: the padding would be
+    multiplied too (a head dim of 32 is attention's K in Q.K^T and N in P.V)."""
+    m, n, k = (int(d) if isinstance(d, tirx.IntImm) else None for d in (m, n, k))
+    tile = SMALL if (m is not None and m <= 64) or (n is not None and n <= 64) else LARGE
     narrow = TILE_N * tile.wn  # the narrowest column block: one accumulator tile per warp
-    return replace(tile, bk=TILE_K if k <= TILE_K else tile.bk, bn=narrow if n <= narrow else tile.bn)
+    return replace(tile, bk=TILE_K if k is not None and k <= TILE_K else tile.bk,
+                   bn=narrow if n is not None and n <= narrow else tile.bn)
 
 
 def _operand_dtypes(block: tirx.Block) -> tuple[str, str] | None:
@@ -149,7 +150,7 @@ def _gemm_schedule(sch: s_tir.Schedule, tile: GemmTile | None) -> s_tir.Schedule
     batch, m, n, k = (sch.get(loop).extent for loop in sch.get_loops(main))
     if not (isinstance(batch, tirx.IntImm) and batch.value == 1) and not _leading_batch(block):
         return None  # a depthwise conv: a batch (its channels) of one-column GEMMs
-    tile = tile or choose_tile(m, int(n), int(k))
+    tile = tile or choose_tile(m, n, k)
     sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
     _schedule_gemm(sch, main, tile, dtypes, product, widths)
     return sch
@@ -221,8 +222,9 @@ def _copy_width(block: tirx.Block, operand: int) -> int:
     innermost = block.reads[operand].region[-1].min
     for iv in block.iter_vars:
         if iv.var.same_as(innermost) and iv.iter_type == tirx.IterVar.CommReduce:
-            extent = int(iv.dom.extent)
-            return next((w for w in _COPY_BYTES if extent % w == 0), 1)
+            if not isinstance(iv.dom.extent, tirx.IntImm):
+                return 1  # a free K: no width is known to divide it
+            return next((w for w in _COPY_BYTES if int(iv.dom.extent) % w == 0), 1)
     return 1
 
 

@@ -17,14 +17,15 @@ ldmatrix reads them:
 - the GEMM, with `acc - rows - cols` as its epilogue block, into which FuseOps fuses what follows (the
   requantize of P.V, the dequantize of the scores).
 
-K and N must be static and at least MIN_SIZE (the rule's tile is chosen by them); M and the batch may be
-free. Other matmuls keep the TE definition of ops.py, which dlight's CUDA-core matmul schedules."""
+Any size may be free (a free K is copied to shared memory byte by byte: no vector width is known to
+divide it); a static K or N must be at least MIN_SIZE. Other matmuls keep the TE definition of ops.py,
+which dlight's CUDA-core matmul schedules."""
 from __future__ import annotations
 
 import torch
 import tvm
 from torch import fx
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from .layout import Layouts
 from .matmul_kernel import operands_ok
@@ -34,8 +35,8 @@ from .var_names import var_name
 qc = torch.ops.qcompile
 
 
-# Smaller products (a K or N below one mma tile's 16) would mostly multiply padding: they keep the TE
-# definition.
+# Smaller products (a static K or N below one mma tile's 16) would mostly multiply padding: they keep the
+# TE definition.
 MIN_SIZE = 16
 
 
@@ -43,7 +44,7 @@ def _takes(node: fx.Node) -> bool:
     if node.target != qc.matmul_int.default or not operands_ok(node):
         return False
     k, n = (x.meta["val"].shape[-1] for x in node.args[:2])
-    return all(isinstance(d, int) and d >= MIN_SIZE for d in (k, n))
+    return all(not isinstance(d, int) or d >= MIN_SIZE for d in (k, n))
 
 
 def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
@@ -81,7 +82,8 @@ def row_terms(a: te.Tensor, za: int, zb: int) -> te.Tensor:
     k = a.shape[-1]
     r = te.reduce_axis((0, k), "k")
     sums = te.compute(a.shape[:-1], lambda *i: te.sum(a(*i, r).astype("int32"), axis=r), name="row_sums")
-    return te.compute(a.shape[:-1], lambda *i: (sums(*i) - int(k) * za) * zb, name="row_terms")
+    depth = k.astype("int32") if isinstance(k, tirx.Var) else int(k)  # a free K (P.V of a free length)
+    return te.compute(a.shape[:-1], lambda *i: (sums(*i) - depth * za) * zb, name="row_terms")
 
 
 def col_terms(bt: te.Tensor, za: int) -> te.Tensor:

@@ -1,4 +1,5 @@
-"""target="cuda" with weight-only Linear layers (bits="w4" / "w8"): the GEMV kernel of cuda_gemv.py.
+"""target="cuda" with weight-only Linear layers (bits="w4" / "w8"): the GEMV kernel of cuda_gemv.py, and the
+float16 tensor-core GEMM for larger static batches.
 
 On any machine: the packing decodes (the kernel's way) to the codes, decode-shaped models build, and the
 PTX has what the kernel is for (128-bit weight loads, no integer-to-float conversions, fp32 FMAs, warp
@@ -9,7 +10,8 @@ with the TVM runtime only runs the same checks from a bundle built of `gpu_cases
 Tolerance: the kernel rounds the activations and the group scales to float16 (unit roundoff 2^-11
 each) and multiplies and sums exactly enough in float32 that nothing else counts, so for one Linear
 |y - y_ref| <= 2 * 2^-11 * sum_k |x_k| |w_nk| (the weights dequantized), checked with a factor 2 of
-margin for float32 summation and, through a GELU, for the next layer (`error_bound`).
+margin for float32 summation and, through a GELU, for the next layer (`error_bound`). The tensor-core
+path for more than MAX_ROWS rows also rounds each dequantized weight to float16: 3 of the 4 units.
 """
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from torch import nn
 
 import qcompile
 from qcompile.backends.tvm import cuda_build
+from qcompile.backends.tvm.cuda_gemv import MAX_ROWS
 from qcompile.backends.tvm.cuda_weight_codes import CODES, SUBNORMAL, WORDS_PER_LOAD
 from qcompile.ir.rewrite import constant
+from tests.backends.cuda_on_cpu import assert_matches_reference
 
 FP16_ROUNDOFF = 2.0**-11
 
@@ -73,7 +77,14 @@ def gpu_cases() -> list[tuple]:
     add("mlp_512x1024_w4_dynamic_batch", MLP(512, 1024).eval(), torch.randn(11, 512, generator=g), bits="w4",
         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
     add("mlp_512x1024_w8_m16", MLP(512, 1024).eval(), 8 * torch.randn(16, 512, generator=g), bits="w8")
+    add("mlp_512x1024_w4_m64", MLP(512, 1024).eval(), torch.randn(64, 512, generator=g), bits="w4")  # tensor cores
     return cases
+
+
+def _prefill(case) -> bool:
+    """Whether a gpu_cases() case has more static rows than the GEMV takes (cuda_weight_only.py)."""
+    name, model, inputs, calibration, kwargs, tolerance = case
+    return "dynamic_shapes" not in kwargs and inputs[0].shape[:-1].numel() > MAX_ROWS
 
 
 # ---------------------------------------------------------------- on any machine
@@ -194,10 +205,29 @@ def test_a_3d_activation_reshapes_as_views_around_the_gemv_kernels():
     assert {"cast", "gemv_linear_weight_only_default"} <= kernels
 
 
-def test_large_static_batch_keeps_the_te_definition():
-    compiled = _build(_linear(256, 256, 0), torch.randn(64, 256), bits="w4")
-    ptx, _ = _gemv_kernels(compiled)
-    assert not ptx
+WMMA_F16 = "wmma.mma.sync.aligned.row.col.m16n16k16.f32.f32"
+
+
+@pytest.mark.parametrize("bits", ["w4", "w8"])
+def test_large_static_batch_runs_on_tensor_cores(bits):
+    """More than MAX_ROWS static rows: a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the next GELU
+    in its epilogue, instead of the GEMV."""
+    compiled = _build(MLP(512, 1024).eval(), torch.randn(64, 512), bits=bits)
+    gemv, _ = _gemv_kernels(compiled)
+    build = compiled._runner.kernels
+    gemms = {name: ptx for name, ptx in build.kernel_ptx().items() if "linear_weight_only" in name}
+    assert not gemv and len(gemms) == 2 and any("gelu" in name for name in gemms)
+    assert all(WMMA_F16 in ptx for ptx in gemms.values())
+    assert not any(build.spills().values())
+
+
+@pytest.mark.parametrize("case", [c for c in gpu_cases() if _prefill(c)], ids=lambda c: c[0])
+def test_prefill_lowering_is_within_the_bound_on_the_cpu(case):
+    """The tensor-core path's arithmetic (float16 x and w = float16(code * scale), float32 sums) built for
+    this CPU: within the same bound as the GEMV, of the reference."""
+    name, model, inputs, calibration, kwargs, tolerance = case
+    ref = qcompile.compile(model, inputs, target="reference", calibration=calibration, progress=False, **kwargs)
+    assert_matches_reference(ref, inputs, atol=tolerance)
 
 
 # ---------------------------------------------------------------- with a GPU

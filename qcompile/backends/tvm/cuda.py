@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import cuda_build, cuda_depthwise, cuda_gemm, cuda_runtime, profile
+from . import cuda_build, cuda_depthwise, cuda_fp16_gemm, cuda_gemm, cuda_runtime, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group
 
@@ -21,7 +21,8 @@ KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, 
 
 def gpu_rules(gemm_tile: cuda_gemm.GemmTile | None = None) -> list:
     """Schedule rules, tried in order on each kernel (`gemm_tile`: one block tile for every GEMM)."""
-    return [cuda_gemm.TensorCoreGemm(gemm_tile), cuda_depthwise.DepthwiseConv(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+    return [cuda_gemm.TensorCoreGemm(gemm_tile), cuda_depthwise.DepthwiseConv(), cuda_fp16_gemm.Float16TensorCoreGemm(),
+            dlight.gpu.Matmul(), dlight.gpu.GEMV(),
             dlight.gpu.LowBatchGEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
 
 

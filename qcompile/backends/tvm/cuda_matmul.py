@@ -115,12 +115,6 @@ def gemm(a: te.Tensor, bt: te.Tensor, rows: te.Tensor | None = None, cols: te.Te
     return te.compute((*batch, m, n), corrected, name="matmul_int")
 
 
-def batched_gemm(a: te.Tensor, bt: te.Tensor, za: int, zb: int) -> te.Tensor:
-    """The whole matmul_int of A [*batch, M, K] and B given as [*batch, N, K] in one TE graph (what emit()
-    splits into kernels)."""
-    return gemm(a, bt, row_terms(a, za, zb) if zb else None, col_terms(bt, za) if za else None)
-
-
 def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.Node, layouts: Layouts, target,
          choose_tiling=None) -> relax.Expr:
     a_n, b_n, za, zb = acc.args

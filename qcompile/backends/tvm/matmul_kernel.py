@@ -296,7 +296,7 @@ def _static(d) -> int | None:
     return int(d) if isinstance(d, (int, tir.IntImm)) else None
 
 
-def batch_index(bo, out_batch: list, t_batch: list) -> list:
+def _batch_index(bo, out_batch: list, t_batch: list) -> list:
     """The operand's batch coordinates for flat output batch index `bo` (broadcast dims read 0)."""
     coords, rest = [], bo
     for d in reversed(out_batch):
@@ -318,7 +318,7 @@ def _pack_b(b: te.Tensor, out_batch: list, bo_size, nr: int, g: int) -> te.Tenso
 
     def body(bo, po, kk, j):
         col, row = po * nr + j // g, kk * g + j % g
-        v = b(*batch_index(bo, out_batch, b_batch), row, col)
+        v = b(*_batch_index(bo, out_batch, b_batch), row, col)
         v = (v.astype("int32") - 128).astype("int8") if flip else v
         # Guards only where padding can occur: with static sizes that divide, the pack is a plain copy.
         inside = [c for c, size, step in ((row < k, k, g), (col < n, n, nr)) if _static(size) is None or _static(size) % step]
@@ -341,7 +341,7 @@ def _pad_a(a: te.Tensor, out_batch: list, bo_size, g: int, zp: int, dtype: str) 
     shift = {("uint8", "int8"): -128, ("int8", "uint8"): 128}.get((str(a.dtype), dtype), 0)
 
     def body(bo, i, kk):
-        v = a(*batch_index(bo, out_batch, a_batch), i, tir.min(kk, k - 1))
+        v = a(*_batch_index(bo, out_batch, a_batch), i, tir.min(kk, k - 1))
         v = (v.astype("int32") + shift).astype(dtype) if shift else v
         if _static(k) is not None and _static(k) % g == 0:
             return v

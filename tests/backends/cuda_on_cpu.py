@@ -5,6 +5,7 @@ import torch
 import tvm
 from torch import fx
 
+import qcompile
 from qcompile.backends.tvm import cuda_build
 from qcompile.backends.tvm.lower import to_relax
 from qcompile.backends.tvm.x86 import TVMRunner, host_target, optimize
@@ -19,9 +20,10 @@ def built_for_cpu(mod: tvm.IRModule) -> TVMRunner:
     return TVMRunner(tvm.compile(optimize(mod, target), target=target), [])
 
 
-def assert_matches_reference(reference, example: tuple, atol: float = 0.0) -> None:
-    """The CUDA lowering of a model compiled for the reference, built for this CPU, gives the reference's
-    outputs on `example` (bit for bit unless `atol`)."""
+def assert_matches_reference(model, example: tuple, calibration, options: dict, atol: float = 0.0) -> None:
+    """The model compiled for the reference; its integer graph's CUDA lowering, built for this CPU, gives
+    the reference's outputs on `example` (bit for bit unless `atol`)."""
+    reference = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False, **options)
     expected = reference(*example)
     expected = expected if isinstance(expected, tuple) else (expected,)
     got = built_for_cpu(cuda_lowering(reference.graph_module))(*example)

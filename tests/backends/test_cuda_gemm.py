@@ -168,8 +168,7 @@ def test_the_cuda_lowering_is_bit_exact_on_the_cpu(case):
     """Every GPU case's integer graph through the CUDA lowering (convs with [cout, kh, kw, cin] weights:
     cuda_conv.py), built for this CPU: the arithmetic the GPU kernels schedule, against the reference."""
     name, model, example, calibration, options = next(c for c in gpu_cases() if c[0] == case)
-    ref = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False, **options)
-    assert_matches_reference(ref, example, atol=FLOAT_TAIL.get(case, 0.0))
+    assert_matches_reference(model, example, calibration, options, atol=FLOAT_TAIL.get(case, 0.0))
 
 
 # ------------------------------------------------------------------ on a GPU

@@ -48,7 +48,7 @@ class GemvConfig:
     split_k: int = 1  # warps of a block sharing its rows, each over every split_k-th 512-byte K segment
 
 
-MAX_ROWS = 16  # largest static M the GEMV takes; above, the TE definition and the dlight schedules
+MAX_ROWS = 16  # largest static M the GEMV takes; above, the float16 tensor-core GEMM (cuda_weight_only.py)
 
 
 def default_config(m: int | None, n: int, k: int) -> GemvConfig:

@@ -1,15 +1,17 @@
-"""The CUDA weight-only GEMV kernel (qcompile/backends/tvm/cuda_gemv.py) alone, against torch float16
-F.linear on the same shape: time and achieved bandwidth = (packed weight + scale + activation bytes) / time.
+"""The CUDA weight-only GEMV kernels alone, on CUDA cores (qcompile/backends/tvm/cuda_gemv.py, names
+`..._r<rows>w<warps>b<m_block>u<unroll>s<split_k>`) and on tensor cores (cuda_mma_gemv.py, names
+`..._mma_t<tiles>s<split_k>u<unroll>`), against torch float16 F.linear on the same shape: time and
+achieved bandwidth = (packed weight + scale + activation bytes) / time.
 
 Two steps, because the GPU machine has the TVM runtime only:
 
     python bench/cuda_int4_gemv.py build OUT      # here: one library per (shape, bits, config) + inputs
     python bench/cuda_int4_gemv.py run OUT        # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemv)
 
-`build` writes OUT/<name>.so (cubin inside, a few hundred KB) for every shape in SHAPES, bits 4 (group
-128) and 8 (per channel), and every config in CONFIGS[M] (the default config of cuda_gemv first), with
-OUT/index.json (registers, spills). `run` makes the inputs there (random packed words, unpacked by
-cuda_weight_codes.py for the expected output, computed in float64 on the GPU from the same codes and
+`build` writes OUT/<name>.so (cubin inside, about 100 KB) for every shape in SHAPES, bits 4 (group 128)
+and 8 (per channel): the CUDA-core kernel's default config (marked *) and the tensor-core kernel's default
+and MMA_CONFIGS[M], with OUT/index.json (registers, spills). `run` makes the inputs there (random packed
+words in each kernel's layout, unpacked by cuda_weight_codes.py for the expected output, computed in float64 on the GPU from the same codes and
 rounded inputs; float16 activations and scales), checks each kernel's output, times it and torch's F.linear(x fp16,
 W fp16 [N, K]) with CUDA events (median of `--repeat` samples of `--number` calls each, after warm-up),
 and prints the table. Each timed call reads a different copy of the weights (4x the L2 cache in all), so
@@ -29,11 +31,9 @@ import cuda_device  # noqa: E402  (torch only: runs on both machines)
 # (M, N, K): K = N = 4096; the 8192 x 28672 MLP's up projection (N = 28672, K = 8192) and down projection
 # (N = 8192, K = 28672); small batches of the first.
 SHAPES = [(1, 4096, 4096), (1, 28672, 8192), (1, 8192, 28672), (4, 4096, 4096), (16, 4096, 4096)]
-# (rows per warp, warps per block, unroll, split_k): alternatives to the default, timed side by side. At
-# M = 1 the best of the 14-config sweeps of runs 4 and 6 (bench/gpu_runs/2026-11-26-h200-{4,6}): each
-# shape's default and the fastest at 4096 x 4096; a few at larger M (the bundle's 64 MiB limit).
-CONFIGS = {1: [(2, 8, 4, 1), (4, 8, 2, 1), (8, 4, 2, 2), (4, 4, 4, 4)],
-           4: [(2, 4, 4, 1), (4, 8, 2, 1), (8, 4, 2, 1)], 16: [(2, 4, 4, 1), (4, 8, 2, 1), (8, 4, 2, 1)]}
+# (tiles per block, split_k, unroll) of the tensor-core kernel, timed beside its default (the CUDA-core
+# kernel's configs were swept in runs 2-6, bench/gpu_runs/2026-11-26-h200-*: its defaults are their best).
+MMA_CONFIGS = {1: [(1, 8, 8), (1, 4, 8), (2, 2, 8), (1, 16, 4)], 4: [], 16: []}
 GROUP = 128
 
 
@@ -49,47 +49,57 @@ def _weight_codes():
     return module
 
 
-def _problem(m: int, n: int, k: int, bits: int, seed: int = 0):
-    """Random packed words (every code equally likely), float16 activations and scales; the expected output
-    in float64 on the GPU from the same codes and rounded inputs (a CPU float64 copy of a 28672 x 8192
-    weight would cost the GPU machine a minute)."""
+def _problem(m: int, n: int, k: int, bits: int, kernel: str, seed: int = 0):
+    """Random packed words in `kernel`'s layout (every code equally likely), float16 activations and
+    scales; the expected output in float64 on the GPU from the same codes and rounded inputs (a CPU
+    float64 copy of a 28672 x 8192 weight would cost the GPU machine a minute)."""
     import torch
 
     rng = np.random.default_rng(seed)
-    codes = _weight_codes().CODES[bits]
     group = GROUP if bits == 4 else k
-    words = rng.integers(0, 2**32, (n, k // codes.per_word), dtype=np.uint32)
     scale = (rng.random((n, k // group), dtype=np.float32) * 0.02 + 0.001).astype(np.float16)
     x = rng.standard_normal((m, k), dtype=np.float32).astype(np.float16)
     bias = rng.standard_normal(n, dtype=np.float32)
-    w = torch.from_numpy(codes.unpack(words)).cuda().double()
+    if kernel == "mma":
+        codes = _weight_codes().MMA_CODES[bits]
+        words = rng.integers(0, 2**32, (codes.row_tiles(n), k // codes.step_k * 128), dtype=np.uint32)
+        unpacked, kernel_scale = codes.unpack(words, n), codes.arrange_scales(scale)
+    else:
+        codes = _weight_codes().CODES[bits]
+        words = rng.integers(0, 2**32, (n, k // codes.per_word), dtype=np.uint32)
+        unpacked, kernel_scale = codes.unpack(words), scale
+    w = torch.from_numpy(unpacked).cuda().double()
     dequantized = w * torch.from_numpy(scale).cuda().double().repeat_interleave(group, dim=1)
     expected = torch.from_numpy(x).cuda().double() @ dequantized.T + torch.from_numpy(bias).cuda().double()
-    return dict(x=x, w=words, scale=scale, bias=bias, expected=expected.float().cpu().numpy()), group
+    return dict(x=x, w=words, scale=kernel_scale, bias=bias, expected=expected.float().cpu().numpy()), group
 
 
 def build(out: Path) -> None:
     import tvm
 
     from qcompile.backends.tvm import cuda, cuda_build
-    from qcompile.backends.tvm.cuda_gemv import GemvConfig, default_config, gemv_prim_func
-    from qcompile.backends.tvm.cuda_weight_codes import CODES
+    from qcompile.backends.tvm.cuda_gemv import default_config, gemv_prim_func
+    from qcompile.backends.tvm.cuda_mma_gemv import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
+    from qcompile.backends.tvm.cuda_weight_codes import CODES, MMA_CODES
 
     out.mkdir(parents=True, exist_ok=True)
     target, index = cuda_build.target(), []
     for m, n, k in SHAPES:
         for bits in (4, 8):
             group = GROUP if bits == 4 else k
-            default = default_config(m, n, k)
-            configs = [default] + [GemvConfig(r, w, default.m_block, u, sk) for r, w, u, sk in CONFIGS[m]
-                                   if (r, w, u, sk) != (default.rows, default.warps, default.unroll, default.split_k)]
-            for cfg in configs:
-                name = f"m{m}_n{n}_k{k}_w{bits}_r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}s{cfg.split_k}"
-                func = gemv_prim_func(n, k, group, CODES[bits], cfg)
-                lib, kernels = cuda.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
+            cfg = default_config(m, n, k)
+            kernels = [(f"r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}s{cfg.split_k}", "cuda_cores",
+                        gemv_prim_func(n, k, group, CODES[bits], cfg))]
+            mma_default = default_mma_config(n, k, MMA_CODES[bits])
+            for mma in dict.fromkeys([mma_default, *(MmaGemvConfig(*c) for c in MMA_CONFIGS[m])]):
+                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}u{mma.unroll}", "mma",
+                                mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
+            for suffix, kernel, func in kernels:
+                name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"
+                lib, built = cuda.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
                 lib.export_library(str(out / f"{name}.so"))
-                index.append(dict(name=name, m=m, n=n, k=k, bits=bits, default=cfg == default,
-                                  group=group, spills=kernels.spills(), registers=kernels.registers()))
+                index.append(dict(name=name, m=m, n=n, k=k, bits=bits, kernel=kernel, default=kernel == "cuda_cores",
+                                  group=group, spills=built.spills(), registers=built.registers()))
                 print(name, index[-1]["registers"], index[-1]["spills"], flush=True)
     (out / "index.json").write_text(json.dumps(index, indent=1))
 
@@ -140,14 +150,14 @@ def run(out: Path, index: list[dict], number: int, repeat: int) -> None:
           f"{'GB/s':>6} | {'speed-up':>8} {'max err':>9}  spills")
     dev, torch_us, problems = tvm.cuda(0), {}, {}
     for entry in index:
-        m, n, k, bits = entry["m"], entry["n"], entry["k"], entry["bits"]
-        if (m, n, k, bits) not in problems:
+        key = m, n, k, bits, kernel = entry["m"], entry["n"], entry["k"], entry["bits"], entry["kernel"]
+        if key not in problems:
             problems.clear()  # one problem's weights at a time
-            data = _problem(m, n, k, bits)[0]
+            data = _problem(m, n, k, bits, kernel)[0]
             x, scale, bias = (tvm.runtime.tensor(data[a], dev) for a in ("x", "scale", "bias"))
             weights = [tvm.runtime.tensor(data["w"], dev) for _ in range(_copies(data["w"].nbytes))]
-            problems[(m, n, k, bits)] = data, x, scale, bias, weights
-        data, x, scale, bias, weights = problems[(m, n, k, bits)]
+            problems[key] = data, x, scale, bias, weights
+        data, x, scale, bias, weights = problems[key]
         result = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32), dev)  # poisoned: every value must be written
         f = tvm.runtime.load_module(str(out / f"{entry['name']}.so"))["main"]
         f(x, weights[0], scale, bias, result)

@@ -1,8 +1,10 @@
 """`linear_weight_only` on CUDA targets, with the activations cast to float16 before the kernel (the cast
 fuses into the producer's kernel), group scales in float16 and a float32 result:
 
-- up to cuda_gemv.MAX_ROWS static rows, or a free batch: the GEMV kernel of cuda_gemv.py, weights packed
-  at build time (int4 by their storage bits, else int8 codes);
+- up to cuda_gemv.MAX_ROWS static rows, or a free batch: a GEMV kernel, weights packed at build time
+  (int4 by their storage bits, else int8 codes). GEMV_KERNELS has two: on CUDA cores (cuda_gemv.py,
+  measured on the H200, the default) and on tensor cores (cuda_mma_gemv.py, a third of the instructions
+  per code; the default where a GPU run measures it faster);
 - more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' int8
   codes dequantized to float16 (code * scale, rounded once) as they are copied to shared memory. The GEMV
   would re-read the weights once per block of rows."""
@@ -17,7 +19,8 @@ from tvm import relax, te, tirx
 from ...ir import meta
 from ...ir.rewrite import constant
 from .cuda_gemv import MAX_ROWS, default_config, gemv_prim_func
-from .cuda_weight_codes import CODES, Codes
+from .cuda_mma_gemv import default_mma_config, mma_gemv_prim_func
+from .cuda_weight_codes import CODES, MMA_CODES
 from .layout import Layouts
 from .ops import size_product
 from .var_names import var_name
@@ -25,13 +28,47 @@ from .var_names import var_name
 qc = torch.ops.qcompile
 
 
-def codes_of(gm: fx.GraphModule, node: fx.Node) -> Codes | None:
-    """The packed format of the node's (constant) weight, or None where the GEMV cannot take it (K or the
-    group size not whole 128-bit chunks)."""
+class CudaCoreGemv:
+    """cuda_gemv.py: weights [N, K / V] words, scales [N, groups]."""
+
+    def supports(self, bits: int, k: int, group_size: int) -> bool:
+        chunk = CODES[bits].chunk
+        return k % chunk == 0 and group_size % chunk == 0
+
+    def prim_func(self, m: int | None, n: int, k: int, group_size: int, bits: int) -> tirx.PrimFunc:
+        return gemv_prim_func(n, k, group_size, CODES[bits], default_config(m, n, k))
+
+    def constants(self, codes: np.ndarray, scale: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        return CODES[bits].pack(codes), scale
+
+
+class TensorCoreGemv:
+    """cuda_mma_gemv.py: weights in A-fragment order, scales [groups, rows]."""
+
+    def supports(self, bits: int, k: int, group_size: int) -> bool:
+        step = MMA_CODES[bits].step_k
+        return k % step == 0 and group_size % step == 0
+
+    def prim_func(self, m: int | None, n: int, k: int, group_size: int, bits: int) -> tirx.PrimFunc:
+        return mma_gemv_prim_func(n, k, group_size, MMA_CODES[bits], default_mma_config(n, k, MMA_CODES[bits]))
+
+    def constants(self, codes: np.ndarray, scale: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        return MMA_CODES[bits].pack(codes), MMA_CODES[bits].arrange_scales(scale)
+
+
+GEMV_KERNELS = {"cuda_cores": CudaCoreGemv(), "tensor_cores": TensorCoreGemv()}
+GEMV = "cuda_cores"  # the GEMV_KERNELS entry decode-shaped layers get
+
+
+def _bits(w: fx.Node) -> int:
+    """Code width of a weight constant: its storage bits, else 8 (int8 codes)."""
+    return meta.storage_bits(w) or 8
+
+
+def gemv_takes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the GEMV takes the node's (constant) weight: K and the group size whole loads of codes."""
     _, w, _, _, group_size = node.args
-    codes = CODES.get(meta.storage_bits(w) or 8)
-    k = constant(gm, w).shape[1]
-    return codes if k % codes.chunk == 0 and group_size % codes.chunk == 0 else None
+    return GEMV_KERNELS[GEMV].supports(_bits(w), constant(gm, w).shape[1], group_size)
 
 
 def _static_rows(gm: fx.GraphModule, x: fx.Node) -> int | None:
@@ -57,7 +94,7 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     if target is None or tvm.target.Target(target).kind.name != "cuda":
         return {}
     return {node: node for node in gm.graph.find_nodes(op="call_function", target=qc.linear_weight_only.default)
-            if _constant_weights(node) and (_prefill(gm, node) or codes_of(gm, node) is not None)}
+            if _constant_weights(node) and (_prefill(gm, node) or gemv_takes(gm, node))}
 
 
 def dequantized_gemm(x: te.Tensor, codes: te.Tensor, scales: te.Tensor, bias: te.Tensor, group_size: int) -> te.Tensor:
@@ -71,23 +108,26 @@ def dequantized_gemm(x: te.Tensor, codes: te.Tensor, scales: te.Tensor, bias: te
     return te.compute(y.shape, lambda i, j: y[i, j] + bias[j], name="linear_weight_only_bias")
 
 
-def _gemv(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, consts: list) -> relax.Expr:
+def _gemv(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, scale: np.ndarray,
+          bias: relax.Expr) -> relax.Expr:
     _, w_n, _, _, group_size = acc.args
-    codes = codes_of(gm, acc)
+    kernel, bits = GEMV_KERNELS[GEMV], _bits(w_n)
     n, k = constant(gm, w_n).shape
     m = halves.ty.shape.values[0]
     name = f"gemv_{acc.name}"
-    static_m = int(m) if isinstance(m, tirx.IntImm) else None
-    func = gemv_prim_func(n, k, group_size, codes, default_config(static_m, n, k))
+    func = kernel.prim_func(int(m) if isinstance(m, tirx.IntImm) else None, n, k, group_size, bits)
     gv = bb.add_func(func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name), name)
-    packed = relax.const(codes.pack(constant(gm, w_n).numpy()), "uint32")
-    return bb.emit(relax.call_tir(gv, [halves, packed, *consts], relax.TensorType((m, n), "float32")), var_name(acc))
+    words, scales = kernel.constants(constant(gm, w_n).numpy(), scale, bits)
+    args = [halves, relax.const(words, "uint32"), relax.const(scales, "float16"), bias]
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")), var_name(acc))
 
 
-def _gemm(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, consts: list) -> relax.Expr:
+def _gemm(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, scale: np.ndarray,
+          bias: relax.Expr) -> relax.Expr:
     _, w_n, _, _, group_size = acc.args
     codes = relax.const(constant(gm, w_n).numpy(), "int8")
-    return bb.emit_te(lambda x, w, s, b: dequantized_gemm(x, w, s, b, group_size), halves, codes, *consts,
+    return bb.emit_te(lambda x, w, s, b: dequantized_gemm(x, w, s, b, group_size), halves, codes,
+                      relax.const(scale, "float16"), bias,
                       primfunc_name_hint=f"linear_weight_only_{acc.name}", name_hint=var_name(acc))
 
 
@@ -100,7 +140,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     rows = x if len(outer) == 1 else bb.emit(relax.op.reshape(x, (size_product(outer), k)), var_name(acc))
     halves = bb.emit(relax.op.astype(rows, "float16"), var_name(acc))
     bias = constant(gm, bias_n).float().numpy() if bias_n is not None else np.zeros(n, np.float32)
-    consts = [relax.const(constant(gm, scale_n).to(torch.float16).numpy(), "float16"), relax.const(bias, "float32")]
+    scale = constant(gm, scale_n).to(torch.float16).numpy()
     kernel = _gemm if _prefill(gm, acc) else _gemv
-    out = kernel(bb, gm, acc, halves, consts)
+    out = kernel(bb, gm, acc, halves, scale, relax.const(bias, "float32"))
     return out if len(outer) == 1 else bb.emit(relax.op.reshape(out, (*outer, n)), var_name(result))

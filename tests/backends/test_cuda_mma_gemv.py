@@ -1,0 +1,132 @@
+"""The tensor-core weight-only GEMV (cuda_mma_gemv.py) on a machine without a GPU.
+
+The packed words are decoded as the kernel decodes them (RegisterDecode's bit operations, emulated in
+numpy) and placed where the mma reads them: A's element (row, column) of each lane's register value
+comes from TVM's m16n8k16 float16 fragment layout (tensor_intrin.cuda, the layout TVM's own fp16 mma
+kernels use), and the k each column multiplies from the PTX ISA's B layout (b0, b1: k = 2t, 2t + 1;
+b2, b3: k = 2t + 8, 2t + 9) with the kernel's B registers, 4 consecutive float16 of the lane's
+activations per fragment. Every code must land on its own row and k. The kernels build for the H100 with
+the PTX they are for and no spills; the results on a GPU are bench/cuda_int4_gemv.py's (its max err column
+against float64)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout
+
+import qcompile
+from qcompile.backends.tvm import cuda, cuda_build, cuda_weight_only
+from qcompile.backends.tvm.cuda_mma_gemv import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
+from qcompile.backends.tvm.cuda_weight_codes import MMA_CODES, TILE, WORDS_PER_LOAD
+from tests.backends.test_cuda_weight_only import MLP
+
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+
+
+def _a_element():
+    """(lane, register value 0-7) -> (row, column) of the 16 x 16 A fragment."""
+    return {shared_16x16_to_ldmatrix_32x8_layout(i, j): (i, j) for i in range(TILE) for j in range(TILE)}
+
+
+def decode_like_kernel(words: np.ndarray, n: int, bits: int) -> np.ndarray:
+    """float32 [n, K]: what the kernel multiplies each activation k of each weight row by."""
+    codes = MMA_CODES[bits]
+    tiles, count = words.shape
+    steps = count // (32 * WORDS_PER_LOAD)
+    by_lane = words.reshape(tiles, steps, 32, WORDS_PER_LOAD)
+    out = np.full((tiles * TILE, steps * codes.step_k), np.nan, np.float32)
+    element = _a_element()
+    for lane in range(32):
+        t = lane % 4
+        for word in range(WORDS_PER_LOAD):
+            fragment, in_fragment = divmod(word, codes.words_per_fragment)
+            for position in range(codes.pairs):
+                values = codes.decoder(position)(by_lane[:, :, lane, word])  # [tiles, steps, 2]
+                register = in_fragment * codes.pairs + position
+                for half in range(2):
+                    row, column = element[(lane, 2 * register + half)]
+                    assert (column % 8) // 2 == t  # the lane's own k slots
+                    b = column % 2 + 2 * (column // 8)  # B register value holding this k slot
+                    k = t * codes.lane_k + 4 * fragment + b  # the lane's activations: lane_k consecutive from t * lane_k
+                    rows = np.arange(tiles)[:, None] * TILE + row
+                    ks = np.arange(steps)[None, :] * codes.step_k + k
+                    assert np.isnan(out[rows, ks]).all()  # each (row, k) once
+                    out[rows, ks] = values[:, :, half]
+    return out[:n]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fragments_decode_to_the_codes(bits):
+    codes = MMA_CODES[bits]
+    rng = np.random.default_rng(bits)
+    w = rng.integers(-codes.offset, codes.offset, (40, 3 * codes.step_k)).astype(np.int8)
+    w[0, :2] = [-codes.offset, codes.offset - 1]
+    words = codes.pack(w)
+    assert words.dtype == np.uint32 and words.shape == (3, 3 * 32 * WORDS_PER_LOAD)
+    np.testing.assert_array_equal(decode_like_kernel(words, 40, bits), w.astype(np.float32))
+    np.testing.assert_array_equal(codes.unpack(words, 40), w)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_unpack_inverts_pack(bits):
+    codes = MMA_CODES[bits]
+    words = np.random.default_rng(bits).integers(0, 2**32, (2, 2 * 32 * WORDS_PER_LOAD), dtype=np.uint32)
+    w = codes.unpack(words, 2 * TILE)
+    assert w.min() == -codes.offset and w.max() == codes.offset - 1
+    np.testing.assert_array_equal(codes.pack(w), words)
+
+
+def test_scales_are_groups_by_rows_padded_to_whole_tiles():
+    scale = np.arange(20 * 3, dtype=np.float16).reshape(20, 3)
+    arranged = MMA_CODES[4].arrange_scales(scale)
+    assert arranged.shape == (3, 32)
+    np.testing.assert_array_equal(arranged[:, :20], scale.T)
+    assert not arranged[:, 20:].any()
+
+
+def test_packing_rejects_bad_weights():
+    with pytest.raises(ValueError, match="multiple of 64"):
+        MMA_CODES[4].pack(np.zeros((16, 96), np.int8))
+    with pytest.raises(ValueError, match="do not fit 4 bits"):
+        MMA_CODES[4].pack(np.full((16, 64), 8, np.int8))
+    with pytest.raises(ValueError, match="group size \\(32\\) must be multiples of 64"):
+        mma_gemv_prim_func(64, 1024, 32, MMA_CODES[4], MmaGemvConfig())
+
+
+def test_default_split_fills_the_gpu():
+    assert default_mma_config(4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, unroll=8)
+    assert default_mma_config(28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, unroll=8)
+    small = default_mma_config(64, 128, MMA_CODES[4])  # 2 steps of K: no more warps than steps
+    assert small.split_k == 2 and small.unroll == 1
+
+
+@pytest.mark.parametrize("bits, n, k, cfg", [
+    (4, 1000, 2048, MmaGemvConfig(tiles=2, split_k=2, unroll=4)),  # N not whole tiles
+    (4, 4096, 4096, MmaGemvConfig(tiles=1, split_k=8, unroll=8)),
+    (8, 640, 1152, MmaGemvConfig(tiles=1, split_k=4, unroll=4)),  # steps not whole rounds of the warps
+])
+def test_kernel_ptx(bits, n, k, cfg, tmp_path):
+    func = mma_gemv_prim_func(n, k, 128 if bits == 4 else k, MMA_CODES[bits], cfg)
+    _, kernels = cuda.compile_module(tvm.IRModule({"main": func}), cuda_build.target(), tmp_path)
+    (ptx,) = kernels.kernel_ptx().values()
+    steps = min(cfg.unroll, -(-k // MMA_CODES[bits].step_k // cfg.split_k))
+    assert ptx.count(MMA) == steps * MMA_CODES[bits].tiles_per_step
+    # per step one 128-bit load of weights and lane_k float16 activations in 128-bit loads, all distinct
+    # (an element offset into the activations once went out of bounds and nvcc dropped the loads)
+    assert ptx.count("ld.global.nc.v4.u32") == steps * (1 + MMA_CODES[bits].lane_k // 8)
+    decode = "lop3.b32" if bits == 4 else "prmt.b32"  # one instruction makes a register's half2 bits
+    assert ptx.count(decode) == steps * WORDS_PER_LOAD * MMA_CODES[bits].pairs
+    assert "cvt.rn.f32.s32" not in ptx and "cvt.rn.f32.u32" not in ptx
+    assert kernels.spills() == {"main_kernel": 0}
+
+
+@pytest.mark.parametrize("bits", ["w4", "w8"])
+def test_decode_mlp_lowers_to_the_tensor_core_gemv(bits, monkeypatch):
+    monkeypatch.setattr(cuda_weight_only, "GEMV", "tensor_cores")
+    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(1, 512),), target="cuda", bits=bits, progress=False)
+    build = compiled._runner.kernels
+    gemv = {name: ptx for name, ptx in build.kernel_ptx().items() if name.startswith("gemv_")}
+    assert len(gemv) == 2 and all(MMA in ptx for ptx in gemv.values())
+    assert not any(build.spills().values())

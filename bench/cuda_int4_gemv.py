@@ -1,6 +1,6 @@
 """The CUDA weight-only GEMV kernels alone, on CUDA cores (qcompile/backends/tvm/cuda_gemv.py, names
 `..._r<rows>w<warps>b<m_block>u<unroll>s<split_k>`) and on tensor cores (cuda_mma_gemv.py, names
-`..._mma_t<tiles>s<split_k>u<unroll>`), against torch float16 F.linear on the same shape: time and
+`..._mma_t<tiles>s<split_k>p<stages>`), against torch float16 F.linear on the same shape: time and
 achieved bandwidth = (packed weight + scale + activation bytes) / time.
 
 Two steps, because the GPU machine has the TVM runtime only:
@@ -31,7 +31,7 @@ import cuda_device  # noqa: E402  (torch only: runs on both machines)
 # (M, N, K): K = N = 4096; the 8192 x 28672 MLP's up projection (N = 28672, K = 8192) and down projection
 # (N = 8192, K = 28672); small batches of the first.
 SHAPES = [(1, 4096, 4096), (1, 28672, 8192), (1, 8192, 28672), (4, 4096, 4096), (16, 4096, 4096)]
-# (tiles per block, split_k, unroll) of the tensor-core kernel, timed beside its default (the CUDA-core
+# (tiles per block, split_k, stages) of the tensor-core kernel, timed beside its default (the CUDA-core
 # kernel's configs were swept in runs 2-6, bench/gpu_runs/2026-11-26-h200-*: its defaults are their best).
 MMA_CONFIGS = {1: [(1, 8, 8), (1, 4, 8), (2, 2, 8), (1, 16, 4)], 4: [], 16: []}
 GROUP = 128
@@ -92,7 +92,7 @@ def build(out: Path) -> None:
                         gemv_prim_func(n, k, group, CODES[bits], cfg))]
             mma_default = default_mma_config(n, k, MMA_CODES[bits])
             for mma in dict.fromkeys([mma_default, *(MmaGemvConfig(*c) for c in MMA_CONFIGS[m])]):
-                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}u{mma.unroll}", "mma",
+                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}p{mma.stages}", "mma",
                                 mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
             for suffix, kernel, func in kernels:
                 name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"

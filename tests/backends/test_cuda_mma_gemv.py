@@ -96,28 +96,33 @@ def test_packing_rejects_bad_weights():
 
 
 def test_default_split_fills_the_gpu():
-    assert default_mma_config(4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, unroll=8)
-    assert default_mma_config(28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, unroll=8)
+    assert default_mma_config(4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8)
+    assert default_mma_config(28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, stages=8)
     small = default_mma_config(64, 128, MMA_CODES[4])  # 2 steps of K: no more warps than steps
-    assert small.split_k == 2 and small.unroll == 1
+    assert small.split_k == 2 and small.stages == 1
 
 
 @pytest.mark.parametrize("bits, n, k, cfg", [
-    (4, 1000, 2048, MmaGemvConfig(tiles=2, split_k=2, unroll=4)),  # N not whole tiles
-    (4, 4096, 4096, MmaGemvConfig(tiles=1, split_k=8, unroll=8)),
-    (8, 640, 1152, MmaGemvConfig(tiles=1, split_k=4, unroll=4)),  # steps not whole rounds of the warps
+    (4, 1000, 2048, MmaGemvConfig(tiles=2, split_k=2, stages=4)),  # N not whole tiles
+    (4, 4096, 4096, MmaGemvConfig(tiles=1, split_k=8, stages=8)),
+    (8, 640, 1152, MmaGemvConfig(tiles=1, split_k=4, stages=4)),  # steps not whole rounds of the warps
 ])
 def test_kernel_ptx(bits, n, k, cfg, tmp_path):
-    func = mma_gemv_prim_func(n, k, 128 if bits == 4 else k, MMA_CODES[bits], cfg)
+    """The ring: `stages` steps of copies issued before the first wait and one step's after each step's
+    mma; the copies asynchronous (cp.async), 16 bytes each: weights, activations, scales."""
+    codes = MMA_CODES[bits]
+    func = mma_gemv_prim_func(n, k, 128 if bits == 4 else k, codes, cfg)
     _, kernels = cuda.compile_module(tvm.IRModule({"main": func}), cuda_build.target(), tmp_path)
     (ptx,) = kernels.kernel_ptx().values()
-    steps = min(cfg.unroll, -(-k // MMA_CODES[bits].step_k // cfg.split_k))
-    assert ptx.count(MMA) == steps * MMA_CODES[bits].tiles_per_step
-    # per step one 128-bit load of weights and lane_k float16 activations in 128-bit loads, all distinct
-    # (an element offset into the activations once went out of bounds and nvcc dropped the loads)
-    assert ptx.count("ld.global.nc.v4.u32") == steps * (1 + MMA_CODES[bits].lane_k // 8)
+    copies_per_step = 1 + codes.lane_k // 8 + 1
+    steps = -(-k // codes.step_k // cfg.split_k)
+    refills = cfg.stages if steps > cfg.stages else 0  # else every refill lies past K: none compiled
+    assert ptx.count("cp.async.cg.shared.global") == (cfg.stages + refills) * copies_per_step
+    assert ptx.count("cp.async.wait_group " + str(cfg.stages - 1)) == cfg.stages
+    assert ptx.count(MMA) == cfg.stages * codes.tiles_per_step
     decode = "lop3.b32" if bits == 4 else "prmt.b32"  # one instruction makes a register's half2 bits
-    assert ptx.count(decode) == steps * WORDS_PER_LOAD * MMA_CODES[bits].pairs
+    assert ptx.count(decode) == cfg.stages * WORDS_PER_LOAD * codes.pairs
+    assert "ld.global" not in ptx.split("cp.async.wait_group")[1]  # no synchronous loads in the steps
     assert "cvt.rn.f32.s32" not in ptx and "cvt.rn.f32.u32" not in ptx
     assert kernels.spills() == {"main_kernel": 0}
 

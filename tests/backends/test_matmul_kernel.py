@@ -133,24 +133,27 @@ def test_attention_runs_bit_exact_on_the_emulated_device(attention, arm_device, 
         assert torch.equal(cm(x), ref(x))
 
 
-def test_minilm_with_eager_attention_runs_bit_exact_on_the_emulated_device(minilm, arm_device):
+@pytest.fixture(scope="module")
+def eager_minilm(minilm):
     """The real all-MiniLM-L6-v2 with BERT's eager attention (explicit matmuls, 12 matmul_int: 6 Q.K^T
-    with two zero points, 6 P.V with a fused requantize) for "arm", against the reference."""
+    with two zero points, 6 P.V with a fused requantize), and its reference compile."""
     emb, batches = minilm
     emb = copy.deepcopy(emb)
     emb.m.config._attn_implementation = "eager"  # the fixture's model uses sdpa, a float island
     ref = qcompile.compile(emb, batches[0], calibration=batches[1:], progress=False)
     assert sum(n.target == qc.matmul_int.default for n in ref.graph_module.graph.nodes) == 12
+    return emb, batches, ref
+
+
+def test_minilm_with_eager_attention_runs_bit_exact_on_the_emulated_device(eager_minilm, arm_device):
+    emb, batches, ref = eager_minilm
     cm = qcompile.compile(emb, batches[0], target="arm", calibration=batches[1:], progress=False)
     for bt in batches[:2]:
         assert torch.equal(cm(*bt), ref(*bt))
 
 
-def test_minilm_with_eager_attention_bit_exact_on_x86(minilm):
-    emb, batches = minilm
-    emb = copy.deepcopy(emb)
-    emb.m.config._attn_implementation = "eager"
-    ref = qcompile.compile(emb, batches[0], calibration=batches[1:], progress=False)
+def test_minilm_with_eager_attention_bit_exact_on_x86(eager_minilm):
+    emb, batches, ref = eager_minilm
     cm = qcompile.compile(emb, batches[0], target="x86", calibration=batches[1:], progress=False)
     for bt in batches:
         assert torch.equal(cm(*bt), ref(*bt))

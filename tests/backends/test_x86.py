@@ -167,11 +167,12 @@ def test_minilm_with_dynamic_batch_and_length_is_compiled_once(minilm, tmp_path)
     shapes = [(1, 5), (2, 17), (3, 64)]
     outs = [x86(*_sentences(b, n, i)) for i, (b, n) in enumerate(shapes)]
     for i, ((b, n), out) in enumerate(zip(shapes, outs)):
-        x = _sentences(b, n, i)
-        # Bit-exact with a module built for this very shape; against PyTorch the float islands
-        # (layer_norm, softmax, the mean pooling) round in a different order at some lengths.
-        assert torch.equal(out, _build_static(x86, *x)(*x)[0])
-        assert torch.nn.functional.cosine_similarity(out, ref(*x)).min() > 0.99  # same model
+        assert torch.nn.functional.cosine_similarity(out, ref(*_sentences(b, n, i))).min() > 0.99  # same model
+    # Bit-exact with a module built for this very shape (one odd batch and length: each static build of
+    # MiniLM costs 15 s); against PyTorch the float islands (layer_norm, softmax, the mean pooling) round
+    # in a different order at some lengths.
+    x = _sentences(2, 17, 1)
+    assert torch.equal(outs[1], _build_static(x86, *x)(*x)[0])
     with pytest.raises(ValueError, match=r"dimension 1 is 65, outside the range \[2, 64\]"):
         x86(*_sentences(1, 65, 0))
     with pytest.raises(ValueError, match="dynamic_shapes declares them the same size"):

@@ -111,19 +111,8 @@ class KernelBuild:
 _ZERO_BYTES_X16 = re.compile(r"make_(u?)int4\(\((?:uchar|signed char)\)0(?:, \((?:uchar|signed char)\)0){15}\)")
 
 
-# Device functions that kernels call by name (T.call_pure_extern) for PTX that TIR has no operation for,
-# defined at the top of the source that calls them. lop3 with LUT 0xEA is (a & b) | c in one instruction:
-# written as TIR's two operations, ptxas emits two LOP3 (one immediate per instruction).
-DEVICE_FUNCTIONS = {
-    "qc_and_or": "__device__ __forceinline__ unsigned qc_and_or(unsigned a, unsigned b, unsigned c) {\n"
-                 "  unsigned d;\n  asm(\"lop3.b32 %0, %1, %2, %3, 0xEA;\" : \"=r\"(d) : \"r\"(a), \"r\"(b), \"r\"(c));\n"
-                 "  return d;\n}\n",
-}
-
-
 def _fix_codegen(source: str) -> str:
-    used = "".join(body for name, body in DEVICE_FUNCTIONS.items() if f"{name}(" in source)
-    return used + _ZERO_BYTES_X16.sub(lambda m: f"make_{m.group(1)}int4(0, 0, 0, 0)", source)
+    return _ZERO_BYTES_X16.sub(lambda m: f"make_{m.group(1)}int4(0, 0, 0, 0)", source)
 
 
 def _compile(source: str, arch: str, directory: Path) -> bytes:

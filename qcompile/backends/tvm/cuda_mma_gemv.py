@@ -1,16 +1,19 @@
 """A weight-only GEMV on tensor cores: float16 m16n8k16 mma with int4 or int8 codes dequantized in
 registers, the weight rows as the mma's A (16 rows per fragment), up to 8 activation rows as its B.
 
-Why: the CUDA-core GEMV (cuda_gemv.py) spends about 3 instructions per code (converting, multiplying,
-adding in float32), enough to share the time with memory on the H200 (Nsight Compute: SM 62% busy for
-28672 x 8192). Here a code costs about one: a mask and a magic exponent make a half2 of (1024 + u) from
-two codes, one subtraction makes them the exact codes, and the mma does 256 multiply-adds per lane
-instruction with float32 accumulation.
+Why: the CUDA-core GEMV (cuda_gemv.py) spends about 4 instructions per code (SASS of the 4096 x 4096
+int4 kernel: converting, multiplying, adding in float32), enough to share the time with memory on the
+H200 (Nsight Compute: SM 62% busy for 28672 x 8192), and ptxas issues its loads late to save registers,
+so few are in flight. Here a code costs about one instruction: one lop3 makes a half2 of (1024 + u) from
+two codes (a mask and a magic exponent), one half2 add or fused multiply-add makes them the exact codes,
+and the mma does 256 multiply-adds per instruction with float32 accumulation. The loads are cp.async
+copies into a ring of `stages` shared-memory slots per warp, issued `stages` steps ahead: asynchronous,
+so ptxas cannot delay them, and no registers wait for them.
 
-Layout (cuda_weight_codes.MmaCodes): per 16-row tile and K step (64 values for int4), each lane loads 4
-words with one 128-bit load and its step's activations, `lane_k` consecutive float16 (the k slots of the
-fragments are permuted so that they are consecutive). Scales are [groups, rows] float16, one per step and
-row (the group size a multiple of the step).
+Layout (cuda_weight_codes.MmaCodes): per 16-row tile and K step (64 values for int4), each lane copies 4
+words (16 bytes) of weights; the lanes of activation row g (up to 8 rows) copy its `lane_k` float16 per
+lane (the fragments' k slots are permuted so that a lane's are consecutive); two lanes copy the tile's 16
+group scales of the step, which are [groups, rows] float16 (the group size a multiple of the step).
 
 Numerics: codes and float16 activations multiply exactly; each step's products are summed by the mma in
 float32, times the row's group scale into a float32 accumulator (a fused multiply-add), so the result
@@ -32,28 +35,30 @@ from .cuda_weight_codes import MAGIC_X2, TILE, WORDS_PER_LOAD, MmaCodes, Registe
 WARP = 32
 MMA_N = 8  # activation rows per mma (B's columns)
 FRAGMENT = 8  # float16 values of an A fragment per lane
+COPY = 16  # bytes of one cp.async
+LOP3_AND_OR = 0xEA  # lop3's truth table for (a & b) | c
 
 
 @dataclass(frozen=True)
 class MmaGemvConfig:
     tiles: int = 1    # 16-row weight tiles per block
     split_k: int = 4  # warps per tile, each over every split_k-th K step
-    unroll: int = 4   # K steps per warp whose loads are issued together
+    stages: int = 4   # K steps whose copies a warp has in flight
 
 
-TARGET_WARPS = 2048  # 16 per SM of an H100/H200: enough 128-bit loads in flight to cover memory latency
-MAX_UNROLL = 8
+TARGET_WARPS = 2048  # 16 per SM of an H100/H200: with `stages` steps each, enough bytes in flight
+MAX_STAGES = 8
 
 
 def default_mma_config(n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
-    least 4 warps per block; each warp's loads all in flight for up to MAX_UNROLL steps. A starting point,
-    not yet measured: bench/cuda_int4_gemv.py times alternatives side by side."""
+    least 4 warps per block; up to MAX_STAGES steps in flight per warp. A starting point, not yet measured:
+    bench/cuda_int4_gemv.py times alternatives side by side."""
     tiles, steps = codes.row_tiles(n), k // codes.step_k
     split = 1
     while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:
         split *= 2
-    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, unroll=min(MAX_UNROLL, _ceil_div(steps, split)))
+    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, _ceil_div(steps, split)))
 
 
 def supports(codes: MmaCodes, k: int, group_size: int) -> bool:
@@ -68,18 +73,31 @@ def _half2(value: float):
     return T.Broadcast(T.float16(value), 2)
 
 
-def _decode(word, how: RegisterDecode):
-    """The fragment register `how` describes, from `word` (lop3 and byte_perm through cuda_build's device
-    functions; __hfma per half, which nvcc pairs into one HFMA2)."""
+def _bits(dst, word, how: RegisterDecode):
+    """The PTX instruction that puts the half2 bits of the register `how` describes into dst."""
     if how.selector is not None:
-        bits = T.call_pure_extern("uint32", "__byte_perm", word, T.uint32(MAGIC_X2), T.uint32(how.selector))
-    else:
-        shifted = T.shift_right(word, T.uint32(how.shift)) if how.shift else word
-        bits = T.call_pure_extern("uint32", "qc_and_or", shifted, T.uint32(how.mask), T.uint32(MAGIC_X2))
+        return T.ptx.prmt.b32(dst, word, T.uint32(MAGIC_X2), T.uint32(how.selector))
+    shifted = T.shift_right(word, T.uint32(how.shift)) if how.shift else word
+    return T.ptx.lop3.b32(dst, shifted, T.uint32(how.mask), T.uint32(MAGIC_X2), LOP3_AND_OR)
+
+
+def _codes(bits, how: RegisterDecode):
+    """The two codes of half2 bits: less the magic (and times 1/16 in the same instruction: __hfma per
+    half, which nvcc pairs into one HFMA2)."""
     halves = T.reinterpret("float16x2", bits)
     if how.scale == 1.0:
         return halves + _half2(how.bias)
     return T.call_pure_extern("float16x2", "__hfma", halves, _half2(how.scale), _half2(how.bias))
+
+
+def _copy(dst, src):
+    return T.ptx.cp.async_.cg.shared.global_(T.address_of(dst), T.address_of(src), COPY)
+
+
+def _sync_warp():
+    """bar.warp.sync: orders the lanes' shared-memory accesses (TVM prints no __syncwarp for a warp-scope
+    storage sync)."""
+    return T.ptx.bar.warp.sync(T.uint32(0xFFFFFFFF))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -92,42 +110,54 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
     if not supports(codes, k, group_size):
         raise ValueError(f"K ({k}) and the group size ({group_size}) must be multiples of {codes.step_k} for "
                          f"{codes.bits}-bit mma fragments")
-    G, S = cfg.tiles, cfg.split_k
+    G, S, R = cfg.tiles, cfg.split_k, cfg.stages
     NT, SK, NG = codes.row_tiles(n), k // codes.step_k, k // group_size
     W = G * S
-    steps = _ceil_div(SK, S)
-    U = min(cfg.unroll, steps)
-    outer = _ceil_div(steps, U)
-    ragged = outer * U * S != SK  # the last steps of some warps lie past K
+    steps = _ceil_div(SK, S)  # per warp; past K (S not dividing SK, or the last round of R) they are skipped
     LK, TS, STEP, WF, P = codes.lane_k, codes.tiles_per_step, codes.step_k, codes.words_per_fragment, codes.pairs
     LOAD = WARP * WORDS_PER_LOAD
+    HALVES_PER_COPY = COPY // 2
     decoders = [codes.decoder(r % P) for r in range(4)]
 
     @T.macro
-    def load(X, w, wl, xl, M, bm, tile, lane, u, st):
-        wl[u, T.ramp(0, 1, WORDS_PER_LOAD)] = w[tile, T.ramp(st * LOAD + lane * WORDS_PER_LOAD, 1, WORDS_PER_LOAD)]
-        for v in T.unroll(LK // 8):
-            xl[u, T.ramp(v * 8, 1, 8)] = X[T.min(bm * MMA_N + lane // 4, M - 1), T.ramp(st * STEP + lane % 4 * LK + v * 8, 1, 8)]
+    def copy(X, w, s, wsh, xsh, ssh, M, bm, tile, warp, lane, slot, st):
+        """Step st's weights, activations and scales into the warp's ring slot (cp.async, uncommitted)."""
+        if st < SK:
+            _copy(wsh[warp, slot, lane * WORDS_PER_LOAD], w[tile, st * LOAD + lane * WORDS_PER_LOAD])
+            if bm * MMA_N + lane // 4 < M:
+                for v in T.unroll(LK // HALVES_PER_COPY):
+                    _copy(xsh[warp, slot, lane // 4, lane % 4 * LK + v * HALVES_PER_COPY],
+                          X[bm * MMA_N + lane // 4, st * STEP + lane % 4 * LK + v * HALVES_PER_COPY])
+            if lane < TILE // HALVES_PER_COPY:
+                _copy(ssh[warp, slot, lane * HALVES_PER_COPY], s[st * STEP // group_size, tile * TILE + lane * HALVES_PER_COPY])
 
     @T.macro
-    def compute(s, acc, d, a, b, wl, xl, tile, lane, u, st):
+    def compute(acc, d, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, slot):
+        wl[T.ramp(0, 1, WORDS_PER_LOAD)] = wsh[warp, slot, T.ramp(lane * WORDS_PER_LOAD, 1, WORDS_PER_LOAD)]
+        for v in T.unroll(LK // 8):
+            # Rows past M were not copied: whatever the slot holds there only reaches the mma's columns
+            # past M (columns do not mix), which are not stored.
+            xl[T.ramp(v * 8, 1, 8)] = xsh[warp, slot, lane // 4, T.ramp(lane % 4 * LK + v * 8, 1, 8)]
         for i in T.unroll(4):
             d[i] = T.float32(0)
         for j in T.unroll(TS):
             # Registers 0-3 written out: each one's decode is a different expression.
-            a[T.ramp(0, 1, 2)] = _decode(wl[u, j * WF], decoders[0])
-            a[T.ramp(2, 1, 2)] = _decode(wl[u, j * WF + 1 // P], decoders[1])
-            a[T.ramp(4, 1, 2)] = _decode(wl[u, j * WF + 2 // P], decoders[2])
-            a[T.ramp(6, 1, 2)] = _decode(wl[u, j * WF + 3 // P], decoders[3])
+            _bits(hb[0], wl[j * WF], decoders[0])
+            _bits(hb[1], wl[j * WF + 1 // P], decoders[1])
+            _bits(hb[2], wl[j * WF + 2 // P], decoders[2])
+            _bits(hb[3], wl[j * WF + 3 // P], decoders[3])
+            a[T.ramp(0, 1, 2)] = _codes(hb[0], decoders[0])
+            a[T.ramp(2, 1, 2)] = _codes(hb[1], decoders[1])
+            a[T.ramp(4, 1, 2)] = _codes(hb[2], decoders[2])
+            a[T.ramp(6, 1, 2)] = _codes(hb[3], decoders[3])
             # B through a buffer of its own, passed at offset 0: TVM stores xl as 128-bit vectors (uint4),
             # and an element offset into it would be printed as pointer arithmetic in uint4 units.
-            b[T.ramp(0, 1, 4)] = xl[u, T.ramp(4 * j, 1, 4)]
+            b[T.ramp(0, 1, 4)] = xl[T.ramp(4 * j, 1, 4)]
             T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "fp16", "fp16", "fp32",
                                         a.data, 0, b.data, 0, d.data, 0, False, dtype="float32"))
         for h in T.unroll(2):
-            scale = T.Cast("float32", s[st * STEP // group_size, tile * TILE + lane // 4 + 8 * h])
             for e in T.unroll(2):
-                acc[2 * h + e] = _fma(d[2 * h + e], scale, acc[2 * h + e])
+                acc[2 * h + e] = _fma(d[2 * h + e], T.Cast("float32", ssh[warp, slot, lane // 4 + 8 * h]), acc[2 * h + e])
 
     @T.prim_func
     def gemv(x: T.handle, w: T.Buffer((NT, SK * LOAD), "uint32"), s: T.Buffer((NG, NT * TILE), "float16"),
@@ -144,26 +174,34 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                         d = T.alloc_buffer((4,), "float32", scope="local")  # one step's sums
                         a = T.alloc_buffer((FRAGMENT,), "float16", scope="local")
                         b = T.alloc_buffer((4,), "float16", scope="local")  # a B fragment: k slots 2t, 2t + 1, 2t + 8, 2t + 9
-                        wl = T.alloc_buffer((U, WORDS_PER_LOAD), "uint32", scope="local")
-                        xl = T.alloc_buffer((U, LK), "float16", scope="local")
-                        partial = T.alloc_buffer((W, WARP, 4), "float32", scope="shared")
+                        hb = T.alloc_buffer((4,), "uint32", scope="local")  # the half2 bits of A's registers
+                        wl = T.alloc_buffer((WORDS_PER_LOAD,), "uint32", scope="local")
+                        xl = T.alloc_buffer((LK,), "float16", scope="local")
+                        wsh = T.alloc_buffer((W, R, LOAD), "uint32", scope="shared.dyn")
+                        xsh = T.alloc_buffer((W, R, MMA_N, 4 * LK), "float16", scope="shared.dyn")
+                        ssh = T.alloc_buffer((W, R, TILE), "float16", scope="shared.dyn")
+                        partial = T.alloc_buffer((W, WARP, 4), "float32", scope="shared.dyn")  # split-K: each warp's sums
                         for i in T.unroll(4):
                             acc[i] = T.float32(0)
-                        for o in range(outer):
-                            # All loads of the U steps first, so that they are in flight together.
-                            for u in T.unroll(U):
-                                if ragged:
-                                    if (o * U + u) * S + warp % S < SK:
-                                        load(X, w, wl, xl, M, bm, T.min(bn * G + warp // S, NT - 1), lane, u, (o * U + u) * S + warp % S)
-                                else:
-                                    load(X, w, wl, xl, M, bm, T.min(bn * G + warp // S, NT - 1), lane, u, (o * U + u) * S + warp % S)
-                            for u in T.unroll(U):
-                                if ragged:
-                                    if (o * U + u) * S + warp % S < SK:
-                                        compute(s, acc, d, a, b, wl, xl, T.min(bn * G + warp // S, NT - 1), lane, u, (o * U + u) * S + warp % S)
-                                else:
-                                    compute(s, acc, d, a, b, wl, xl, T.min(bn * G + warp // S, NT - 1), lane, u, (o * U + u) * S + warp % S)
+                        # One commit group per step, empty past K, so that waiting for all but the newest
+                        # R - 1 groups is waiting for step i.
+                        for p in T.unroll(R):
+                            copy(X, w, s, wsh, xsh, ssh, M, bm, T.min(bn * G + warp // S, NT - 1), warp, lane, p, p * S + warp % S)
+                            T.ptx.cp.async_.commit_group()
+                        # Unrolled by R, so that each slot and address offset is a constant.
+                        for o in range(_ceil_div(steps, R)):
+                            for r in T.unroll(R):
+                                T.ptx.cp.async_.wait_group(R - 1)
+                                _sync_warp()  # the other lanes' copies of the activations
+                                if (o * R + r) * S + warp % S < SK:
+                                    compute(acc, d, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, r)
+                                _sync_warp()  # every lane done with the slot before it is refilled
+                                copy(X, w, s, wsh, xsh, ssh, M, bm, T.min(bn * G + warp // S, NT - 1), warp, lane, r, (o * R + r + R) * S + warp % S)
+                                T.ptx.cp.async_.commit_group()
                         if S > 1:
+                            # TVM's merged shared memory reuses the rings' bytes for `partial`: every warp
+                            # must be done with its ring first.
+                            T.tvm_storage_sync("shared")
                             for i in T.unroll(4):
                                 partial[warp, lane, i] = acc[i]
                             T.tvm_storage_sync("shared")

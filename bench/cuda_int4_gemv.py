@@ -1,6 +1,6 @@
 """The CUDA weight-only GEMV kernels alone, on CUDA cores (qcompile/backends/tvm/cuda_gemv.py, names
 `..._r<rows>w<warps>b<m_block>u<unroll>s<split_k>`) and on tensor cores (cuda_mma_gemv.py, names
-`..._mma_t<tiles>s<split_k>p<stages>`), against torch float16 F.linear on the same shape: time and
+`..._mma_t<tiles>s<split_k>p<stages>b<m_block>`), against torch float16 F.linear on the same shape: time and
 achieved bandwidth = (packed weight + scale + activation bytes) / time.
 
 Two steps, because the GPU machine has the TVM runtime only:
@@ -90,9 +90,9 @@ def build(out: Path) -> None:
             cfg = default_config(m, n, k)
             kernels = [(f"r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}s{cfg.split_k}", "cuda_cores",
                         gemv_prim_func(n, k, group, CODES[bits], cfg))]
-            mma_default = default_mma_config(n, k, MMA_CODES[bits])
-            for mma in dict.fromkeys([mma_default, *(MmaGemvConfig(*c) for c in MMA_CONFIGS[m])]):
-                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}p{mma.stages}", "mma",
+            mma_default = default_mma_config(m, n, k, MMA_CODES[bits])
+            for mma in dict.fromkeys([mma_default, *(MmaGemvConfig(*c, m_block=mma_default.m_block) for c in MMA_CONFIGS[m])]):
+                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}p{mma.stages}b{mma.m_block}", "mma",
                                 mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
             for suffix, kernel, func in kernels:
                 name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"

@@ -86,26 +86,28 @@ def test_scales_are_groups_by_rows_padded_to_whole_tiles():
     assert not arranged[:, 20:].any()
 
 
-def test_packing_rejects_bad_weights():
+def test_bad_weights_and_configs_raise():
     with pytest.raises(ValueError, match="multiple of 64"):
         MMA_CODES[4].pack(np.zeros((16, 96), np.int8))
     with pytest.raises(ValueError, match="do not fit 4 bits"):
         MMA_CODES[4].pack(np.full((16, 64), 8, np.int8))
     with pytest.raises(ValueError, match="group size \\(32\\) must be multiples of 64"):
         mma_gemv_prim_func(64, 1024, 32, MMA_CODES[4], MmaGemvConfig())
+    with pytest.raises(ValueError, match="m_block \\(9\\) must be 1 to 8"):
+        mma_gemv_prim_func(64, 1024, 128, MMA_CODES[4], MmaGemvConfig(m_block=9))
 
 
 def test_default_split_fills_the_gpu():
-    assert default_mma_config(4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8)
-    assert default_mma_config(28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, stages=8)
-    small = default_mma_config(64, 128, MMA_CODES[4])  # 2 steps of K: no more warps than steps
-    assert small.split_k == 2 and small.stages == 1
+    assert default_mma_config(1, 4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)
+    assert default_mma_config(1, 28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, stages=8, m_block=1)
+    small = default_mma_config(None, 64, 128, MMA_CODES[4])  # 2 steps of K: no more warps than steps
+    assert small.split_k == 2 and small.stages == 1 and small.m_block == 8
 
 
 @pytest.mark.parametrize("bits, n, k, cfg", [
     (4, 1000, 2048, MmaGemvConfig(tiles=2, split_k=2, stages=4)),  # N not whole tiles
-    (4, 4096, 4096, MmaGemvConfig(tiles=1, split_k=8, stages=8)),
-    (8, 640, 1152, MmaGemvConfig(tiles=1, split_k=4, stages=4)),  # steps not whole rounds of the warps
+    (4, 4096, 4096, MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)),
+    (8, 640, 1152, MmaGemvConfig(tiles=1, split_k=4, stages=4, m_block=3)),  # steps not whole rounds of the warps
 ])
 def test_kernel_ptx(bits, n, k, cfg, tmp_path):
     """The ring: `stages` steps of copies issued before the first wait and one step's after each step's

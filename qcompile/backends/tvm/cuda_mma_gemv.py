@@ -22,7 +22,7 @@ and by the summation order.
 
 Work split: a warp owns one 16-row tile over every `split_k`-th step of K; a block is `tiles` x `split_k`
 warps, the warps of a tile adding their sums through shared memory; grid.y covers the activation rows
-in blocks of 8 (the mma's N)."""
+in blocks of `m_block` (8 at most: the mma's N; a block's shared memory holds that many rows)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,21 +44,24 @@ class MmaGemvConfig:
     tiles: int = 1    # 16-row weight tiles per block
     split_k: int = 4  # warps per tile, each over every split_k-th K step
     stages: int = 4   # K steps whose copies a warp has in flight
+    m_block: int = MMA_N  # activation rows per block (grid.y covers M), the mma's N at most
 
 
 TARGET_WARPS = 2048  # 16 per SM of an H100/H200: with `stages` steps each, enough bytes in flight
 MAX_STAGES = 8
 
 
-def default_mma_config(n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
+def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
-    least 4 warps per block; up to MAX_STAGES steps in flight per warp. A starting point, not yet measured:
-    bench/cuda_int4_gemv.py times alternatives side by side."""
+    least 4 warps per block; up to MAX_STAGES steps in flight per warp; a static M of up to 8 rows in one
+    block (a free M in blocks of 8). A starting point, not yet measured: bench/cuda_int4_gemv.py times
+    alternatives side by side."""
     tiles, steps = codes.row_tiles(n), k // codes.step_k
     split = 1
     while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:
         split *= 2
-    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, _ceil_div(steps, split)))
+    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, _ceil_div(steps, split)),
+                         m_block=MMA_N if m is None else min(m, MMA_N))
 
 
 def supports(codes: MmaCodes, k: int, group_size: int) -> bool:
@@ -110,7 +113,9 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
     if not supports(codes, k, group_size):
         raise ValueError(f"K ({k}) and the group size ({group_size}) must be multiples of {codes.step_k} for "
                          f"{codes.bits}-bit mma fragments")
-    G, S, R = cfg.tiles, cfg.split_k, cfg.stages
+    G, S, R, MB = cfg.tiles, cfg.split_k, cfg.stages, cfg.m_block
+    if not 1 <= MB <= MMA_N:
+        raise ValueError(f"m_block ({MB}) must be 1 to {MMA_N}: the activation rows of one mma")
     NT, SK, NG = codes.row_tiles(n), k // codes.step_k, k // group_size
     W = G * S
     steps = _ceil_div(SK, S)  # per warp; past K (S not dividing SK, or the last round of R) they are skipped
@@ -124,10 +129,10 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
         """Step st's weights, activations and scales into the warp's ring slot (cp.async, uncommitted)."""
         if st < SK:
             _copy(wsh[warp, slot, lane * WORDS_PER_LOAD], w[tile, st * LOAD + lane * WORDS_PER_LOAD])
-            if bm * MMA_N + lane // 4 < M:
+            if lane // 4 < MB and bm * MB + lane // 4 < M:
                 for v in T.unroll(LK // HALVES_PER_COPY):
                     _copy(xsh[warp, slot, lane // 4, lane % 4 * LK + v * HALVES_PER_COPY],
-                          X[bm * MMA_N + lane // 4, st * STEP + lane % 4 * LK + v * HALVES_PER_COPY])
+                          X[bm * MB + lane // 4, st * STEP + lane % 4 * LK + v * HALVES_PER_COPY])
             if lane < TILE // HALVES_PER_COPY:
                 _copy(ssh[warp, slot, lane * HALVES_PER_COPY], s[st * STEP // group_size, tile * TILE + lane * HALVES_PER_COPY])
 
@@ -135,9 +140,9 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
     def compute(acc, d, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, slot):
         wl[T.ramp(0, 1, WORDS_PER_LOAD)] = wsh[warp, slot, T.ramp(lane * WORDS_PER_LOAD, 1, WORDS_PER_LOAD)]
         for v in T.unroll(LK // 8):
-            # Rows past M were not copied: whatever the slot holds there only reaches the mma's columns
-            # past M (columns do not mix), which are not stored.
-            xl[T.ramp(v * 8, 1, 8)] = xsh[warp, slot, lane // 4, T.ramp(lane % 4 * LK + v * 8, 1, 8)]
+            # B's columns past the block's rows repeat its last row; rows past M were not copied: either
+            # only reaches the mma's columns past them (columns do not mix), which are not stored.
+            xl[T.ramp(v * 8, 1, 8)] = xsh[warp, slot, T.min(lane // 4, MB - 1), T.ramp(lane % 4 * LK + v * 8, 1, 8)]
         for i in T.unroll(4):
             d[i] = T.float32(0)
         for j in T.unroll(TS):
@@ -166,7 +171,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
         M = T.int32()
         X = T.match_buffer(x, (M, k), "float16")
         Y = T.match_buffer(y, (M, n), "float32")
-        for bm in T.thread_binding((M + MMA_N - 1) // MMA_N, thread="blockIdx.y"):
+        for bm in T.thread_binding((M + MB - 1) // MB, thread="blockIdx.y"):
             for bn in T.thread_binding(_ceil_div(NT, G), thread="blockIdx.x"):
                 for warp in T.thread_binding(W, thread="threadIdx.y"):
                     for lane in T.thread_binding(WARP, thread="threadIdx.x"):
@@ -178,7 +183,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                         wl = T.alloc_buffer((WORDS_PER_LOAD,), "uint32", scope="local")
                         xl = T.alloc_buffer((LK,), "float16", scope="local")
                         wsh = T.alloc_buffer((W, R, LOAD), "uint32", scope="shared.dyn")
-                        xsh = T.alloc_buffer((W, R, MMA_N, 4 * LK), "float16", scope="shared.dyn")
+                        xsh = T.alloc_buffer((W, R, MB, 4 * LK), "float16", scope="shared.dyn")
                         ssh = T.alloc_buffer((W, R, TILE), "float16", scope="shared.dyn")
                         partial = T.alloc_buffer((W, WARP, 4), "float32", scope="shared.dyn")  # split-K: each warp's sums
                         for i in T.unroll(4):
@@ -207,11 +212,12 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                             T.tvm_storage_sync("shared")
                         for h in T.unroll(2):
                             for e in T.unroll(2):
-                                if warp % S == 0 and bm * MMA_N + lane % 4 * 2 + e < M and (bn * G + warp // S) * TILE + lane // 4 + 8 * h < n:
+                                if (warp % S == 0 and lane % 4 * 2 + e < MB and bm * MB + lane % 4 * 2 + e < M
+                                        and (bn * G + warp // S) * TILE + lane // 4 + 8 * h < n):
                                     if S > 1:
                                         for j in T.unroll(1, S):
                                             acc[2 * h + e] = acc[2 * h + e] + partial[warp + j, lane, 2 * h + e]
-                                    Y[bm * MMA_N + lane % 4 * 2 + e, (bn * G + warp // S) * TILE + lane // 4 + 8 * h] = (
+                                    Y[bm * MB + lane % 4 * 2 + e, (bn * G + warp // S) * TILE + lane // 4 + 8 * h] = (
                                         acc[2 * h + e] + bias[(bn * G + warp // S) * TILE + lane // 4 + 8 * h])
 
     return gemv

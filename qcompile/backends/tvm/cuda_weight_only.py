@@ -50,7 +50,7 @@ class TensorCoreGemv:
         return k % step == 0 and group_size % step == 0
 
     def prim_func(self, m: int | None, n: int, k: int, group_size: int, bits: int) -> tirx.PrimFunc:
-        return mma_gemv_prim_func(n, k, group_size, MMA_CODES[bits], default_mma_config(n, k, MMA_CODES[bits]))
+        return mma_gemv_prim_func(n, k, group_size, MMA_CODES[bits], default_mma_config(m, n, k, MMA_CODES[bits]))
 
     def constants(self, codes: np.ndarray, scale: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
         return MMA_CODES[bits].pack(codes), MMA_CODES[bits].arrange_scales(scale)

@@ -4,9 +4,10 @@ registers, the weight rows as the mma's A (16 rows per fragment), up to 8 activa
 Why: the CUDA-core GEMV (cuda_gemv.py) spends about 4 instructions per code (SASS of the 4096 x 4096
 int4 kernel: converting, multiplying, adding in float32), enough to share the time with memory on the
 H200 (Nsight Compute: SM 62% busy for 28672 x 8192), and ptxas issues its loads late to save registers,
-so few are in flight. Here a code costs about one instruction: one lop3 makes a half2 of (1024 + u) from
-two codes (a mask and a magic exponent), one half2 add or fused multiply-add makes them the exact codes,
-and the mma does 256 multiply-adds per instruction with float32 accumulation. The loads are cp.async
+so few are in flight. Here a step of 32 codes per lane is about 65 SASS instructions: one lop3 makes a
+half2 of (1024 + u) from two codes (a mask and a magic exponent), one half2 add or fused multiply-add
+makes them the exact codes, and the mma does 256 multiply-adds per instruction with float32
+accumulation. The loads are cp.async
 copies into a ring of `stages` shared-memory slots per warp, issued `stages` steps ahead: asynchronous,
 so ptxas cannot delay them, and no registers wait for them.
 

@@ -11,19 +11,14 @@ SUBNORMAL = float(2**24)  # a code u in a float16's mantissa bits reads as u / 2
 
 
 @dataclass(frozen=True)
-class Codes:
-    """Weight codes of `bits` bits packed into uint32 words (the module docstring has the layout)."""
+class CodeWidth:
+    """Signed codes of `bits` bits, stored unsigned (code + offset) in uint32 words."""
 
     bits: int
 
     @property
     def per_word(self) -> int:
         return 32 // self.bits
-
-    @property
-    def chunk(self) -> int:
-        """Values one lane reads per row with one 128-bit load."""
-        return WORDS_PER_LOAD * self.per_word
 
     @property
     def offset(self) -> int:
@@ -34,6 +29,21 @@ class Codes:
         code = (1 << self.bits) - 1
         return code | (code << 16)
 
+    def check_fits(self, w: np.ndarray) -> None:
+        lo, hi = -self.offset, self.offset - 1
+        if w.size and (w.min() < lo or w.max() > hi):
+            raise ValueError(f"codes [{w.min()}, {w.max()}] do not fit {self.bits} bits [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class Codes(CodeWidth):
+    """Weight codes packed for the CUDA-core GEMV (the module docstring has the layout)."""
+
+    @property
+    def chunk(self) -> int:
+        """Values one lane reads per row with one 128-bit load."""
+        return WORDS_PER_LOAD * self.per_word
+
     def positions(self) -> list[int]:
         """k offset (within a word) held at each code position, low bits first."""
         half = self.per_word // 2
@@ -42,9 +52,7 @@ class Codes:
     def pack(self, w: np.ndarray) -> np.ndarray:
         """int8 codes [N, K] (K a multiple of per_word) -> uint32 [N, K / per_word]."""
         n, k = w.shape
-        lo, hi = -self.offset, self.offset - 1
-        if w.size and (w.min() < lo or w.max() > hi):
-            raise ValueError(f"codes [{w.min()}, {w.max()}] do not fit {self.bits} bits [{lo}, {hi}]")
+        self.check_fits(w)
         unsigned = (w.astype(np.int64) + self.offset).reshape(n, k // self.per_word, self.per_word)
         by_position = unsigned[:, :, self.positions()]
         shifts = np.arange(self.per_word, dtype=np.int64) * self.bits
@@ -97,7 +105,7 @@ class RegisterDecode:
 
 
 @dataclass(frozen=True)
-class MmaCodes:
+class MmaCodes(CodeWidth):
     """Weight codes of `bits` bits laid out as the A fragments of float16 m16n8k16 mma (cuda_mma_gemv.py).
 
     The weight is cut into 16-row tiles; a tile's K into steps of `step_k` values, one 128-bit load (4
@@ -111,12 +119,6 @@ class MmaCodes:
     t's slots of all the step's fragments are the `lane_k` consecutive k from t * lane_k, so each lane's
     float16 activations for a step are one contiguous run (fragment j: its slots in order are k
     t * lane_k + 4j + 0..3)."""
-
-    bits: int
-
-    @property
-    def per_word(self) -> int:
-        return 32 // self.bits
 
     @property
     def pairs(self) -> int:
@@ -139,15 +141,6 @@ class MmaCodes:
     def lane_k(self) -> int:
         """Consecutive k of one lane per step: 4 per fragment."""
         return 4 * self.tiles_per_step
-
-    @property
-    def offset(self) -> int:
-        return 1 << (self.bits - 1)
-
-    @property
-    def pair_mask(self) -> int:
-        code = (1 << self.bits) - 1
-        return code | (code << 16)
 
     def decoder(self, position: int) -> RegisterDecode:
         """The decode of the register at `position` of a word. int4: nibbles 4p and 16 + 4p; those at bits
@@ -181,11 +174,9 @@ class MmaCodes:
         """int8 codes [N, K] (K a multiple of step_k) -> uint32 [tiles, K / step_k * 128]; rows past N are
         code 0."""
         n, k = w.shape
-        lo, hi = -self.offset, self.offset - 1
         if k % self.step_k:
             raise ValueError(f"K ({k}) must be a multiple of {self.step_k} for {self.bits}-bit mma fragments")
-        if w.size and (w.min() < lo or w.max() > hi):
-            raise ValueError(f"codes [{w.min()}, {w.max()}] do not fit {self.bits} bits [{lo}, {hi}]")
+        self.check_fits(w)
         tiles, steps = self.row_tiles(n), k // self.step_k
         unsigned = np.full((tiles * TILE, k), self.offset, np.uint32)
         unsigned[:n] = w.astype(np.int64) + self.offset

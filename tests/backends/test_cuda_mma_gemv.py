@@ -93,35 +93,37 @@ def test_bad_weights_and_configs_raise():
         MMA_CODES[4].pack(np.full((16, 64), 8, np.int8))
     with pytest.raises(ValueError, match="group size \\(32\\) must be multiples of 64"):
         mma_gemv_prim_func(64, 1024, 32, MMA_CODES[4], MmaGemvConfig())
-    with pytest.raises(ValueError, match="m_block \\(9\\) must be 1 to 8"):
-        mma_gemv_prim_func(64, 1024, 128, MMA_CODES[4], MmaGemvConfig(m_block=9))
+    with pytest.raises(ValueError, match="m_block \\(17\\) must be 1 to 16"):
+        mma_gemv_prim_func(64, 1024, 128, MMA_CODES[4], MmaGemvConfig(m_block=17))
 
 
 def test_default_split_fills_the_gpu():
     assert default_mma_config(1, 4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)
     assert default_mma_config(1, 28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, stages=8, m_block=1)
+    assert default_mma_config(16, 4096, 4096, MMA_CODES[4]).m_block == 16  # the weights read once
     small = default_mma_config(None, 64, 128, MMA_CODES[4])  # 2 steps of K: no more warps than steps
     assert small.split_k == 2 and small.stages == 1 and small.m_block == 8
 
 
 @pytest.mark.parametrize("bits, n, k, cfg", [
-    (4, 1000, 2048, MmaGemvConfig(tiles=2, split_k=2, stages=4)),  # N not whole tiles
+    (4, 1000, 2048, MmaGemvConfig(tiles=2, split_k=2, stages=4, m_block=16)),  # N not whole tiles; 2 mma per A
     (4, 4096, 4096, MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)),
     (8, 640, 1152, MmaGemvConfig(tiles=1, split_k=4, stages=4, m_block=3)),  # steps not whole rounds of the warps
 ])
 def test_kernel_ptx(bits, n, k, cfg, tmp_path):
     """The ring: `stages` steps of copies issued before the first wait and one step's after each step's
-    mma; the copies asynchronous (cp.async), 16 bytes each: weights, activations, scales."""
+    mma; the copies asynchronous (cp.async), 16 bytes each: weights, activations (per 8 rows), scales;
+    one mma per fragment and 8 activation rows."""
     codes = MMA_CODES[bits]
     func = mma_gemv_prim_func(n, k, 128 if bits == 4 else k, codes, cfg)
     _, kernels = cuda.compile_module(tvm.IRModule({"main": func}), cuda_build.target(), tmp_path)
     (ptx,) = kernels.kernel_ptx().values()
-    copies_per_step = 1 + codes.lane_k // 8 + 1
+    copies_per_step = 1 + -(-cfg.m_block // 8) * codes.lane_k // 8 + 1
     steps = -(-k // codes.step_k // cfg.split_k)
     refills = cfg.stages if steps > cfg.stages else 0  # else every refill lies past K: none compiled
     assert ptx.count("cp.async.cg.shared.global") == (cfg.stages + refills) * copies_per_step
     assert ptx.count("cp.async.wait_group " + str(cfg.stages - 1)) == cfg.stages
-    assert ptx.count(MMA) == cfg.stages * codes.tiles_per_step
+    assert ptx.count(MMA) == cfg.stages * codes.tiles_per_step * -(-cfg.m_block // 8)
     decode = "lop3.b32" if bits == 4 else "prmt.b32"  # one instruction makes a register's half2 bits
     assert ptx.count(decode) == cfg.stages * WORDS_PER_LOAD * codes.pairs
     assert "ld.global" not in ptx.split("cp.async.wait_group")[1]  # no synchronous loads in the steps

@@ -1,5 +1,5 @@
 """A weight-only GEMV on tensor cores: float16 m16n8k16 mma with int4 or int8 codes dequantized in
-registers, the weight rows as the mma's A (16 rows per fragment), up to 8 activation rows as its B.
+registers, the weight rows as the mma's A (16 rows per fragment), 8 activation rows as its B.
 
 Why: the CUDA-core GEMV (cuda_gemv.py) spends about 4 instructions per code (SASS of the 4096 x 4096
 int4 kernel: converting, multiplying, adding in float32), enough to share the time with memory on the
@@ -23,7 +23,8 @@ and by the summation order.
 
 Work split: a warp owns one 16-row tile over every `split_k`-th step of K; a block is `tiles` x `split_k`
 warps, the warps of a tile adding their sums through shared memory; grid.y covers the activation rows
-in blocks of `m_block` (8 at most: the mma's N; a block's shared memory holds that many rows)."""
+in blocks of `m_block` (up to 16: one mma per 8 rows and A fragment, the A decode shared; a block's
+shared memory holds that many rows)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .cuda_weight_codes import MAGIC_X2, TILE, WORDS_PER_LOAD, MmaCodes, Registe
 
 WARP = 32
 MMA_N = 8  # activation rows per mma (B's columns)
+MAX_M_BLOCK = 2 * MMA_N  # activation rows per block: two mma per A fragment (cuda_gemv.MAX_ROWS)
 FRAGMENT = 8  # float16 values of an A fragment per lane
 COPY = 16  # bytes of one cp.async
 LOP3_AND_OR = 0xEA  # lop3's truth table for (a & b) | c
@@ -45,7 +47,7 @@ class MmaGemvConfig:
     tiles: int = 1    # 16-row weight tiles per block
     split_k: int = 4  # warps per tile, each over every split_k-th K step
     stages: int = 4   # K steps whose copies a warp has in flight
-    m_block: int = MMA_N  # activation rows per block (grid.y covers M), the mma's N at most
+    m_block: int = MMA_N  # activation rows per block (grid.y covers M): one mma per 8 of them
 
 
 TARGET_WARPS = 2048  # 16 per SM of an H100/H200: with `stages` steps each, enough bytes in flight
@@ -54,15 +56,15 @@ MAX_STAGES = 8
 
 def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
-    least 4 warps per block; up to MAX_STAGES steps in flight per warp; a static M of up to 8 rows in one
-    block (a free M in blocks of 8). A starting point, not yet measured: bench/cuda_int4_gemv.py times
-    alternatives side by side."""
+    least 4 warps per block; up to MAX_STAGES steps in flight per warp; a static M of up to 16 rows in one
+    block (the weights read once), a free M in blocks of 8. A starting point, not yet measured:
+    bench/cuda_int4_gemv.py times alternatives side by side."""
     tiles, steps = codes.row_tiles(n), k // codes.step_k
     split = 1
     while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:
         split *= 2
     return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, _ceil_div(steps, split)),
-                         m_block=MMA_N if m is None else min(m, MMA_N))
+                         m_block=MMA_N if m is None else min(m, MAX_M_BLOCK))
 
 
 def supports(codes: MmaCodes, k: int, group_size: int) -> bool:
@@ -115,8 +117,9 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
         raise ValueError(f"K ({k}) and the group size ({group_size}) must be multiples of {codes.step_k} for "
                          f"{codes.bits}-bit mma fragments")
     G, S, R, MB = cfg.tiles, cfg.split_k, cfg.stages, cfg.m_block
-    if not 1 <= MB <= MMA_N:
-        raise ValueError(f"m_block ({MB}) must be 1 to {MMA_N}: the activation rows of one mma")
+    if not 1 <= MB <= MAX_M_BLOCK:
+        raise ValueError(f"m_block ({MB}) must be 1 to {MAX_M_BLOCK}: the activation rows of two mma")
+    NB = _ceil_div(MB, MMA_N)  # mma per A fragment, one per 8 activation rows
     NT, SK, NG = codes.row_tiles(n), k // codes.step_k, k // group_size
     W = G * S
     steps = _ceil_div(SK, S)  # per warp; past K (S not dividing SK, or the last round of R) they are skipped
@@ -130,22 +133,24 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
         """Step st's weights, activations and scales into the warp's ring slot (cp.async, uncommitted)."""
         if st < SK:
             _copy(wsh[warp, slot, lane * WORDS_PER_LOAD], w[tile, st * LOAD + lane * WORDS_PER_LOAD])
-            if lane // 4 < MB and bm * MB + lane // 4 < M:
-                for v in T.unroll(LK // HALVES_PER_COPY):
-                    _copy(xsh[warp, slot, lane // 4, lane % 4 * LK + v * HALVES_PER_COPY],
-                          X[bm * MB + lane // 4, st * STEP + lane % 4 * LK + v * HALVES_PER_COPY])
+            for nb in T.unroll(NB):
+                if nb * MMA_N + lane // 4 < MB and bm * MB + nb * MMA_N + lane // 4 < M:
+                    for v in T.unroll(LK // HALVES_PER_COPY):
+                        _copy(xsh[warp, slot, nb * MMA_N + lane // 4, lane % 4 * LK + v * HALVES_PER_COPY],
+                              X[bm * MB + nb * MMA_N + lane // 4, st * STEP + lane % 4 * LK + v * HALVES_PER_COPY])
             if lane < TILE // HALVES_PER_COPY:
                 _copy(ssh[warp, slot, lane * HALVES_PER_COPY], s[st * STEP // group_size, tile * TILE + lane * HALVES_PER_COPY])
 
     @T.macro
-    def compute(acc, d, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, slot):
+    def compute(acc, d, c, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, slot):
         wl[T.ramp(0, 1, WORDS_PER_LOAD)] = wsh[warp, slot, T.ramp(lane * WORDS_PER_LOAD, 1, WORDS_PER_LOAD)]
-        for v in T.unroll(LK // 8):
-            # B's columns past the block's rows repeat its last row; rows past M were not copied: either
-            # only reaches the mma's columns past them (columns do not mix), which are not stored.
-            xl[T.ramp(v * 8, 1, 8)] = xsh[warp, slot, T.min(lane // 4, MB - 1), T.ramp(lane % 4 * LK + v * 8, 1, 8)]
-        for i in T.unroll(4):
-            d[i] = T.float32(0)
+        for nb in T.unroll(NB):
+            for v in T.unroll(LK // 8):
+                # B's columns past the block's rows repeat its last row; rows past M were not copied:
+                # either only reaches the mma's columns past them (columns do not mix), not stored.
+                xl[nb, T.ramp(v * 8, 1, 8)] = xsh[warp, slot, T.min(nb * MMA_N + lane // 4, MB - 1), T.ramp(lane % 4 * LK + v * 8, 1, 8)]
+            for i in T.unroll(4):
+                d[nb, i] = T.float32(0)
         for j in T.unroll(TS):
             # Registers 0-3 written out: each one's decode is a different expression.
             _bits(hb[0], wl[j * WF], decoders[0])
@@ -156,14 +161,21 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
             a[T.ramp(2, 1, 2)] = _codes(hb[1], decoders[1])
             a[T.ramp(4, 1, 2)] = _codes(hb[2], decoders[2])
             a[T.ramp(6, 1, 2)] = _codes(hb[3], decoders[3])
-            # B through a buffer of its own, passed at offset 0: TVM stores xl as 128-bit vectors (uint4),
-            # and an element offset into it would be printed as pointer arithmetic in uint4 units.
-            b[T.ramp(0, 1, 4)] = xl[T.ramp(4 * j, 1, 4)]
-            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "fp16", "fp16", "fp32",
-                                        a.data, 0, b.data, 0, d.data, 0, False, dtype="float32"))
-        for h in T.unroll(2):
-            for e in T.unroll(2):
-                acc[2 * h + e] = _fma(d[2 * h + e], T.Cast("float32", ssh[warp, slot, lane // 4 + 8 * h]), acc[2 * h + e])
+            for nb in T.unroll(NB):
+                # B and the sums through buffers of their own, passed at offset 0: TVM stores xl as
+                # 128-bit vectors (uint4), and an element offset into it would be printed as pointer
+                # arithmetic in uint4 units.
+                b[T.ramp(0, 1, 4)] = xl[nb, T.ramp(4 * j, 1, 4)]
+                for i in T.unroll(4):
+                    c[i] = d[nb, i]
+                T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "fp16", "fp16", "fp32",
+                                            a.data, 0, b.data, 0, c.data, 0, False, dtype="float32"))
+                for i in T.unroll(4):
+                    d[nb, i] = c[i]
+        for nb in T.unroll(NB):
+            for h in T.unroll(2):
+                for e in T.unroll(2):
+                    acc[nb, 2 * h + e] = _fma(d[nb, 2 * h + e], T.Cast("float32", ssh[warp, slot, lane // 4 + 8 * h]), acc[nb, 2 * h + e])
 
     @T.prim_func
     def gemv(x: T.handle, w: T.Buffer((NT, SK * LOAD), "uint32"), s: T.Buffer((NG, NT * TILE), "float16"),
@@ -176,19 +188,22 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
             for bn in T.thread_binding(_ceil_div(NT, G), thread="blockIdx.x"):
                 for warp in T.thread_binding(W, thread="threadIdx.y"):
                     for lane in T.thread_binding(WARP, thread="threadIdx.x"):
-                        acc = T.alloc_buffer((4,), "float32", scope="local")  # the C fragment: rows g, g + 8 x columns 2t, 2t + 1
-                        d = T.alloc_buffer((4,), "float32", scope="local")  # one step's sums
+                        # C fragments, one per 8 activation rows: rows g, g + 8 x columns 2t, 2t + 1
+                        acc = T.alloc_buffer((NB, 4), "float32", scope="local")
+                        d = T.alloc_buffer((NB, 4), "float32", scope="local")  # one step's sums
+                        c = T.alloc_buffer((4,), "float32", scope="local")  # one mma's accumulator
                         a = T.alloc_buffer((FRAGMENT,), "float16", scope="local")
                         b = T.alloc_buffer((4,), "float16", scope="local")  # a B fragment: k slots 2t, 2t + 1, 2t + 8, 2t + 9
                         hb = T.alloc_buffer((4,), "uint32", scope="local")  # the half2 bits of A's registers
                         wl = T.alloc_buffer((WORDS_PER_LOAD,), "uint32", scope="local")
-                        xl = T.alloc_buffer((LK,), "float16", scope="local")
+                        xl = T.alloc_buffer((NB, LK), "float16", scope="local")
                         wsh = T.alloc_buffer((W, R, LOAD), "uint32", scope="shared.dyn")
                         xsh = T.alloc_buffer((W, R, MB, 4 * LK), "float16", scope="shared.dyn")
                         ssh = T.alloc_buffer((W, R, TILE), "float16", scope="shared.dyn")
-                        partial = T.alloc_buffer((W, WARP, 4), "float32", scope="shared.dyn")  # split-K: each warp's sums
-                        for i in T.unroll(4):
-                            acc[i] = T.float32(0)
+                        partial = T.alloc_buffer((W, WARP, NB, 4), "float32", scope="shared.dyn")  # split-K: each warp's sums
+                        for nb in T.unroll(NB):
+                            for i in T.unroll(4):
+                                acc[nb, i] = T.float32(0)
                         # One commit group per step, empty past K, so that waiting for all but the newest
                         # R - 1 groups is waiting for step i.
                         for p in T.unroll(R):
@@ -200,7 +215,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                                 T.ptx.cp.async_.wait_group(R - 1)
                                 _sync_warp()  # the other lanes' copies of the activations
                                 if (o * R + r) * S + warp % S < SK:
-                                    compute(acc, d, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, r)
+                                    compute(acc, d, c, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, r)
                                 _sync_warp()  # every lane done with the slot before it is refilled
                                 copy(X, w, s, wsh, xsh, ssh, M, bm, T.min(bn * G + warp // S, NT - 1), warp, lane, r, (o * R + r + R) * S + warp % S)
                                 T.ptx.cp.async_.commit_group()
@@ -208,17 +223,19 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                             # TVM's merged shared memory reuses the rings' bytes for `partial`: every warp
                             # must be done with its ring first.
                             T.tvm_storage_sync("shared")
-                            for i in T.unroll(4):
-                                partial[warp, lane, i] = acc[i]
+                            for nb in T.unroll(NB):
+                                for i in T.unroll(4):
+                                    partial[warp, lane, nb, i] = acc[nb, i]
                             T.tvm_storage_sync("shared")
-                        for h in T.unroll(2):
-                            for e in T.unroll(2):
-                                if (warp % S == 0 and lane % 4 * 2 + e < MB and bm * MB + lane % 4 * 2 + e < M
-                                        and (bn * G + warp // S) * TILE + lane // 4 + 8 * h < n):
-                                    if S > 1:
-                                        for j in T.unroll(1, S):
-                                            acc[2 * h + e] = acc[2 * h + e] + partial[warp + j, lane, 2 * h + e]
-                                    Y[bm * MB + lane % 4 * 2 + e, (bn * G + warp // S) * TILE + lane // 4 + 8 * h] = (
-                                        acc[2 * h + e] + bias[(bn * G + warp // S) * TILE + lane // 4 + 8 * h])
+                        for nb in T.unroll(NB):
+                            for h in T.unroll(2):
+                                for e in T.unroll(2):
+                                    if (warp % S == 0 and nb * MMA_N + lane % 4 * 2 + e < MB and bm * MB + nb * MMA_N + lane % 4 * 2 + e < M
+                                            and (bn * G + warp // S) * TILE + lane // 4 + 8 * h < n):
+                                        if S > 1:
+                                            for j in T.unroll(1, S):
+                                                acc[nb, 2 * h + e] = acc[nb, 2 * h + e] + partial[warp + j, lane, nb, 2 * h + e]
+                                        Y[bm * MB + nb * MMA_N + lane % 4 * 2 + e, (bn * G + warp // S) * TILE + lane // 4 + 8 * h] = (
+                                            acc[nb, 2 * h + e] + bias[(bn * G + warp // S) * TILE + lane // 4 + 8 * h])
 
     return gemv

@@ -70,9 +70,11 @@ def save_case(directory: Path, cm, inputs: list[torch.Tensor], expected: tuple, 
     return spec
 
 
-def _compiled_pair(model, example, calibration, **options):
+def _compiled_pair(model, example, calibration, gpu_options: dict | None = None, **options):
+    """The model compiled for the reference and for CUDA (with the CUDA backend's `gpu_options` too)."""
     ref = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False, **options)
-    gpu = qcompile.compile(model, example, target="cuda", calibration=calibration, progress=False, **options)
+    gpu = qcompile.compile(model, example, target="cuda", calibration=calibration, progress=False,
+                           **options, **(gpu_options or {}))
     return ref, gpu
 
 
@@ -168,11 +170,14 @@ def _minilm_cases() -> None:
 # The weight-only GEMV's 4096-wide models would take 4-16 MB of the bundle each: the kernel bench
 # (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
 _TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1", "mlp_1024x4096_w4_m1"}
+# Also built with the tensor-core GEMV (cases NAME_tc, the same bound): a free batch in blocks of 8 rows
+# (int4), and 16 static rows in one block, two mma per fragment (int8).
+_TENSOR_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16"}
 
 
-def _test_case(model, example, calibration, kwargs, compare):
+def _test_case(model, example, calibration, kwargs, compare, gpu_options: dict | None = None):
     def build(directory: Path) -> dict:
-        ref, gpu = _compiled_pair(model, example, calibration, **kwargs)
+        ref, gpu = _compiled_pair(model, example, calibration, gpu_options, **kwargs)
         return save_case(directory, gpu, list(example), _outputs(ref, list(example)), compare=compare)
     return build
 
@@ -191,6 +196,9 @@ def _register_test_cases() -> None:
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         if name not in _TOO_BIG:
             CASES[name] = _test_case(model, example, calibration, kwargs, _within(tolerance))
+        if name in _TENSOR_CORE_GEMV:
+            CASES[f"{name}_tc"] = _test_case(model, example, calibration, kwargs, _within(tolerance),
+                                             gpu_options={"gemv": "tensor_cores"})
 
 
 # Kernel benches: built here, their data made on the GPU machine (bench/<file> build DIR / run DIR).

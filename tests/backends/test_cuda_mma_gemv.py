@@ -17,7 +17,7 @@ import tvm
 from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout
 
 import qcompile
-from qcompile.backends.tvm import cuda, cuda_build, cuda_weight_only
+from qcompile.backends.tvm import cuda, cuda_build
 from qcompile.backends.tvm.cuda_mma_gemv import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
 from qcompile.backends.tvm.cuda_weight_codes import MMA_CODES, TILE, WORDS_PER_LOAD
 from tests.backends.test_cuda_weight_only import MLP
@@ -132,10 +132,15 @@ def test_kernel_ptx(bits, n, k, cfg, tmp_path):
 
 
 @pytest.mark.parametrize("bits", ["w4", "w8"])
-def test_decode_mlp_lowers_to_the_tensor_core_gemv(bits, monkeypatch):
-    monkeypatch.setattr(cuda_weight_only, "GEMV", "tensor_cores")
-    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(1, 512),), target="cuda", bits=bits, progress=False)
+def test_decode_mlp_lowers_to_the_tensor_core_gemv(bits):
+    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(1, 512),), target="cuda", bits=bits,
+                                gemv="tensor_cores", progress=False)
     build = compiled._runner.kernels
     gemv = {name: ptx for name, ptx in build.kernel_ptx().items() if name.startswith("gemv_")}
     assert len(gemv) == 2 and all(MMA in ptx for ptx in gemv.values())
     assert not any(build.spills().values())
+
+
+def test_an_unknown_gemv_is_a_clear_error():
+    with pytest.raises(qcompile.UsageError, match="gemv must be one of 'cuda_cores', 'tensor_cores', got 'fast'"):
+        qcompile.compile(MLP(64, 128).eval(), (torch.randn(1, 64),), target="cuda", bits="w4", gemv="fast", progress=False)

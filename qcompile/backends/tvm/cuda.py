@@ -12,7 +12,7 @@ from torch import fx
 from tvm import relax
 from tvm.s_tir import dlight
 
-from . import cuda_build, cuda_depthwise, cuda_fp16_gemm, cuda_gemm, cuda_runtime, profile
+from . import cuda_build, cuda_depthwise, cuda_fp16_gemm, cuda_gemm, cuda_runtime, cuda_weight_only, profile
 from .lower import to_relax
 from .x86 import KERNELS, LIBRARY, group
 
@@ -99,14 +99,18 @@ class CudaBackend:
     name = "cuda"
     supports_dynamic_shapes = True
 
-    def __init__(self, *, arch: str = cuda_build.DEFAULT_ARCH):
-        """arch: the GPU architecture the cubin is for ('sm_90a': H100/H200; 'sm_80': A100; ...)."""
+    def __init__(self, *, arch: str = cuda_build.DEFAULT_ARCH, gemv: str = cuda_weight_only.DEFAULT_GEMV):
+        """arch: the GPU architecture the cubin is for ('sm_90a': H100/H200; 'sm_80': A100; ...).
+        gemv: the kernel of decode-shaped weight-only Linear layers, 'cuda_cores' or 'tensor_cores'
+        (cuda_weight_only.py)."""
         self.target = cuda_build.target(arch)
+        self.gemv = cuda_weight_only.check_gemv(gemv)
         self._builds = Path(tempfile.mkdtemp(prefix="qcompile-cuda-"))
 
     def build(self, gm: fx.GraphModule) -> CudaRunner:
         cuda_build.nvcc()  # before lowering: a missing compiler is the first thing to say
-        before, grouped = group(to_relax(gm, target=self.target))
+        with cuda_weight_only.gemv_kernel(self.gemv):
+            before, grouped = group(to_relax(gm, target=self.target))
         sites = profile.call_sites(before, grouped, profile.layer_names(gm))
         directory = self._builds / f"model-{len(list(self._builds.iterdir()))}"
         executable, kernels = compile_module(schedule(grouped, self.target), self.target, directory)

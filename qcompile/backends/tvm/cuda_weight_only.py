@@ -2,13 +2,17 @@
 fuses into the producer's kernel), group scales in float16 and a float32 result:
 
 - up to cuda_gemv.MAX_ROWS static rows, or a free batch: a GEMV kernel, weights packed at build time
-  (int4 by their storage bits, else int8 codes). GEMV_KERNELS has two: on CUDA cores (cuda_gemv.py,
-  measured on the H200, the default) and on tensor cores (cuda_mma_gemv.py, a third of the instructions
-  per code; the default where a GPU run measures it faster);
+  (int4 by their storage bits, else int8 codes). GEMV_KERNELS has two, chosen by the CUDA backend's
+  `gemv` option: on CUDA cores (cuda_gemv.py, measured on the H200, the default) and on tensor cores
+  (cuda_mma_gemv.py, fewer instructions per code and cp.async copies; to be the default where a GPU run
+  measures it faster);
 - more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' int8
   codes dequantized to float16 (code * scale, rounded once) as they are copied to shared memory. The GEMV
   would re-read the weights once per block of rows."""
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 import torch
@@ -16,6 +20,7 @@ import tvm
 from torch import fx
 from tvm import relax, te, tirx
 
+from ...errors import UsageError
 from ...ir import meta
 from ...ir.rewrite import constant
 from .cuda_gemv import MAX_ROWS, default_config, gemv_prim_func
@@ -57,7 +62,24 @@ class TensorCoreGemv:
 
 
 GEMV_KERNELS = {"cuda_cores": CudaCoreGemv(), "tensor_cores": TensorCoreGemv()}
-GEMV = "cuda_cores"  # the GEMV_KERNELS entry decode-shaped layers get
+DEFAULT_GEMV = "cuda_cores"
+_GEMV = contextvars.ContextVar("gemv", default=DEFAULT_GEMV)  # the GEMV_KERNELS entry of the lowering under way
+
+
+def check_gemv(name: str) -> str:
+    if name not in GEMV_KERNELS:
+        raise UsageError(f"gemv must be one of {', '.join(map(repr, GEMV_KERNELS))}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def gemv_kernel(name: str):
+    """Inside: decode-shaped weight-only Linear layers lower to GEMV_KERNELS[name]."""
+    token = _GEMV.set(check_gemv(name))
+    try:
+        yield
+    finally:
+        _GEMV.reset(token)
 
 
 def _bits(w: fx.Node) -> int:
@@ -68,7 +90,7 @@ def _bits(w: fx.Node) -> int:
 def gemv_takes(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether the GEMV takes the node's (constant) weight: K and the group size whole loads of codes."""
     _, w, _, _, group_size = node.args
-    return GEMV_KERNELS[GEMV].supports(_bits(w), constant(gm, w).shape[1], group_size)
+    return GEMV_KERNELS[_GEMV.get()].supports(_bits(w), constant(gm, w).shape[1], group_size)
 
 
 def _static_rows(gm: fx.GraphModule, x: fx.Node) -> int | None:
@@ -111,7 +133,7 @@ def dequantized_gemm(x: te.Tensor, codes: te.Tensor, scales: te.Tensor, bias: te
 def _gemv(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, scale: np.ndarray,
           bias: relax.Expr) -> relax.Expr:
     _, w_n, _, _, group_size = acc.args
-    kernel, bits = GEMV_KERNELS[GEMV], _bits(w_n)
+    kernel, bits = GEMV_KERNELS[_GEMV.get()], _bits(w_n)
     n, k = constant(gm, w_n).shape
     m = halves.ty.shape.values[0]
     name = f"gemv_{acc.name}"

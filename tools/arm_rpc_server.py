@@ -24,15 +24,17 @@ log = logging.getLogger("arm-rpc-server")
 
 
 def _bind(host: str, port: int, port_end: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     for candidate in range(port, port_end):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
+            # With SO_REUSEADDR two servers starting at once may both bind a port; only one can listen.
             sock.bind((host, candidate))
+            sock.listen(16)
         except OSError:
+            sock.close()
             continue
         log.info("bind to %s:%d", host, candidate)  # the set-up script waits for this line
-        sock.listen(16)
         return sock
     raise SystemExit(f"cannot bind to any port in [{port}, {port_end})")
 

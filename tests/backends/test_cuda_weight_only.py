@@ -161,10 +161,12 @@ def test_decode_mlp_builds_a_gemv_with_128_bit_weight_loads(bits):
         assert "fma.rn.f32" in body and "shfl.sync.down.b32" in body
 
 
+@pytest.mark.parametrize("rows", [1, 64], ids=["gemv", "prefill_gemm"])
 @pytest.mark.parametrize("bits, weight_bytes", [("w4", 1000 * 2048 // 2), ("w8", 1000 * 2048)])
-def test_the_library_carries_the_weights_at_their_width(bits, weight_bytes, tmp_path):
-    """w4 weights reach the GEMV as int4 codes (half the bytes of int8 ones: what it reads per call)."""
-    _build(_linear(2048, 1000, 0), torch.randn(1, 2048), bits=bits).save(tmp_path)
+def test_the_library_carries_the_weights_at_their_width(bits, weight_bytes, rows, tmp_path):
+    """w4 weights reach the GEMV and the prefill GEMM as int4 codes (half the bytes of int8 ones: what
+    they read per call)."""
+    _build(_linear(2048, 1000, 0), torch.randn(rows, 2048), bits=bits).save(tmp_path)
     size = (tmp_path / "model.so").stat().st_size
     assert weight_bytes < size < weight_bytes + 300_000  # + scales, bias, kernels and host code
 

@@ -35,6 +35,17 @@ class CodeWidth:
             raise ValueError(f"codes [{w.min()}, {w.max()}] do not fit {self.bits} bits [{lo}, {hi}]")
 
 
+    def pack_in_order(self, w: np.ndarray) -> np.ndarray:
+        """int8 codes [N, K] (K a multiple of per_word) -> uint32 [N, K / per_word], code k at bits
+        (k % per_word) * bits of word k // per_word: the order a TE expression reads simply (the
+        weight-only GEMM's dequantize)."""
+        n, k = w.shape
+        self.check_fits(w)
+        unsigned = (w.astype(np.int64) + self.offset).reshape(n, k // self.per_word, self.per_word)
+        shifts = np.arange(self.per_word, dtype=np.int64) * self.bits
+        return np.bitwise_or.reduce(unsigned << shifts, axis=2).astype(np.uint32)
+
+
 @dataclass(frozen=True)
 class Codes(CodeWidth):
     """Weight codes packed for the CUDA-core GEMV (the module docstring has the layout)."""

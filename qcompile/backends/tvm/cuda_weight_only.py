@@ -6,9 +6,9 @@ fuses into the producer's kernel), group scales in float16 and a float32 result:
   `gemv` option: on CUDA cores (cuda_gemv.py, measured on the H200, the default) and on tensor cores
   (cuda_mma_gemv.py, fewer instructions per code and cp.async copies; to be the default where a GPU run
   measures it faster);
-- more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' int8
-  codes dequantized to float16 (code * scale, rounded once) as they are copied to shared memory. The GEMV
-  would re-read the weights once per block of rows."""
+- more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' codes
+  (int4 packed 8 to a word in k order, int8 as they are) dequantized to float16 (code * scale, rounded
+  once) as they are copied to shared memory. The GEMV would re-read the weights once per block of rows."""
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +25,7 @@ from ...ir import meta
 from ...ir.rewrite import constant
 from .cuda_gemv import MAX_ROWS, default_config, gemv_prim_func
 from .cuda_mma_gemv import default_mma_config, mma_gemv_prim_func
-from .cuda_weight_codes import CODES, MMA_CODES
+from .cuda_weight_codes import CODES, MMA_CODES, CodeWidth
 from .layout import Layouts
 from .ops import size_product
 from .var_names import var_name
@@ -119,10 +119,22 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
             if _constant_weights(node) and (_prefill(gm, node) or gemv_takes(gm, node))}
 
 
-def dequantized_gemm(x: te.Tensor, codes: te.Tensor, scales: te.Tensor, bias: te.Tensor, group_size: int) -> te.Tensor:
-    """y[m, n] = sum_k x[m, k] w[n, k] + bias[n] in float32 from float16 x and w = float16(code * scale)."""
-    n, k = codes.shape
-    w = te.compute((n, k), lambda i, j: codes[i, j].astype("float16") * scales[i, tirx.floordiv(j, group_size)],
+def _code(weights: te.Tensor, i, j):
+    """Code (i, j) of int8 codes [N, K], or of CodeWidth.pack_in_order's int4 words [N, K / 8], as int32."""
+    if weights.dtype == "int8":
+        return weights[i, j].astype("int32")
+    width = CodeWidth(4)
+    shift = (tirx.floormod(j, width.per_word) * width.bits).astype("uint32")
+    unsigned = tirx.bitwise_and(tirx.shift_right(weights[i, tirx.floordiv(j, width.per_word)], shift),
+                                tirx.const((1 << width.bits) - 1, "uint32"))
+    return unsigned.astype("int32") - width.offset
+
+
+def dequantized_gemm(x: te.Tensor, weights: te.Tensor, scales: te.Tensor, bias: te.Tensor, group_size: int) -> te.Tensor:
+    """y[m, n] = sum_k x[m, k] w[n, k] + bias[n] in float32 from float16 x and w = float16(code * scale);
+    weights: int8 codes [N, K] or int4 words [N, K / 8] (CodeWidth.pack_in_order)."""
+    n, k = scales.shape[0], x.shape[1]
+    w = te.compute((n, k), lambda i, j: _code(weights, i, j).astype("float16") * scales[i, tirx.floordiv(j, group_size)],
                    name="dequantize")
     r = te.reduce_axis((0, k), "k")
     y = te.compute((x.shape[0], n), lambda i, j: te.sum(x[i, r].astype("float32") * w[j, r].astype("float32"), axis=r),
@@ -147,8 +159,10 @@ def _gemv(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: rela
 def _gemm(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, scale: np.ndarray,
           bias: relax.Expr) -> relax.Expr:
     _, w_n, _, _, group_size = acc.args
-    codes = relax.const(constant(gm, w_n).numpy(), "int8")
-    return bb.emit_te(lambda x, w, s, b: dequantized_gemm(x, w, s, b, group_size), halves, codes,
+    codes = constant(gm, w_n).numpy()
+    int4 = _bits(w_n) == 4 and codes.shape[1] % CodeWidth(4).per_word == 0
+    weights = relax.const(CodeWidth(4).pack_in_order(codes), "uint32") if int4 else relax.const(codes, "int8")
+    return bb.emit_te(lambda x, w, s, b: dequantized_gemm(x, w, s, b, group_size), halves, weights,
                       relax.const(scale, "float16"), bias,
                       primfunc_name_hint=f"linear_weight_only_{acc.name}", name_hint=var_name(acc))
 

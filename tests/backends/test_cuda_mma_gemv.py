@@ -131,14 +131,23 @@ def test_kernel_ptx(bits, n, k, cfg, tmp_path):
     assert kernels.spills() == {"main_kernel": 0}
 
 
-@pytest.mark.parametrize("bits", ["w4", "w8"])
-def test_decode_mlp_lowers_to_the_tensor_core_gemv(bits):
-    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(1, 512),), target="cuda", bits=bits,
-                                gemv="tensor_cores", progress=False)
+@pytest.mark.parametrize("bits, rows, free_batch", [
+    ("w4", 1, False), ("w8", 1, False),  # one activation row
+    ("w4", 3, True),  # a free batch: blocks of 8 rows
+    ("w8", 16, False),  # 16 rows: two mma per fragment
+])
+def test_decode_mlp_lowers_to_the_tensor_core_gemv(bits, rows, free_batch):
+    dims = ({0: torch.export.Dim("batch", min=1, max=64)},) if free_batch else None
+    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(rows, 512),), target="cuda", bits=bits,
+                                gemv="tensor_cores", dynamic_shapes=dims, progress=False)
     build = compiled._runner.kernels
     gemv = {name: ptx for name, ptx in build.kernel_ptx().items() if name.startswith("gemv_")}
-    assert len(gemv) == 2 and all(MMA in ptx for ptx in gemv.values())
-    assert not any(build.spills().values())
+    assert len(gemv) == 2 and not any(build.spills().values())
+    codes = MMA_CODES[int(bits[1:])]
+    for name, ptx in gemv.items():
+        n, k = (512, 1024) if "_default_1_" in name else (1024, 512)  # down, up
+        cfg = default_mma_config(None if free_batch else rows, n, k, codes)
+        assert ptx.count(MMA) == cfg.stages * codes.tiles_per_step * -(-cfg.m_block // 8)
 
 
 def test_an_unknown_gemv_is_a_clear_error():

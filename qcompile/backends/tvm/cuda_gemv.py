@@ -44,7 +44,8 @@ class GemvConfig:
     rows: int = 4     # weight rows per warp: each lane's activation chunk is reused for all of them
     warps: int = 4    # warps per block
     m_block: int = 1  # activation rows per block (grid.y covers M)
-    unroll: int = 4   # K steps unrolled, so that rows * unroll 128-bit loads per lane are in flight
+    unroll: int = 4   # K steps unrolled (rows * unroll 128-bit loads per lane written first; ptxas issues
+    # only some early to save registers: 9 of 34 at 4096 x 4096, r2 w8 u4. cuda_mma_gemv.py copies async.)
     split_k: int = 1  # warps of a block sharing its rows, each over every split_k-th 512-byte K segment
 
 

@@ -72,12 +72,12 @@ def default_config(m: int | None, n: int, k: int) -> GemvConfig:
     return GemvConfig(rows=4, warps=4, unroll=4)
 
 
-def _fma(a, b, c):
+def fma(a, b, c):
     """a * b + c rounded once (CUDA's fmaf; TVM's CUDA codegen has no lowering of tirx.fma)."""
     return T.call_pure_extern("float32", "fmaf", a, b, c)
 
 
-def _ceil_div(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -92,9 +92,9 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
         raise ValueError(f"split_k ({S}) must divide the warps per block ({W})")
     KW, NG, CH = k // V, k // group_size, k // C  # words, groups and lane chunks per row
     G = W // S  # warp groups: each owns R rows; its S warps split their K
-    steps = _ceil_div(CH, WARP * S)
+    steps = ceil_div(CH, WARP * S)
     U = min(U, steps)
-    outer = _ceil_div(steps, U)
+    outer = ceil_div(steps, U)
     ragged_k = outer * U * WARP * S != CH  # the last step has lanes without a chunk
     ROWS = R * G
     half = V // 2
@@ -128,9 +128,9 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
                 part[1] = T.float32(0)
                 for i in T.unroll(C):
                     # Fused multiply-adds written out: the build compiles without contraction (cuda_build).
-                    part[i % V // 2 * bits % 8 // 4] = _fma(xl[mb, i], q[i], part[i % V // 2 * bits % 8 // 4])
-                sums = _fma(part[1], T.float32(1 / 16), part[0])
-                acc[mb, r] = _fma(_fma(sums, T.float32(SUBNORMAL), -T.float32(offset) * xs[mb]), scale, acc[mb, r])
+                    part[i % V // 2 * bits % 8 // 4] = fma(xl[mb, i], q[i], part[i % V // 2 * bits % 8 // 4])
+                sums = fma(part[1], T.float32(1 / 16), part[0])
+                acc[mb, r] = fma(fma(sums, T.float32(SUBNORMAL), -T.float32(offset) * xs[mb]), scale, acc[mb, r])
 
     @T.prim_func
     def gemv(x: T.handle, w: T.Buffer((n, KW), "uint32"), s: T.Buffer((n, NG), "float16"),
@@ -140,7 +140,7 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
         X = T.match_buffer(x, (M, k), "float16")
         Y = T.match_buffer(y, (M, n), "float32")
         for bm in T.thread_binding((M + MB - 1) // MB, thread="blockIdx.y"):
-            for bn in T.thread_binding(_ceil_div(n, ROWS), thread="blockIdx.x"):
+            for bn in T.thread_binding(ceil_div(n, ROWS), thread="blockIdx.x"):
                 for warp in T.thread_binding(W, thread="threadIdx.y"):
                     for lane in T.thread_binding(WARP, thread="threadIdx.x"):
                         acc = T.alloc_buffer((MB, R), "float32", scope="local")

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import tvm
 from tvm.script import tirx as T
 
+from .cuda_gemv import WARP, ceil_div, fma
 from .cuda_weight_codes import MAGIC_X2, TILE, WORDS_PER_LOAD, MmaCodes, RegisterDecode
 
-WARP = 32
 MMA_N = 8  # activation rows per mma (B's columns)
 MAX_M_BLOCK = 2 * MMA_N  # activation rows per block: two mma per A fragment (cuda_gemv.MAX_ROWS)
 FRAGMENT = 8  # float16 values of an A fragment per lane
@@ -63,16 +63,12 @@ def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGem
     split = 1
     while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:
         split *= 2
-    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, _ceil_div(steps, split)),
+    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, ceil_div(steps, split)),
                          m_block=MMA_N if m is None else min(m, MAX_M_BLOCK))
 
 
 def supports(codes: MmaCodes, k: int, group_size: int) -> bool:
     return k % codes.step_k == 0 and group_size % codes.step_k == 0
-
-
-def _fma(a, b, c):
-    return T.call_pure_extern("float32", "fmaf", a, b, c)
 
 
 def _half2(value: float):
@@ -106,10 +102,6 @@ def _sync_warp():
     return T.ptx.bar.warp.sync(T.uint32(0xFFFFFFFF))
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: MmaGemvConfig) -> tvm.tirx.PrimFunc:
     """main(x: float16 [M, k], w: uint32 (MmaCodes.pack), s: float16 [k / group_size, tiles * 16],
     bias: float32 [n], y: float32 [M, n]) with M free: y = x @ (decode(w) * s).T + bias."""
@@ -119,10 +111,10 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
     G, S, R, MB = cfg.tiles, cfg.split_k, cfg.stages, cfg.m_block
     if not 1 <= MB <= MAX_M_BLOCK:
         raise ValueError(f"m_block ({MB}) must be 1 to {MAX_M_BLOCK}: the activation rows of two mma")
-    NB = _ceil_div(MB, MMA_N)  # mma per A fragment, one per 8 activation rows
+    NB = ceil_div(MB, MMA_N)  # mma per A fragment, one per 8 activation rows
     NT, SK, NG = codes.row_tiles(n), k // codes.step_k, k // group_size
     W = G * S
-    steps = _ceil_div(SK, S)  # per warp; past K (S not dividing SK, or the last round of R) they are skipped
+    steps = ceil_div(SK, S)  # per warp; past K (S not dividing SK, or the last round of R) they are skipped
     LK, TS, STEP, WF, P = codes.lane_k, codes.tiles_per_step, codes.step_k, codes.words_per_fragment, codes.pairs
     LOAD = WARP * WORDS_PER_LOAD
     HALVES_PER_COPY = COPY // 2
@@ -175,7 +167,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
         for nb in T.unroll(NB):
             for h in T.unroll(2):
                 for e in T.unroll(2):
-                    acc[nb, 2 * h + e] = _fma(d[nb, 2 * h + e], T.Cast("float32", ssh[warp, slot, lane // 4 + 8 * h]), acc[nb, 2 * h + e])
+                    acc[nb, 2 * h + e] = fma(d[nb, 2 * h + e], T.Cast("float32", ssh[warp, slot, lane // 4 + 8 * h]), acc[nb, 2 * h + e])
 
     @T.prim_func
     def gemv(x: T.handle, w: T.Buffer((NT, SK * LOAD), "uint32"), s: T.Buffer((NG, NT * TILE), "float16"),
@@ -185,7 +177,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
         X = T.match_buffer(x, (M, k), "float16")
         Y = T.match_buffer(y, (M, n), "float32")
         for bm in T.thread_binding((M + MB - 1) // MB, thread="blockIdx.y"):
-            for bn in T.thread_binding(_ceil_div(NT, G), thread="blockIdx.x"):
+            for bn in T.thread_binding(ceil_div(NT, G), thread="blockIdx.x"):
                 for warp in T.thread_binding(W, thread="threadIdx.y"):
                     for lane in T.thread_binding(WARP, thread="threadIdx.x"):
                         # C fragments, one per 8 activation rows: rows g, g + 8 x columns 2t, 2t + 1
@@ -210,7 +202,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                             copy(X, w, s, wsh, xsh, ssh, M, bm, T.min(bn * G + warp // S, NT - 1), warp, lane, p, p * S + warp % S)
                             T.ptx.cp.async_.commit_group()
                         # Unrolled by R, so that each slot and address offset is a constant.
-                        for o in range(_ceil_div(steps, R)):
+                        for o in range(ceil_div(steps, R)):
                             for r in T.unroll(R):
                                 T.ptx.cp.async_.wait_group(R - 1)
                                 _sync_warp()  # the other lanes' copies of the activations

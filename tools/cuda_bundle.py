@@ -171,8 +171,9 @@ def _minilm_cases() -> None:
 # (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
 _TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1", "mlp_1024x4096_w4_m1"}
 # Also built with the tensor-core GEMV (cases NAME_tc, the same bound): a free batch in blocks of 8 rows
-# (int4), and 16 static rows in one block, two mma per fragment (int8).
-_TENSOR_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16"}
+# (int4), 16 static rows in one block, two mma per fragment (int8), and 5 rows with K's 18 steps over 16
+# warps (most warps' second step lies past K).
+_TENSOR_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16", "linear_1152x640_w4_m5_nobias"}
 
 
 def _test_case(model, example, calibration, kwargs, compare, gpu_options: dict | None = None):

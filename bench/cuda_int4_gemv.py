@@ -14,7 +14,8 @@ and MMA_CONFIGS[M], with OUT/index.json (registers, spills). `run` makes the inp
 words in each kernel's layout, unpacked by cuda_weight_codes.py for the expected output, computed in float64 on the GPU from the same codes and
 rounded inputs; float16 activations and scales), checks each kernel's output, times it and torch's F.linear(x fp16,
 W fp16 [N, K]) with CUDA events (median of `--repeat` samples of `--number` calls each, after warm-up),
-and prints the table. Each timed call reads a different copy of the weights (4x the L2 cache in all), so
+and prints the table, then each int4 M = 1 shape's fastest correct config per kernel against the
+issue's Must-show. Each timed call reads a different copy of the weights (4x the L2 cache in all), so
 the bandwidth is device memory's; the ceiling printed first is a 1 GiB device-to-device copy's.
 """
 from __future__ import annotations
@@ -148,7 +149,7 @@ def run(out: Path, index: list[dict], number: int, repeat: int) -> None:
           "GB/s, % of the copy and the speed-up over torch fp16 are of kernel times.")
     print(f"{'kernel':44} {'call us':>8} {'kern us':>8} {'GB/s':>6} {'%copy':>5} | {'fp16 call':>9} {'fp16 kern':>9} "
           f"{'GB/s':>6} | {'speed-up':>8} {'max err':>9}  spills")
-    dev, torch_us, problems = tvm.cuda(0), {}, {}
+    dev, torch_us, problems, rows = tvm.cuda(0), {}, {}, []
     for entry in index:
         key = m, n, k, bits, kernel = entry["m"], entry["n"], entry["k"], entry["bits"], entry["kernel"]
         if key not in problems:
@@ -175,6 +176,30 @@ def run(out: Path, index: list[dict], number: int, repeat: int) -> None:
         print(f"{mark}{entry['name']:43} {call:8.1f} {kern:8.1f} {moved / kern / 1e3:6.0f} {100 * moved / kern / 1e3 / ceiling:4.0f}% | "
               f"{t_call:9.1f} {t_kern:9.1f} {t_bytes / t_kern / 1e3:6.0f} | {t_kern / kern:7.2f}x {err:9.2e}  {entry['spills']}",
               flush=True)
+        rows.append(dict(entry, kern=kern, copy=moved / kern / 1e3 / ceiling, speedup=t_kern / kern,
+                         correct=err <= CORRECT * float(np.abs(data["expected"]).max())))
+    print_must_show(rows)
+
+
+CORRECT = 1e-4  # a kernel's max error against float64, relative to the largest output, that counts as right
+MUST_SHOW = (3.0, 0.70)  # issue 6: int4 GEMV at least 3x torch float16, at >= 70% of the bandwidth
+
+
+def print_must_show(rows: list[dict]) -> None:
+    """Per int4 shape at M = 1: each kernel's fastest correct config, and whether it meets MUST_SHOW."""
+    speedup, share = MUST_SHOW
+    print(f"\nMust-show (int4, M = 1: >= {speedup}x torch fp16 at >= {share:.0%} of the copy), fastest correct config per kernel:")
+    for shape in dict.fromkeys((r["n"], r["k"]) for r in rows if r["m"] == 1 and r["bits"] == 4):
+        for kernel in dict.fromkeys(r["kernel"] for r in rows):
+            tried = [r for r in rows if (r["n"], r["k"]) == shape and r["m"] == 1 and r["bits"] == 4 and r["kernel"] == kernel]
+            good = [r for r in tried if r["correct"]]
+            if not good:
+                print(f"  N = {shape[0]}, K = {shape[1]}, {kernel}: {len(tried)} configs, none correct")
+                continue
+            best = min(good, key=lambda r: r["kern"])
+            met = best["speedup"] >= speedup and best["copy"] >= share
+            print(f"  N = {shape[0]}, K = {shape[1]}, {kernel}: {best['name']} {best['kern']:.1f} us, "
+                  f"{best['speedup']:.2f}x, {best['copy']:.0%} of the copy: {'met' if met else 'not met'}")
 
 
 if __name__ == "__main__":

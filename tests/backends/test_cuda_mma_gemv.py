@@ -18,7 +18,7 @@ from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout
 
 import qcompile
 from qcompile.backends.tvm import cuda, cuda_build
-from qcompile.backends.tvm.cuda_mma_gemv import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
+from qcompile.backends.tvm.cuda_mma_gemv import MmaGemvConfig, default_mma_config, mma_gemv_prim_func, ring_bytes
 from qcompile.backends.tvm.cuda_weight_codes import MMA_CODES, TILE, WORDS_PER_LOAD
 from tests.backends.test_cuda_weight_only import MLP
 
@@ -100,7 +100,9 @@ def test_bad_weights_and_configs_raise():
 def test_default_split_fills_the_gpu():
     assert default_mma_config(1, 4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)
     assert default_mma_config(1, 28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=2, split_k=2, stages=8, m_block=1)
-    assert default_mma_config(16, 4096, 4096, MMA_CODES[4]).m_block == 16  # the weights read once
+    sixteen = default_mma_config(16, 4096, 4096, MMA_CODES[4])
+    assert sixteen.m_block == 16  # the weights read once
+    assert sixteen.stages == 4 and ring_bytes(MMA_CODES[4], sixteen) <= 96 << 10  # 8 stages: 166 KB, over sm_80's
     small = default_mma_config(None, 64, 128, MMA_CODES[4])  # 2 steps of K: no more warps than steps
     assert small.split_k == 2 and small.stages == 1 and small.m_block == 8
 

@@ -27,6 +27,7 @@ in blocks of `m_block` (up to 16: one mma per 8 rows and A fragment, the A decod
 shared memory holds that many rows)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import tvm
@@ -52,19 +53,29 @@ class MmaGemvConfig:
 
 TARGET_WARPS = 2048  # 16 per SM of an H100/H200: with `stages` steps each, enough bytes in flight
 MAX_STAGES = 8
+MAX_SHARED = 96 << 10  # bytes of shared memory per block the default config stays under: any arch from sm_80
+
+
+def ring_bytes(codes: MmaCodes, cfg: MmaGemvConfig) -> int:
+    """Shared memory of a block's rings: per warp and stage the weights, the activation rows, the scales."""
+    slot = WARP * COPY + cfg.m_block * 4 * codes.lane_k * 2 + TILE * 2
+    return cfg.tiles * cfg.split_k * cfg.stages * slot
 
 
 def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
-    least 4 warps per block; up to MAX_STAGES steps in flight per warp; a static M of up to 16 rows in one
-    block (the weights read once), a free M in blocks of 8. A starting point, not yet measured:
-    bench/cuda_int4_gemv.py times alternatives side by side."""
+    least 4 warps per block; up to MAX_STAGES steps in flight per warp, fewer where the rings would pass
+    MAX_SHARED; a static M of up to 16 rows in one block (the weights read once), a free M in blocks of 8.
+    A starting point, not yet measured: bench/cuda_int4_gemv.py times alternatives side by side."""
     tiles, steps = codes.row_tiles(n), k // codes.step_k
     split = 1
     while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:
         split *= 2
-    return MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, ceil_div(steps, split)),
-                         m_block=MMA_N if m is None else min(m, MAX_M_BLOCK))
+    cfg = MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, ceil_div(steps, split)),
+                        m_block=MMA_N if m is None else min(m, MAX_M_BLOCK))
+    while ring_bytes(codes, cfg) > MAX_SHARED and cfg.stages > 1:
+        cfg = dataclasses.replace(cfg, stages=cfg.stages // 2)
+    return cfg
 
 
 def supports(codes: MmaCodes, k: int, group_size: int) -> bool:

@@ -7,14 +7,13 @@ H200 (Nsight Compute: SM 62% busy for 28672 x 8192), and ptxas issues its loads 
 so few are in flight. Here a step of 32 codes per lane is about 65 SASS instructions: one lop3 makes a
 half2 of (1024 + u) from two codes (a mask and a magic exponent), one half2 add or fused multiply-add
 makes them the exact codes, and the mma does 256 multiply-adds per instruction with float32
-accumulation. The loads are cp.async
-copies into a ring of `stages` shared-memory slots per warp, issued `stages` steps ahead: asynchronous,
-so ptxas cannot delay them, and no registers wait for them.
+accumulation. The loads are cp.async copies into a ring of `stages` shared-memory slots per warp, issued
+`stages` steps ahead: asynchronous, so ptxas cannot delay them, and no registers wait for them.
 
 Layout (cuda_weight_codes.MmaCodes): per 16-row tile and K step (64 values for int4), each lane copies 4
-words (16 bytes) of weights; the lanes of activation row g (up to 8 rows) copy its `lane_k` float16 per
-lane (the fragments' k slots are permuted so that a lane's are consecutive); two lanes copy the tile's 16
-group scales of the step, which are [groups, rows] float16 (the group size a multiple of the step).
+words (16 bytes) of weights; lane 4g + t copies `lane_k` float16 of activation row g (and g + 8), the
+k slots of its fragments (permuted so that a lane's are consecutive); two lanes copy the tile's 16 group
+scales of the step, which are [groups, rows] float16 (the group size a multiple of the step).
 
 Numerics: codes and float16 activations multiply exactly; each step's products are summed by the mma in
 float32, times the row's group scale into a float32 accumulator (a fused multiply-add), so the result

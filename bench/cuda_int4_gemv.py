@@ -51,7 +51,7 @@ def _weight_codes():
 
 
 def _problem(m: int, n: int, k: int, bits: int, kernel: str, seed: int = 0):
-    """Random packed words in `kernel`'s layout (every code equally likely), float16 activations and
+    """Random packed words in `kernel`'s layout (cuda_weight_only.GEMV_KERNELS' names) (every code equally likely), float16 activations and
     scales; the expected output in float64 on the GPU from the same codes and rounded inputs (a CPU
     float64 copy of a 28672 x 8192 weight would cost the GPU machine a minute)."""
     import torch
@@ -61,7 +61,7 @@ def _problem(m: int, n: int, k: int, bits: int, kernel: str, seed: int = 0):
     scale = (rng.random((n, k // group), dtype=np.float32) * 0.02 + 0.001).astype(np.float16)
     x = rng.standard_normal((m, k), dtype=np.float32).astype(np.float16)
     bias = rng.standard_normal(n, dtype=np.float32)
-    if kernel == "mma":
+    if kernel == "tensor_cores":
         codes = _weight_codes().MMA_CODES[bits]
         words = rng.integers(0, 2**32, (codes.row_tiles(n), k // codes.step_k * 128), dtype=np.uint32)
         unpacked, kernel_scale = codes.unpack(words, n), codes.arrange_scales(scale)
@@ -93,7 +93,7 @@ def build(out: Path) -> None:
                         gemv_prim_func(n, k, group, CODES[bits], cfg))]
             mma_default = default_mma_config(m, n, k, MMA_CODES[bits])
             for mma in dict.fromkeys([mma_default, *(MmaGemvConfig(*c, m_block=mma_default.m_block) for c in MMA_CONFIGS[m])]):
-                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}p{mma.stages}b{mma.m_block}", "mma",
+                kernels.append((f"mma_t{mma.tiles}s{mma.split_k}p{mma.stages}b{mma.m_block}", "tensor_cores",
                                 mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
             for suffix, kernel, func in kernels:
                 name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"
@@ -189,9 +189,10 @@ def print_must_show(rows: list[dict]) -> None:
     """Per int4 shape at M = 1: each kernel's fastest correct config, and whether it meets MUST_SHOW."""
     speedup, share = MUST_SHOW
     print(f"\nMust-show (int4, M = 1: >= {speedup}x torch fp16 at >= {share:.0%} of the copy), fastest correct config per kernel:")
-    for shape in dict.fromkeys((r["n"], r["k"]) for r in rows if r["m"] == 1 and r["bits"] == 4):
-        for kernel in dict.fromkeys(r["kernel"] for r in rows):
-            tried = [r for r in rows if (r["n"], r["k"]) == shape and r["m"] == 1 and r["bits"] == 4 and r["kernel"] == kernel]
+    int4 = [r for r in rows if r["m"] == 1 and r["bits"] == 4]
+    for shape in dict.fromkeys((r["n"], r["k"]) for r in int4):
+        for kernel in dict.fromkeys(r["kernel"] for r in int4):
+            tried = [r for r in int4 if (r["n"], r["k"]) == shape and r["kernel"] == kernel]
             good = [r for r in tried if r["correct"]]
             if not good:
                 print(f"  N = {shape[0]}, K = {shape[1]}, {kernel}: {len(tried)} configs, none correct")

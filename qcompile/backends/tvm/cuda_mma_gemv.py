@@ -206,10 +206,12 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                         for nb in T.unroll(NB):
                             for i in T.unroll(4):
                                 acc[nb, i] = T.float32(0)
+                        tile = T.meta_var(bn * G + warp // S)  # the warp's 16 rows; past NT they repeat the last tile
+                        loaded = T.meta_var(T.min(tile, NT - 1))
                         # One commit group per step, empty past K, so that waiting for all but the newest
                         # R - 1 groups is waiting for step i.
                         for p in T.unroll(R):
-                            copy(X, w, s, wsh, xsh, ssh, M, bm, T.min(bn * G + warp // S, NT - 1), warp, lane, p, p * S + warp % S)
+                            copy(X, w, s, wsh, xsh, ssh, M, bm, loaded, warp, lane, p, p * S + warp % S)
                             T.ptx.cp.async_.commit_group()
                         # Unrolled by R, so that each slot and address offset is a constant.
                         for o in range(ceil_div(steps, R)):
@@ -219,7 +221,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                                 if (o * R + r) * S + warp % S < SK:
                                     compute(acc, d, c, a, b, hb, wl, xl, wsh, xsh, ssh, warp, lane, r)
                                 _sync_warp()  # every lane done with the slot before it is refilled
-                                copy(X, w, s, wsh, xsh, ssh, M, bm, T.min(bn * G + warp // S, NT - 1), warp, lane, r, (o * R + r + R) * S + warp % S)
+                                copy(X, w, s, wsh, xsh, ssh, M, bm, loaded, warp, lane, r, (o * R + r + R) * S + warp % S)
                                 T.ptx.cp.async_.commit_group()
                         if S > 1:
                             # TVM's merged shared memory reuses the rings' bytes for `partial`: every warp
@@ -232,12 +234,12 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                         for nb in T.unroll(NB):
                             for h in T.unroll(2):
                                 for e in T.unroll(2):
-                                    if (warp % S == 0 and nb * MMA_N + lane % 4 * 2 + e < MB and bm * MB + nb * MMA_N + lane % 4 * 2 + e < M
-                                            and (bn * G + warp // S) * TILE + lane // 4 + 8 * h < n):
+                                    column = T.meta_var(nb * MMA_N + lane % 4 * 2 + e)  # of the block's rows of x
+                                    row = T.meta_var(tile * TILE + lane // 4 + 8 * h)  # of the weight (of y's columns)
+                                    if warp % S == 0 and column < MB and bm * MB + column < M and row < n:
                                         if S > 1:
                                             for j in T.unroll(1, S):
                                                 acc[nb, 2 * h + e] = acc[nb, 2 * h + e] + partial[warp + j, lane, nb, 2 * h + e]
-                                        Y[bm * MB + nb * MMA_N + lane % 4 * 2 + e, (bn * G + warp // S) * TILE + lane // 4 + 8 * h] = (
-                                            acc[nb, 2 * h + e] + bias[(bn * G + warp // S) * TILE + lane // 4 + 8 * h])
+                                        Y[bm * MB + column, row] = acc[nb, 2 * h + e] + bias[row]
 
     return gemv

@@ -34,7 +34,6 @@ class CodeWidth:
         if w.size and (w.min() < lo or w.max() > hi):
             raise ValueError(f"codes [{w.min()}, {w.max()}] do not fit {self.bits} bits [{lo}, {hi}]")
 
-
     def pack_in_order(self, w: np.ndarray) -> np.ndarray:
         """int8 codes [N, K] (K a multiple of per_word) -> uint32 [N, K / per_word], code k at bits
         (k % per_word) * bits of word k // per_word: the order a TE expression reads simply (the
@@ -61,13 +60,11 @@ class Codes(CodeWidth):
         return [2 * (p % half) + p // half for p in range(self.per_word)]
 
     def pack(self, w: np.ndarray) -> np.ndarray:
-        """int8 codes [N, K] (K a multiple of per_word) -> uint32 [N, K / per_word]."""
+        """int8 codes [N, K] (K a multiple of per_word) -> uint32 [N, K / per_word]: each word's codes put
+        in position order, then packed in order."""
         n, k = w.shape
-        self.check_fits(w)
-        unsigned = (w.astype(np.int64) + self.offset).reshape(n, k // self.per_word, self.per_word)
-        by_position = unsigned[:, :, self.positions()]
-        shifts = np.arange(self.per_word, dtype=np.int64) * self.bits
-        return np.bitwise_or.reduce(by_position << shifts, axis=2).astype(np.uint32)
+        by_position = w.reshape(n, k // self.per_word, self.per_word)[:, :, self.positions()]
+        return self.pack_in_order(by_position.reshape(n, k))
 
     def unpack(self, words: np.ndarray) -> np.ndarray:
         """uint32 [N, K / per_word] -> int8 codes [N, K]: the inverse of `pack`."""

@@ -50,29 +50,16 @@ def _weight_codes():
     return module
 
 
-def _problem(m: int, n: int, k: int, bits: int, kernel: str, seed: int = 0):
-    """Random packed words in `kernel`'s layout (cuda_weight_only.GEMV_KERNELS' names) (every code equally likely), float16 activations and
-    scales; the expected output in float64 on the GPU from the same codes and rounded inputs (a CPU
+def _problem(m: int, n: int, k: int, bits: int, kernel: str):
+    """cuda_weight_codes.random_gemv_problem, its expected output computed in float64 on the GPU (a CPU
     float64 copy of a 28672 x 8192 weight would cost the GPU machine a minute)."""
     import torch
 
-    rng = np.random.default_rng(seed)
-    group = GROUP if bits == 4 else k
-    scale = (rng.random((n, k // group), dtype=np.float32) * 0.02 + 0.001).astype(np.float16)
-    x = rng.standard_normal((m, k), dtype=np.float32).astype(np.float16)
-    bias = rng.standard_normal(n, dtype=np.float32)
-    if kernel == "tensor_cores":
-        codes = _weight_codes().MMA_CODES[bits]
-        words = rng.integers(0, 2**32, (codes.row_tiles(n), k // codes.step_k * 128), dtype=np.uint32)
-        unpacked, kernel_scale = codes.unpack(words, n), codes.arrange_scales(scale)
-    else:
-        codes = _weight_codes().CODES[bits]
-        words = rng.integers(0, 2**32, (n, k // codes.per_word), dtype=np.uint32)
-        unpacked, kernel_scale = codes.unpack(words), scale
-    w = torch.from_numpy(unpacked).cuda().double()
-    dequantized = w * torch.from_numpy(scale).cuda().double().repeat_interleave(group, dim=1)
-    expected = torch.from_numpy(x).cuda().double() @ dequantized.T + torch.from_numpy(bias).cuda().double()
-    return dict(x=x, w=words, scale=kernel_scale, bias=bias, expected=expected.float().cpu().numpy()), group
+    p = _weight_codes().random_gemv_problem(m, n, k, bits, kernel, GROUP if bits == 4 else k)
+    w = torch.from_numpy(p.codes).cuda().double()
+    dequantized = w * torch.from_numpy(p.group_scale).cuda().double().repeat_interleave(p.group, dim=1)
+    expected = torch.from_numpy(p.x).cuda().double() @ dequantized.T + torch.from_numpy(p.bias).cuda().double()
+    return dict(x=p.x, w=p.words, scale=p.scale, bias=p.bias, expected=expected.float().cpu().numpy())
 
 
 def build(out: Path) -> None:
@@ -154,7 +141,7 @@ def run(out: Path, index: list[dict], number: int, repeat: int) -> None:
         key = m, n, k, bits, kernel = entry["m"], entry["n"], entry["k"], entry["bits"], entry["kernel"]
         if key not in problems:
             problems.clear()  # one problem's weights at a time
-            data = _problem(m, n, k, bits, kernel)[0]
+            data = _problem(m, n, k, bits, kernel)
             x, scale, bias = (tvm.runtime.tensor(data[a], dev) for a in ("x", "scale", "bias"))
             weights = [tvm.runtime.tensor(data["w"], dev) for _ in range(_copies(data["w"].nbytes))]
             problems[key] = data, x, scale, bias, weights

@@ -118,7 +118,7 @@ def test_packed_weights_decode_to_the_codes(bits):
 def test_unpack_inverts_pack(bits):
     codes = CODES[bits]
     words = np.random.default_rng(bits).integers(0, 2**32, (64, 3 * WORDS_PER_LOAD), dtype=np.uint32)
-    w = codes.unpack(words)
+    w = codes.unpack(words, 64)
     assert w.dtype == np.int8 and w.shape == (64, 3 * WORDS_PER_LOAD * codes.per_word)
     assert w.min() == -codes.offset and w.max() == codes.offset - 1
     np.testing.assert_array_equal(codes.pack(w), words)

@@ -125,6 +125,8 @@ def _rewrite_asm(source: str) -> str:
 
 
 # ------------------------------------------------------------------ kernels and their entry points
+# __shared__ is `static` here, which must come after alignas
+_STATIC_SHARED = re.compile(r"__shared__\s+(alignas\(\d+\))")
 _DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\[\];")
 _KERNEL = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(([^)]*)\)\s*\{')
 
@@ -159,9 +161,9 @@ def _params(text: str) -> list[Param]:
 
 
 def _entry(name: str, params: list[Param]) -> str:
-    """extern "C" emu_launch_<name>(grid, block, copy mode, args, error): args[i] is the buffer's data
-    pointer, or a pointer to the scalar."""
-    call = ", ".join(f"({p.ctype})a[{i}]" if p.is_pointer else f"*({p.ctype}*)a[{i}]" for i, p in enumerate(params))
+    """extern "C" emu_launch_<name>(grid, block, copy mode, order, args, error): args as cuLaunchKernel's
+    kernelParams, args[i] pointing at the i-th argument's value."""
+    call = ", ".join(f"*({p.ctype}*)a[{i}]" for i, p in enumerate(params))
     return (f'\nextern "C" int emu_launch_{name}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, '
             f"unsigned bz, int mode, int order, void** args, char* error, int error_size) {{\n"
             f"  return ::emu::launch({{gx, gy, gz}}, {{bx, by, bz}}, mode, order, [](void** a) {{ {name}({call}); }}, args, "
@@ -174,6 +176,7 @@ def translate(source: str) -> tuple[str, dict[str, list[Param]]]:
     if not kernels:
         raise EmulationError("the source defines no extern \"C\" __global__ kernel")
     body = _DYNAMIC_SHARED.sub(r"\1* \2 = (\1*)::emu::dyn_shared_memory;", _rewrite_asm(source))
+    body = _STATIC_SHARED.sub(r"\1 __shared__", body)
     return body + "".join(_entry(name, params) for name, params in kernels.items()), kernels
 
 
@@ -191,7 +194,7 @@ def _build(code: str) -> Path:
     cc.write_text(code)
     partial = library.with_suffix(f".{os.getpid()}")
     done = subprocess.run([*_COMPILE, f"-I{library.parent}", "-include", str(HEADER), "-o", str(partial), str(cc)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})  # ASCII quotes in messages
     if done.returncode:
         missing = re.search(r"'(\w+)' is not a member of 'emu::ptx'", done.stderr)
         if missing:
@@ -231,16 +234,18 @@ class EmulatedKernels:
 
     @staticmethod
     def _argument(p: Param, value, keep: list) -> int:
-        if not p.is_pointer:
-            scalar = _SCALARS[p.ctype](value)
-            keep.append(scalar)
-            return ctypes.addressof(scalar)
-        if not isinstance(value, np.ndarray) or not value.flags.c_contiguous:
-            raise EmulationError(f"{p.buffer!r} must be a C-contiguous numpy array")
-        item = _ITEM_BYTES.get(p.ctype[:-1])
-        if item is not None and value.itemsize != item:
-            raise EmulationError(f"{p.buffer!r} is {p.ctype[:-1]} ({item} bytes) in the kernel, {value.dtype} in the call")
-        return value.ctypes.data
+        """The address of the argument's value (a buffer's is its data pointer), kept alive by `keep`."""
+        if p.is_pointer:
+            if not isinstance(value, np.ndarray) or not value.flags.c_contiguous:
+                raise EmulationError(f"{p.buffer!r} must be a C-contiguous numpy array")
+            item = _ITEM_BYTES.get(p.ctype[:-1])
+            if item is not None and value.itemsize != item:
+                raise EmulationError(f"{p.buffer!r} is {p.ctype[:-1]} ({item} bytes) in the kernel, {value.dtype} in the call")
+            boxed = ctypes.c_void_p(value.ctypes.data)
+        else:
+            boxed = _SCALARS[p.ctype](value)
+        keep.append(boxed)
+        return ctypes.addressof(boxed)
 
 
 def launch_dims(func, **sizes: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

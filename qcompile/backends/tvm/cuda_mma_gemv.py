@@ -61,6 +61,13 @@ def ring_bytes(codes: MmaCodes, cfg: MmaGemvConfig) -> int:
     return cfg.tiles * cfg.split_k * cfg.stages * slot
 
 
+def shared_words(codes: MmaCodes, cfg: MmaGemvConfig) -> int:
+    """uint32 words of the block's one shared allocation: the rings, and over their first bytes (once every
+    warp is done with its ring) the split-K sums, 4 float32 per lane and mma column block."""
+    sums = cfg.tiles * cfg.split_k * WARP * ceil_div(cfg.m_block, MMA_N) * 4 * 4
+    return ceil_div(max(ring_bytes(codes, cfg), sums), 4)
+
+
 def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
     least 4 warps per block; up to MAX_STAGES steps in flight per warp, fewer where the rings would pass
@@ -128,6 +135,10 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
     LK, TS, STEP, WF, P = codes.lane_k, codes.tiles_per_step, codes.step_k, codes.words_per_fragment, codes.pairs
     LOAD = WARP * WORDS_PER_LOAD
     HALVES_PER_COPY = COPY // 2
+    # The rings' offsets in the one shared allocation (in their own elements): weights, activations, scales.
+    X_AT = W * R * LOAD * 4 // 2
+    S_AT = X_AT + W * R * MB * 4 * LK
+    WORDS = shared_words(codes, cfg)
     decoders = [codes.decoder(r % P) for r in range(4)]
 
     @T.macro
@@ -199,10 +210,14 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                         hb = T.alloc_buffer((4,), "uint32", scope="local")  # the half2 bits of A's registers
                         wl = T.alloc_buffer((WORDS_PER_LOAD,), "uint32", scope="local")
                         xl = T.alloc_buffer((NB, LK), "float16", scope="local")
-                        wsh = T.alloc_buffer((W, R, LOAD), "uint32", scope="shared.dyn")
-                        xsh = T.alloc_buffer((W, R, MB, 4 * LK), "float16", scope="shared.dyn")
-                        ssh = T.alloc_buffer((W, R, TILE), "float16", scope="shared.dyn")
-                        partial = T.alloc_buffer((W, WARP, NB, 4), "float32", scope="shared.dyn")  # split-K: each warp's sums
+                        # Views of one allocation at fixed offsets: given separate buffers, TVM's merged
+                        # shared memory put the scales' ring on the activations' bytes (split_k = 16), as
+                        # if one were dead before the other's copies (cp.async writes it does not see).
+                        smem = T.alloc_buffer((WORDS,), "uint32", scope="shared.dyn")
+                        wsh = T.decl_buffer((W, R, LOAD), "uint32", data=smem.data, elem_offset=0)
+                        xsh = T.decl_buffer((W, R, MB, 4 * LK), "float16", data=smem.data, elem_offset=X_AT)
+                        ssh = T.decl_buffer((W, R, TILE), "float16", data=smem.data, elem_offset=S_AT)
+                        partial = T.decl_buffer((W, WARP, NB, 4), "float32", data=smem.data, elem_offset=0)  # split-K sums
                         for nb in T.unroll(NB):
                             for i in T.unroll(4):
                                 acc[nb, i] = T.float32(0)
@@ -224,8 +239,7 @@ def mma_gemv_prim_func(n: int, k: int, group_size: int, codes: MmaCodes, cfg: Mm
                                 copy(X, w, s, wsh, xsh, ssh, M, bm, loaded, warp, lane, r, (o * R + r + R) * S + warp % S)
                                 T.ptx.cp.async_.commit_group()
                         if S > 1:
-                            # TVM's merged shared memory reuses the rings' bytes for `partial`: every warp
-                            # must be done with its ring first.
+                            # `partial` is on the rings' bytes: every warp must be done with its ring first.
                             T.tvm_storage_sync("shared")
                             for nb in T.unroll(NB):
                                 for i in T.unroll(4):

@@ -66,9 +66,18 @@ class Codes(CodeWidth):
         by_position = w.reshape(n, k // self.per_word, self.per_word)[:, :, self.positions()]
         return self.pack_in_order(by_position.reshape(n, k))
 
-    def unpack(self, words: np.ndarray) -> np.ndarray:
+    def word_shape(self, n: int, k: int) -> tuple[int, int]:
+        return n, k // self.per_word
+
+    def arrange_scales(self, scale: np.ndarray) -> np.ndarray:
+        """The kernel reads the group scales [N, groups] as they are."""
+        return scale
+
+    def unpack(self, words: np.ndarray, n: int) -> np.ndarray:
         """uint32 [N, K / per_word] -> int8 codes [N, K]: the inverse of `pack`."""
-        n, count = words.shape
+        if words.shape[0] != n:
+            raise ValueError(f"{words.shape[0]} rows of words, not {n}")
+        count = words.shape[1]
         shifts = np.arange(self.per_word, dtype=np.uint32) * np.uint32(self.bits)
         by_position = (words[:, :, None] >> shifts) & np.uint32((1 << self.bits) - 1)
         in_k_order = by_position[:, :, np.argsort(self.positions())]
@@ -178,6 +187,9 @@ class MmaCodes(CodeWidth):
     def row_tiles(self, n: int) -> int:
         return -(-n // TILE)
 
+    def word_shape(self, n: int, k: int) -> tuple[int, int]:
+        return self.row_tiles(n), k // self.step_k * 32 * WORDS_PER_LOAD
+
     def pack(self, w: np.ndarray) -> np.ndarray:
         """int8 codes [N, K] (K a multiple of step_k) -> uint32 [tiles, K / step_k * 128]; rows past N are
         code 0."""
@@ -217,3 +229,39 @@ class MmaCodes(CodeWidth):
 
 
 MMA_CODES = {4: MmaCodes(4), 8: MmaCodes(8)}
+
+# The weight layout of each GEMV kernel (cuda_weight_only.GEMV_KERNELS' names).
+LAYOUTS = {"cuda_cores": CODES, "tensor_cores": MMA_CODES}
+
+
+@dataclass(frozen=True)
+class GemvProblem:
+    """Inputs of a weight-only GEMV y = x W^T + b, W = codes x group scales, in one kernel's layout."""
+
+    x: np.ndarray  # float16 [M, K]
+    words: np.ndarray  # uint32, the kernel's layout
+    scale: np.ndarray  # float16, as the kernel reads it (arrange_scales)
+    bias: np.ndarray  # float32 [N]
+    codes: np.ndarray  # int8 [N, K]
+    group_scale: np.ndarray  # float16 [N, K / group]
+
+    @property
+    def group(self) -> int:
+        return self.codes.shape[1] // self.group_scale.shape[1]
+
+    def expected(self) -> np.ndarray:
+        """y in float64 from the same codes and rounded inputs (small shapes: the bench does this on the GPU)."""
+        weight = self.codes * np.repeat(self.group_scale.astype(np.float64), self.group, axis=1)
+        return self.x.astype(np.float64) @ weight.T + self.bias
+
+
+def random_gemv_problem(m: int, n: int, k: int, bits: int, kernel: str, group: int, seed: int = 0) -> GemvProblem:
+    """Random packed words in `kernel`'s layout (every code equally likely), float16 activations and
+    scales (groups of `group` along K), float32 bias."""
+    rng = np.random.default_rng(seed)
+    layout = LAYOUTS[kernel][bits]
+    scale = (rng.random((n, k // group), dtype=np.float32) * 0.02 + 0.001).astype(np.float16)
+    x = rng.standard_normal((m, k), dtype=np.float32).astype(np.float16)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    words = rng.integers(0, 2**32, layout.word_shape(n, k), dtype=np.uint32)
+    return GemvProblem(x, words, layout.arrange_scales(scale), bias, layout.unpack(words, n), scale)

@@ -170,10 +170,6 @@ def _minilm_cases() -> None:
 # The weight-only GEMV's 4096-wide models would take 4-16 MB of the bundle each: the kernel bench
 # (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
 _TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1", "mlp_1024x4096_w4_m1"}
-# Also built with the tensor-core GEMV (cases NAME_tc, the same bound): a free batch in blocks of 8 rows
-# (int4), 16 static rows in one block, two mma per fragment (int8), and 5 rows with K's 18 steps over 16
-# warps (most warps' second step lies past K).
-_TENSOR_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16", "linear_1152x640_w4_m5_nobias"}
 
 
 def _test_case(model, example, calibration, kwargs, compare, gpu_options: dict | None = None):
@@ -184,22 +180,14 @@ def _test_case(model, example, calibration, kwargs, compare, gpu_options: dict |
 
 
 def _register_test_cases() -> None:
-    """The GPU cases of the CUDA kernel tests: the tensor-core GEMMs, batched attention matmuls and
-    depthwise convs (bit-exact), float attention and the weight-only GEMV (float16 activations) within
-    their tests' bounds."""
-    from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
+    """The GPU cases of the CUDA kernel tests (tests/backends/gpu_cases.py), but those too big to carry."""
+    from tests.backends.gpu_cases import gpu_cases
 
-    for name, model, example, calibration, options in test_cuda_gemm.gpu_cases() + test_cuda_matmul.gpu_cases():
-        tail = test_cuda_gemm.FLOAT_TAIL.get(name)
-        CASES[name] = _test_case(model, example, calibration, options, "exact" if tail is None else _within(tail))
-    for name, model, example, calibration, options in test_attention.gpu_cases():
-        CASES[name] = _test_case(model, example, calibration, options, _within(test_attention.GPU_ATOL))
-    for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
-        if name not in _TOO_BIG:
-            CASES[name] = _test_case(model, example, calibration, kwargs, _within(tolerance))
-        if name in _TENSOR_CORE_GEMV:
-            CASES[f"{name}_tc"] = _test_case(model, example, calibration, kwargs, _within(tolerance),
-                                             gpu_options={"gemv": "tensor_cores"})
+    for case in gpu_cases():
+        if case.name not in _TOO_BIG:
+            compare = "exact" if case.atol == 0.0 else _within(case.atol)
+            CASES[case.name] = _test_case(case.model, case.example, case.calibration, case.options, compare,
+                                          case.gpu_options)
 
 
 # Kernel benches: built here, their data made on the GPU machine (bench/<file> build DIR / run DIR).

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+import tvm
 from torch import fx
 from tvm import relax
 
@@ -28,17 +30,24 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
 
 
 def _additive(bb: relax.BlockBuilder, mask: relax.Expr, dtype: str) -> relax.Expr:
-    """A mask as what is added to the scores: a boolean one (True = attend) becomes 0 / -inf."""
+    """A mask as what is added to the scores: a boolean one (True = attend) becomes 0 / -inf. A constant one
+    becomes that float constant here, so that no kernel reads booleans: TVM 0.27's CUDA code loads two bools
+    as a ushort2 (four bytes, two per value: wrong masks, found by cuda_emulator.py) or does not compile."""
     if mask.ty.dtype == "bool" or "int" in str(mask.ty.dtype):  # some producers hand a boolean over as integers
+        if isinstance(mask, tvm.ir.expr.Constant):
+            keep = mask.value.numpy().astype(bool)
+            return relax.const(np.where(keep, 0.0, -np.inf).astype(dtype), dtype)
         keep = bb.emit(relax.op.astype(mask, "bool"))
         return bb.emit(relax.op.where(keep, relax.const(0.0, dtype), relax.const(float("-inf"), dtype)))
     return mask
 
 
 def _causal(bb: relax.BlockBuilder, queries, keys, dtype: str) -> relax.Expr:
-    """torch's is_causal mask: query i attends keys 0..i (top left aligned), as 0 / -inf."""
-    ones = bb.emit(relax.op.ones(relax.ShapeExpr([queries, keys]), "bool"))
-    return _additive(bb, bb.emit(relax.op.tril(ones)), dtype)
+    """torch's is_causal mask: query i attends keys 0..i (top left aligned), as 0 / -inf: -inf above the
+    diagonal (in float throughout: no boolean tensor, see _additive)."""
+    ones = bb.emit(relax.op.ones(relax.ShapeExpr([queries, keys]), dtype))  # (TVM 0.27 cannot legalize `full`)
+    blocked = bb.emit(relax.op.multiply(ones, relax.const(float("-inf"), dtype)))
+    return bb.emit(relax.op.triu(blocked, 1))
 
 
 def _repeat_heads(bb: relax.BlockBuilder, t: relax.Expr, heads, rank: int) -> relax.Expr:

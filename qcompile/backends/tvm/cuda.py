@@ -70,10 +70,19 @@ class CudaRunner:
         self._gpu: cuda_runtime.GpuModel | None = None
 
     def _model(self) -> cuda_runtime.GpuModel:
+        cuda_build.require_gpu("this model (target 'cuda')")  # each time: the GPU may have been an emulated one
         if self._gpu is None:
-            cuda_build.require_gpu("this model (target 'cuda')")
+            if cuda_runtime.emulating():
+                self._register_emulated_kernels()
             self._gpu = cuda_runtime.GpuModel(self.executable)
         return self._gpu
+
+    def _register_emulated_kernels(self) -> None:
+        from .cuda_emulator import EmulationError, register_kernels
+
+        if self.kernels is None:
+            raise EmulationError("this CUDA model was saved without its kernels' source: it cannot be emulated")
+        register_kernels(self.kernels.directory)
 
     def __call__(self, *inputs: torch.Tensor):
         return self._model()(*inputs)

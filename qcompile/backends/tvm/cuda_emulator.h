@@ -125,15 +125,35 @@ EMU_VECTOR_TYPES(unsigned long long, ulonglong, 16, 16)
 EMU_VECTOR_TYPES(double, double, 16, 16)
 #undef EMU_VECTOR_TYPES
 
-inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
-inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
-inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
-inline long long min(long long a, long long b) { return a < b ? a : b; }
-inline long long max(long long a, long long b) { return a > b ? a : b; }
+template <class T, class = std::enable_if_t<std::is_integral_v<T>>>
+inline T min(T a, T b) { return a < b ? a : b; }
+template <class T, class = std::enable_if_t<std::is_integral_v<T>>>
+inline T max(T a, T b) { return a > b ? a : b; }
 inline float min(float a, float b) { return std::fmin(a, b); }
 inline float max(float a, float b) { return std::fmax(a, b); }
+inline double min(double a, double b) { return std::fmin(a, b); }
+inline double max(double a, double b) { return std::fmax(a, b); }
 using std::fmaf;
+
+// CUDA's math library beyond C's. The intrinsics (__expf, ...) are the accurate functions here: the GPU's
+// approximations are not modelled.
+#define CUDART_INF_F __builtin_huge_valf()  // math_constants.h
+#define CUDART_NAN_F __builtin_nanf("")
+#define CUDART_INF __builtin_huge_val()
+#define CUDART_NAN __builtin_nan("")
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __powf(float x, float y) { return std::pow(x, y); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : x > 1.0f ? 1.0f : x; }
+inline float exp10f(float x) { return std::pow(10.0f, x); }
+inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }
+inline unsigned __float_as_uint(float x) { unsigned i; std::memcpy(&i, &x, 4); return i; }
+inline float __int_as_float(int i) { float x; std::memcpy(&x, &i, 4); return x; }
+inline float __uint_as_float(unsigned i) { float x; std::memcpy(&x, &i, 4); return x; }
 
 /* ------------------------------------------------------------------ threads, blocks and fibers */
 struct dim3 {
@@ -186,6 +206,7 @@ inline bool Fiber::runnable() const { return !done && (barrier == nullptr || bar
 struct Warp {
   Barrier barrier;
   uint32_t slot[kWarp][16];  // what each lane hands the others in a collective
+  std::vector<unsigned char> tile;  // a wmma result, computed by lane 0 for all
 };
 
 struct Launch {
@@ -531,6 +552,80 @@ EMU_MMA_S32(u8, u8, false, false)
 
 }  // namespace ptx
 }  // namespace emu
+
+/* ------------------------------------------------------------------ nvcuda::wmma (mma.h)
+ * A fragment's layout across the lanes is opaque to the code that uses it, so every lane here holds the whole
+ * tile (row-major, rows x cols) and computes it all; the lanes store the same values. The _sync operations
+ * first wait for the warp, as the lanes converge there on the GPU. */
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = rows * cols;
+  T x[num_elements];
+};
+
+template <class Use, int M, int N, int K, class T, class Layout, class V>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, V value) {
+  for (auto& e : f.x) e = T(value);
+}
+
+template <class F, class T>
+inline void load_tile(F& f, const T* p, unsigned ldm, bool column_major) {
+  emu::warp_barrier();
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = column_major ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+template <class Use, int M, int N, int K, class T, class Layout, class P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* p, unsigned ldm) {
+  load_tile(f, p, ldm, std::is_same_v<Layout, col_major>);
+}
+
+template <int M, int N, int K, class T, class P>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const P* p, unsigned ldm, layout_t layout) {
+  load_tile(f, p, ldm, layout == mem_col_major);
+}
+
+template <int M, int N, int K, class T, class P>
+inline void store_matrix_sync(P* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+  emu::warp_barrier();
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[r * N + c];
+}
+
+// The products of the K pairs are exact in double; their sum and C round once to the accumulator's type.
+// Every lane holds the same tiles: lane 0 computes the result, and each lane copies it.
+template <int M, int N, int K, class TA, class LA, class TB, class LB, class TC>
+inline void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
+  emu::warp_barrier();
+  std::vector<unsigned char>& shared = emu::warp().tile;
+  if (emu::lane() == 0) {
+    TC out[M * N];
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        double sum = 0;
+        for (int k = 0; k < K; ++k) sum += double(float(a.x[i * K + k])) * double(float(b.x[k * N + j]));
+        out[i * N + j] = TC(sum + double(float(c.x[i * N + j])));
+      }
+    shared.assign(reinterpret_cast<unsigned char*>(out), reinterpret_cast<unsigned char*>(out) + sizeof out);
+  }
+  emu::warp_barrier();
+  std::memcpy(d.x, shared.data(), sizeof d.x);
+  emu::warp_barrier();  // nobody overwrites the result before every lane has it
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 /* ------------------------------------------------------------------ CUDA's built-in names */
 #define threadIdx (::emu::thread_idx)

@@ -17,9 +17,17 @@ Blocks run one after another, so kernels whose blocks talk to each other are out
     kernels.launch("main_kernel", grid, block, {"X": x, "Y": y, "M": 1}, copies="lazy")
 
 `launch_dims(prim_func, M=1)` gives (grid, block) from a scheduled PrimFunc's thread bindings.
+
+Whole models: inside `emulated_gpu()`, on a machine without an NVIDIA driver, a target="cuda" model runs
+through TVM's own CUDA runtime, whose driver and runtime libraries are stand-ins (cuda_driver_stub.c,
+cuda_runtime_stub.c) that serve memory from the host and launch each kernel here:
+
+    with emulated_gpu():
+        y = compiled(x)   # every kernel of the cubin, emulated
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -33,7 +41,7 @@ import numpy as np
 HEADER = Path(__file__).with_name("cuda_emulator.h")
 _CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile")) / "cuda-emulator"
 # Headers the generated source includes; the emulator's own header stands in for all of them.
-_CUDA_HEADERS = ("cuda.h", "cuda_fp16.h", "cuda_bf16.h", "cuda_fp8.h", "mma.h")
+_CUDA_HEADERS = ("cuda.h", "cuda_fp16.h", "cuda_bf16.h", "cuda_fp8.h", "mma.h", "math_constants.h")
 _COMPILE = ["g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-w",
             "-D__CUDACC_VER_MAJOR__=13", "-D__CUDACC_VER_MINOR__=0"]
 COPY_MODES = {"eager": 0, "lazy": 1}
@@ -279,3 +287,30 @@ def _evaluate(expr, sizes: dict, undefined_vars, tvm) -> int:
         analyzer.bind(var, sizes[var.name])
     return int(analyzer.simplify(expr))
 
+
+
+@contextlib.contextmanager
+def emulated_gpu(copies: str = "eager", order: str = "lockstep"):
+    """Inside: CUDA kernels launched through TVM's runtime run on the emulator (the module docstring).
+    Each model registers its kernels (register_kernels) when it first runs."""
+    from .cuda_runtime import stand_in_driver
+
+    driver = stand_in_driver()
+    driver.qcompile_emulation(1, COPY_MODES[copies], ORDERS[order])
+    try:
+        yield
+    finally:
+        driver.qcompile_emulation(0, 0, 0)
+
+
+def register_kernels(directory: Path) -> None:
+    """Have the emulated driver load, for the cubin in `directory` (a KernelBuild's: kernels.cubin, kernels.cu),
+    its kernels compiled for this CPU."""
+    from .cuda_runtime import stand_in_driver
+
+    cubin, source = directory / "kernels.cubin", directory / "kernels.cu"
+    if not (cubin.is_file() and source.is_file()):
+        raise EmulationError(f"{directory} has no kernels.cubin and kernels.cu to emulate")
+    library = _build(translate(source.read_text())[0])
+    if stand_in_driver().qcompile_register_module(cubin.read_bytes(), str(library).encode()):
+        raise EmulationError(f"{cubin} is not a cubin the emulated driver can register")

@@ -13,26 +13,52 @@ import torch
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
-_STUB_SOURCE = Path(__file__).with_name("cuda_driver_stub.c")
+# Where there is no NVIDIA driver, these stand in for the driver and the CUDA runtime library (soname: source)
+_STAND_INS = {"libcuda.so.1": "cuda_driver_stub.c", "libcudart.so.13": "cuda_runtime_stub.c"}
 _CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))
 
 
+def _stand_in(soname: str, source_name: str) -> Path:
+    """The stand-in library for `soname`, built from `source_name` when missing or older than its source."""
+    source = Path(__file__).with_name(source_name)
+    library = _CACHE / "cuda-stand-ins" / soname
+    if library.exists() and library.stat().st_mtime >= source.stat().st_mtime:
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # TVM's runtime asks for libcudart's symbols at version libcudart.so.13
+    versions = library.with_name(f"{soname}.map")
+    versions.write_text(f"{soname} {{ global: *; }};\n")
+    partial = library.with_suffix(f".{os.getpid()}")
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", f"-Wl,-soname,{soname}", f"-Wl,--version-script={versions}",
+                    "-o", str(partial), str(source), "-ldl"], check=True, capture_output=True)
+    partial.replace(library)  # atomic: parallel test sessions may build it at once
+    return library
+
+
 def _load_driver() -> bool:
-    """Load the NVIDIA driver library, or the stand-in (cuda_driver_stub.c); True if the real driver is there."""
+    """Load the NVIDIA driver library, or the stand-ins (cuda_driver_stub.c, cuda_runtime_stub.c); True if
+    the real driver is there."""
     try:
         ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
         return True
     except OSError:
         pass
-    stub = _CACHE / "cuda-driver-stub" / "libcuda.so.1"
-    if not stub.exists() or stub.stat().st_mtime < _STUB_SOURCE.stat().st_mtime:
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        partial = stub.with_suffix(f".{os.getpid()}")
-        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wl,-soname,libcuda.so.1", "-o", str(partial), str(_STUB_SOURCE)],
-                       check=True, capture_output=True)
-        partial.replace(stub)  # atomic: parallel test sessions may build it at once
-    ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
+    for soname, source in _STAND_INS.items():
+        ctypes.CDLL(str(_stand_in(soname, source)), mode=ctypes.RTLD_GLOBAL)
     return False
+
+
+@functools.cache
+def stand_in_driver() -> ctypes.CDLL:
+    """The driver's stand-in, loaded (its switch: cuda_emulator.emulated_gpu)."""
+    if load_runtime():
+        raise RuntimeError("this machine has an NVIDIA driver: there is no stand-in to switch")
+    return ctypes.CDLL(str(_stand_in("libcuda.so.1", _STAND_INS["libcuda.so.1"])), mode=ctypes.RTLD_GLOBAL)
+
+
+def emulating() -> bool:
+    """Whether CUDA kernels run on this CPU's emulator now (cuda_emulator.emulated_gpu)."""
+    return not load_runtime() and bool(stand_in_driver().qcompile_emulating())
 
 
 @functools.cache
@@ -46,7 +72,7 @@ def load_runtime() -> bool:
 
 def missing_gpu() -> str | None:
     """Why this process cannot run CUDA kernels, or None when it can."""
-    if not load_runtime():
+    if not load_runtime() and not emulating():
         return "there is no NVIDIA driver on this machine"
     if not tvm.cuda(0).exist:
         return "the NVIDIA driver sees no GPU"
@@ -55,7 +81,7 @@ def missing_gpu() -> str | None:
 
 class GpuModel:
     """A built model's Relax VM on the first GPU, called with torch tensors (any device; moved to the GPU
-    zero-copy through DLPack) and returning torch tensors on the GPU."""
+    zero-copy through DLPack) and returning torch tensors on the GPU (on the CPU when the GPU is emulated)."""
 
     def __init__(self, library):  # a path, or a loaded module or executable
         load_runtime()
@@ -63,7 +89,7 @@ class GpuModel:
         self.vm = VirtualMachine(self.library, tvm.cuda(0))
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_dlpack(o) for o in self.vm["main"](*self._arguments(inputs)))
+        return tuple(self._output(o) for o in self.vm["main"](*self._arguments(inputs)))
 
     def time(self, *inputs: torch.Tensor, number: int = 10, repeat: int = 5) -> list[float]:
         """Seconds per call of each of `repeat` rounds of `number` calls, timed on the GPU's stream by
@@ -74,4 +100,10 @@ class GpuModel:
 
     @staticmethod
     def _arguments(inputs) -> list:
+        if emulating():  # the emulated GPU's memory is the host's; torch may have no CUDA
+            return [tvm.runtime.tensor(t.detach().contiguous().cpu().numpy(), tvm.cuda(0)) for t in inputs]
         return [tvm.runtime.from_dlpack(t.contiguous().cuda()) for t in inputs]
+
+    @staticmethod
+    def _output(o) -> torch.Tensor:
+        return torch.from_numpy(o.numpy()) if emulating() else torch.from_dlpack(o)

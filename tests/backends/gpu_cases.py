@@ -1,0 +1,38 @@
+"""Every model the GPU checks compare with the "reference" backend, in one list: the tensor-core GEMMs, batched
+attention matmuls and depthwise convs (bit-exact), float attention and the weight-only GEMVs (float16
+activations) within their tests' bounds. tools/cuda_bundle.py builds them for the GPU machine;
+test_cuda_emulated_models.py runs them here on the CPU emulator of the CUDA kernels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
+
+# Also built with the tensor-core GEMV (cases NAME_tc, the same bound): a free batch in blocks of 8 rows
+# (int4), 16 static rows in one block, two mma per fragment (int8), and 5 rows with K's 18 steps over 16
+# warps (most warps' second step lies past K).
+TENSOR_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16", "linear_1152x640_w4_m5_nobias"}
+
+
+@dataclass(frozen=True)
+class GpuCase:
+    name: str
+    model: object
+    example: tuple
+    calibration: list
+    options: dict  # qcompile.compile's, for both backends
+    atol: float = 0.0  # 0: bit-exact
+    gpu_options: dict = field(default_factory=dict)  # the CUDA backend's own (gemv=...)
+
+
+def gpu_cases() -> list[GpuCase]:
+    cases = []
+    for name, model, example, calibration, options in test_cuda_gemm.gpu_cases() + test_cuda_matmul.gpu_cases():
+        cases.append(GpuCase(name, model, example, calibration, options, test_cuda_gemm.FLOAT_TAIL.get(name, 0.0)))
+    for name, model, example, calibration, options in test_attention.gpu_cases():
+        cases.append(GpuCase(name, model, example, calibration, options, test_attention.GPU_ATOL))
+    for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
+        cases.append(GpuCase(name, model, example, calibration, kwargs, tolerance))
+        if name in TENSOR_CORE_GEMV:
+            cases.append(GpuCase(f"{name}_tc", model, example, calibration, kwargs, tolerance, {"gemv": "tensor_cores"}))
+    return cases

@@ -34,7 +34,7 @@ import cuda_device  # noqa: E402  (torch only: runs on both machines)
 SHAPES = [(1, 4096, 4096), (1, 28672, 8192), (1, 8192, 28672), (4, 4096, 4096), (16, 4096, 4096)]
 # (tiles per block, split_k, stages) of the tensor-core kernel, timed beside its default (the CUDA-core
 # kernel's configs were swept in runs 2-6, bench/gpu_runs/2026-11-26-h200-*: its defaults are their best).
-MMA_CONFIGS = {1: [(1, 8, 8), (1, 4, 8), (2, 2, 8), (1, 16, 4)], 4: [], 16: []}
+MMA_CONFIGS = {1: [(1, 8, 8), (1, 4, 8), (2, 2, 8), (1, 16, 4), (1, 16, 8), (2, 8, 8)], 4: [], 16: []}
 GROUP = 128
 
 

@@ -1,11 +1,14 @@
 """Every model the GPU checks compare with the "reference" backend, in one list: the tensor-core GEMMs, batched
 attention matmuls and depthwise convs (bit-exact), float attention and the weight-only GEMVs (float16
 activations) within their tests' bounds. tools/cuda_bundle.py builds them for the GPU machine;
-test_cuda_emulated_models.py runs them here on the CPU emulator of the CUDA kernels."""
+tools/cuda_emulate_cases.py runs them all here on the CPU emulator of the CUDA kernels, and
+test_cuda_emulated_models.py a subset (CI's time)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import qcompile
+from qcompile.backends.tvm.cuda_emulator import emulated_gpu
 from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
 
 # Also built with the tensor-core GEMV (cases NAME_tc, the same bound): a free batch in blocks of 8 rows
@@ -36,3 +39,25 @@ def gpu_cases() -> list[GpuCase]:
         if name in TENSOR_CORE_GEMV:
             cases.append(GpuCase(f"{name}_tc", model, example, calibration, kwargs, tolerance, {"gemv": "tensor_cores"}))
     return cases
+
+
+def compiled(case: GpuCase, target: str, **extra):
+    return qcompile.compile(case.model, case.example, target=target, calibration=case.calibration, progress=False,
+                            **case.options, **extra)
+
+
+def outputs(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def emulated_difference(case: GpuCase, **schedule) -> float:
+    """The largest difference between the case's outputs from target="cuda", every kernel on the CPU emulator
+    (cuda_emulator.emulated_gpu(**schedule)), and from the reference backend."""
+    expected = outputs(compiled(case, "reference")(*case.example))
+    gpu = compiled(case, "cuda", **case.gpu_options)
+    with emulated_gpu(**schedule):
+        got = outputs(gpu(*case.example))
+    if len(got) != len(expected) or any(g.shape != e.shape or g.dtype != e.dtype for g, e in zip(got, expected)):
+        raise AssertionError(f"{case.name}: outputs {[(g.shape, g.dtype) for g in got]}, expected "
+                             f"{[(e.shape, e.dtype) for e in expected]}")
+    return max(float((g.double() - e.double()).abs().max()) for g, e in zip(got, expected))

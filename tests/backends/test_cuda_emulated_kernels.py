@@ -52,14 +52,12 @@ def _cores(m, n, k, bits, config=None):
 
 
 GEMVS = {
-    # 13 row tiles, the last one half empty; the default split of K over the warps
+    # 13 row tiles, the last one half empty; the default split of K, 16 warps (TVM's merged shared memory
+    # once put two rings on the same bytes there)
     "mma_w4_m1_ragged_tiles": _mma(1, 200, 1024, 4),
     # 36 steps of K over 8 warps: the last round has 4; two tiles per block, a deep ring
     "mma_w4_m3_ragged_split": _mma(3, 96, 1152, 4, MmaGemvConfig(tiles=2, split_k=8, stages=8, m_block=3)),
-    "mma_w4_m5_free_rows": _mma(5, 64, 512, 4, MmaGemvConfig(tiles=1, split_k=4, stages=2, m_block=2)),
     "mma_w8_m16": _mma(16, 64, 512, 8),
-    "mma_w8_m1": _mma(1, 48, 768, 8, MmaGemvConfig(tiles=1, split_k=16, stages=4, m_block=1)),
-    "cores_w4_m1": _cores(1, 96, 1024, 4),
     "cores_w8_m4": _cores(4, 64, 512, 8),
     "cores_w4_m2_split": _cores(2, 40, 2048, 4, GemvConfig(rows=2, warps=4, m_block=1, unroll=2, split_k=4)),
 }

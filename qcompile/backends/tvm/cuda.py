@@ -70,9 +70,10 @@ class CudaRunner:
         self._gpu: cuda_runtime.GpuModel | None = None
 
     def _model(self) -> cuda_runtime.GpuModel:
-        cuda_build.require_gpu("this model (target 'cuda')")  # each time: the GPU may have been an emulated one
-        if self._gpu is None:
-            if cuda_runtime.emulating():
+        emulated = cuda_runtime.emulating()
+        if self._gpu is None or self._gpu.emulated != emulated:  # first, or the emulator was switched since
+            cuda_build.require_gpu("this model (target 'cuda')")
+            if emulated:
                 self._register_emulated_kernels()
             self._gpu = cuda_runtime.GpuModel(self.executable)
         return self._gpu

@@ -85,6 +85,7 @@ class GpuModel:
 
     def __init__(self, library):  # a path, or a loaded module or executable
         load_runtime()
+        self.emulated = emulating()  # its memory is then the host's, its tensors pass through numpy
         self.library = tvm.runtime.load_module(str(library)) if isinstance(library, (str, Path)) else library
         self.vm = VirtualMachine(self.library, tvm.cuda(0))
 
@@ -98,12 +99,10 @@ class GpuModel:
         evaluator = self.vm.time_evaluator("invoke_stateful", tvm.cuda(0), number=number, repeat=repeat)
         return list(evaluator("main").results)
 
-    @staticmethod
-    def _arguments(inputs) -> list:
-        if emulating():  # the emulated GPU's memory is the host's; torch may have no CUDA
+    def _arguments(self, inputs) -> list:
+        if self.emulated:  # torch may have no CUDA
             return [tvm.runtime.tensor(t.detach().contiguous().cpu().numpy(), tvm.cuda(0)) for t in inputs]
         return [tvm.runtime.from_dlpack(t.contiguous().cuda()) for t in inputs]
 
-    @staticmethod
-    def _output(o) -> torch.Tensor:
-        return torch.from_numpy(o.numpy()) if emulating() else torch.from_dlpack(o)
+    def _output(self, o) -> torch.Tensor:
+        return torch.from_numpy(o.numpy()) if self.emulated else torch.from_dlpack(o)

@@ -3,7 +3,8 @@ GPU would, and a kernel with a race, a deadlock or an instruction it does not mo
 import numpy as np
 import pytest
 
-from qcompile.backends.tvm.cuda_emulator import COPY_MODES, ORDERS, SCHEDULES, EmulatedKernels, EmulationError
+from qcompile.backends.tvm.cuda_emulator import COPY_MODES, ORDERS, SCHEDULES, EmulatedKernels, EmulationError, emulated_gpu
+from qcompile.backends.tvm.cuda_runtime import emulating
 
 KERNEL = 'extern "C" __global__ void __launch_bounds__(64) main_kernel(float* __restrict__ x_ptr, float* __restrict__ y_ptr) {\n'
 
@@ -86,3 +87,10 @@ def test_arguments_are_checked_by_name_and_type():
         kernels.launch("other", (1,), (64,), {"x": x, "y": x})
     with pytest.raises(EmulationError, match="copies must be one of"):
         kernels.launch("main_kernel", (1,), (64,), {"x": x, "y": x}, copies="late")
+
+
+def test_the_emulated_gpu_checks_its_schedule_before_switching_on():
+    with pytest.raises(EmulationError, match=r"order must be one of \['ascending', 'descending', 'lockstep'\]"):
+        with emulated_gpu(order="backwards"):
+            pass
+    assert not emulating()

@@ -13,7 +13,7 @@ Races show as wrong results under some schedule, so a check runs every one in SC
   it: a missing __syncthreads or warp barrier shows in one of them.
 Blocks run one after another, so kernels whose blocks talk to each other are out of scope.
 
-    kernels = EmulatedKernels(kernel_build.source())
+    kernels = EmulatedKernels(kernel_build.source)
     kernels.launch("main_kernel", grid, block, {"X": x, "Y": y, "M": 1}, copies="lazy")
 
 `launch_dims(prim_func, M=1)` gives (grid, block) from a scheduled PrimFunc's thread bindings.
@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .cuda_runtime import CACHE, stand_in_driver
+
 HEADER = Path(__file__).with_name("cuda_emulator.h")
-_CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile")) / "cuda-emulator"
+_CACHE = CACHE / "cuda-emulator"
 # Headers the generated source includes; the emulator's own header stands in for all of them.
 _CUDA_HEADERS = ("cuda.h", "cuda_fp16.h", "cuda_bf16.h", "cuda_fp8.h", "mma.h", "math_constants.h")
 _COMPILE = ["g++", "-std=c++17", "-O1", "-fPIC", "-shared", "-fno-strict-aliasing", "-w",
@@ -52,6 +54,14 @@ SCHEDULES = [("eager", "lockstep"), ("lazy", "lockstep"), ("eager", "ascending")
 
 class EmulationError(RuntimeError):
     """The kernel cannot be emulated, or its emulation failed (a deadlock, an unmodelled instruction)."""
+
+
+def _schedule(copies: str, order: str) -> tuple[int, int]:
+    """The emulator's codes for a schedule's names (COPY_MODES, ORDERS)."""
+    for what, value, allowed in (("copies", copies, COPY_MODES), ("order", order, ORDERS)):
+        if value not in allowed:
+            raise EmulationError(f"{what} must be one of {sorted(allowed)}, not {value!r}")
+    return COPY_MODES[copies], ORDERS[order]
 
 
 # ------------------------------------------------------------------ the inline PTX, as calls of emu::ptx
@@ -225,9 +235,7 @@ class EmulatedKernels:
         written in place; scalars: numbers). `copies` in COPY_MODES, `order` in ORDERS (the module docstring)."""
         if kernel not in self.params:
             raise EmulationError(f"no kernel {kernel!r} in the source (it has {sorted(self.params)})")
-        for what, value, allowed in (("copies", copies, COPY_MODES), ("order", order, ORDERS)):
-            if value not in allowed:
-                raise EmulationError(f"{what} must be one of {sorted(allowed)}, not {value!r}")
+        mode, thread_order = _schedule(copies, order)
         keep, pointers = [], []
         for p in self.params[kernel]:
             if p.buffer not in args:
@@ -236,7 +244,7 @@ class EmulatedKernels:
         error = ctypes.create_string_buffer(512)
         entry = getattr(self._library, f"emu_launch_{kernel}")
         dims = [*(tuple(grid) + (1,) * 3)[:3], *(tuple(block) + (1,) * 3)[:3]]
-        if entry(*(ctypes.c_uint(d) for d in dims), ctypes.c_int(COPY_MODES[copies]), ctypes.c_int(ORDERS[order]),
+        if entry(*(ctypes.c_uint(d) for d in dims), ctypes.c_int(mode), ctypes.c_int(thread_order),
                  (ctypes.c_void_p * len(pointers))(*pointers), error, ctypes.c_int(len(error))):
             raise EmulationError(f"{kernel}: {error.value.decode()}")
 
@@ -259,15 +267,12 @@ class EmulatedKernels:
 def launch_dims(func, **sizes: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(grid, block) of a scheduled PrimFunc: the extents of its loops bound to blockIdx / threadIdx, with its
     symbolic sizes (M, ...) given by name."""
-    import tvm
-    from tvm.tirx.analysis import undefined_vars
-
     dims = {}
 
     def visit(node) -> None:
         binding = getattr(node, "thread_binding", None)
         if binding is not None:
-            dims[binding.thread_tag] = _evaluate(node.extent, sizes, undefined_vars, tvm)
+            dims[binding.thread_tag] = _evaluate(node.extent, sizes)
         for field in ("body", "block", "then_case", "else_case"):
             child = getattr(node, field, None)
             if child is not None:
@@ -279,7 +284,10 @@ def launch_dims(func, **sizes: int) -> tuple[tuple[int, int, int], tuple[int, in
     return tuple(dims.get(f"blockIdx.{a}", 1) for a in "xyz"), tuple(dims.get(f"threadIdx.{a}", 1) for a in "xyz")
 
 
-def _evaluate(expr, sizes: dict, undefined_vars, tvm) -> int:
+def _evaluate(expr, sizes: dict) -> int:
+    import tvm
+    from tvm.tirx.analysis import undefined_vars
+
     analyzer = tvm.sym.Analyzer()
     for var in undefined_vars(expr):
         if var.name not in sizes:
@@ -288,15 +296,13 @@ def _evaluate(expr, sizes: dict, undefined_vars, tvm) -> int:
     return int(analyzer.simplify(expr))
 
 
-
 @contextlib.contextmanager
 def emulated_gpu(copies: str = "eager", order: str = "lockstep"):
     """Inside: CUDA kernels launched through TVM's runtime run on the emulator (the module docstring).
     Each model registers its kernels (register_kernels) when it first runs."""
-    from .cuda_runtime import stand_in_driver
-
+    mode, thread_order = _schedule(copies, order)
     driver = stand_in_driver()
-    driver.qcompile_emulation(1, COPY_MODES[copies], ORDERS[order])
+    driver.qcompile_emulation(1, mode, thread_order)
     try:
         yield
     finally:
@@ -306,8 +312,6 @@ def emulated_gpu(copies: str = "eager", order: str = "lockstep"):
 def register_kernels(directory: Path) -> None:
     """Have the emulated driver load, for the cubin in `directory` (a KernelBuild's: kernels.cubin, kernels.cu),
     its kernels compiled for this CPU."""
-    from .cuda_runtime import stand_in_driver
-
     cubin, source = directory / "kernels.cubin", directory / "kernels.cu"
     if not (cubin.is_file() and source.is_file()):
         raise EmulationError(f"{directory} has no kernels.cubin and kernels.cu to emulate")

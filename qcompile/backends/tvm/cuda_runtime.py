@@ -15,13 +15,13 @@ from tvm.runtime.vm import VirtualMachine
 
 # Where there is no NVIDIA driver, these stand in for the driver and the CUDA runtime library (soname: source)
 _STAND_INS = {"libcuda.so.1": "cuda_driver_stub.c", "libcudart.so.13": "cuda_runtime_stub.c"}
-_CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))
+CACHE = Path(os.environ.get("QCOMPILE_CACHE", Path.home() / ".cache" / "qcompile"))  # built helpers
 
 
 def _stand_in(soname: str, source_name: str) -> Path:
     """The stand-in library for `soname`, built from `source_name` when missing or older than its source."""
     source = Path(__file__).with_name(source_name)
-    library = _CACHE / "cuda-stand-ins" / soname
+    library = CACHE / "cuda-stand-ins" / soname
     if library.exists() and library.stat().st_mtime >= source.stat().st_mtime:
         return library
     library.parent.mkdir(parents=True, exist_ok=True)

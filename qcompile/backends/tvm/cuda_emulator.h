@@ -497,45 +497,43 @@ inline float half_value(uint32_t bits) {
   return (float)h;
 }
 
+/* D = A B + C, the lane's four accumulators: the K products of `value(bits, operand)` (operand 0: A, 1: B) summed
+ * in Sum, C added last, rounded once to Acc. */
+template <int PerRegister, class Sum, class Acc, class Value>
+inline void mma(void* const* out, const Fragments& f, const Acc (&c)[4], Value value) {
+  constexpr int K = 8 * PerRegister;
+  Acc d[4];
+  exchange<int>(f, [&](int l, const uint32_t (*slots)[16]) {
+    for (int i = 0; i < 4; ++i) {
+      int row = l / 4 + 8 * (i / 2), col = 2 * (l % 4) + i % 2;
+      Sum sum = 0;
+      for (int k = 0; k < K; ++k)
+        sum += Sum(value(a_element<PerRegister>(slots, row, k), 0)) * Sum(value(b_element<PerRegister>(slots, k, col), 1));
+      d[i] = Acc(sum + Sum(c[i]));
+    }
+    return 0;
+  });
+  for (int i = 0; i < 4; ++i) std::memcpy(out[i], &d[i], 4);
+}
+
 // f32 += f16 x f16: the 16 products are exact in double; their sum and C round once to float.
 inline void mma_sync_aligned_m16n8k16_row_col_f32_f16_f16_f32(void* d0, void* d1, void* d2, void* d3, uint32_t a0, uint32_t a1,
                                                                 uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1, float c0,
                                                                 float c1, float c2, float c3) {
-  Fragments f{{a0, a1, a2, a3}, {b0, b1}};
-  float c[4] = {c0, c1, c2, c3}, d[4];
-  exchange<int>(f, [&](int l, const uint32_t (*slots)[16]) {
-    for (int i = 0; i < 4; ++i) {
-      int row = l / 4 + 8 * (i / 2), col = 2 * (l % 4) + i % 2;
-      double sum = 0;
-      for (int k = 0; k < 16; ++k)
-        sum += double(half_value(a_element<2>(slots, row, k))) * half_value(b_element<2>(slots, k, col));
-      d[i] = float(sum + c[i]);
-    }
-    return 0;
-  });
   void* out[] = {d0, d1, d2, d3};
-  for (int i = 0; i < 4; ++i) std::memcpy(out[i], &d[i], 4);
+  const float c[4] = {c0, c1, c2, c3};
+  mma<2, double>(out, Fragments{{a0, a1, a2, a3}, {b0, b1}}, c, [](uint32_t bits, int) { return half_value(bits); });
 }
 
-// s32 += 8-bit x 8-bit, exactly (wrapping as the hardware does).
+// s32 += 8-bit x 8-bit, exactly (int64 sums, wrapped to int32 as the hardware does).
 template <bool ASigned, bool BSigned>
 inline void mma_m16n8k32_s32(void* d0, void* d1, void* d2, void* d3, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                              uint32_t b0, uint32_t b1, int32_t c0, int32_t c1, int32_t c2, int32_t c3) {
-  Fragments f{{a0, a1, a2, a3}, {b0, b1}};
-  int32_t c[4] = {c0, c1, c2, c3}, d[4];
-  auto value = [](uint32_t byte, bool is_signed) { return is_signed ? int32_t(int8_t(byte)) : int32_t(byte); };
-  exchange<int>(f, [&](int l, const uint32_t (*slots)[16]) {
-    for (int i = 0; i < 4; ++i) {
-      int row = l / 4 + 8 * (i / 2), col = 2 * (l % 4) + i % 2;
-      uint32_t sum = uint32_t(c[i]);
-      for (int k = 0; k < 32; ++k)
-        sum += uint32_t(value(a_element<4>(slots, row, k), ASigned) * value(b_element<4>(slots, k, col), BSigned));
-      d[i] = int32_t(sum);
-    }
-    return 0;
-  });
   void* out[] = {d0, d1, d2, d3};
-  for (int i = 0; i < 4; ++i) std::memcpy(out[i], &d[i], 4);
+  const int32_t c[4] = {c0, c1, c2, c3};
+  mma<4, int64_t>(out, Fragments{{a0, a1, a2, a3}, {b0, b1}}, c, [](uint32_t byte, int operand) {
+    return (operand == 0 ? ASigned : BSigned) ? int32_t(int8_t(byte)) : int32_t(byte);
+  });
 }
 #define EMU_MMA_S32(a, b, A_SIGNED, B_SIGNED)                                                                      \
   inline void mma_sync_aligned_m16n8k32_row_col_s32_##a##_##b##_s32(void* d0, void* d1, void* d2, void* d3, uint32_t a0, \

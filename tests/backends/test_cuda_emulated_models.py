@@ -5,7 +5,8 @@ per kernel family (about 35 s); `python tools/cuda_emulate_cases.py` runs all of
 import pytest
 
 import qcompile
-from tests.backends.gpu_cases import compiled, emulated_difference, gpu_cases
+from qcompile.backends.tvm.cuda_emulator import emulated_gpu
+from tests.backends.gpu_cases import compiled, emulated_difference, gpu_cases, outputs
 
 CASES = {case.name: case for case in gpu_cases()}
 # One case per kernel family (the two tests below cover odd-sized int8 GEMMs, implicit-GEMM convs with a
@@ -31,9 +32,6 @@ def test_gpu_case_emulated_matches_the_reference(name):
 def test_a_saved_cuda_model_loads_and_runs_emulated(tmp_path):
     """The artifact keeps its kernels' source beside the cubin (cuda/), which is what the emulator compiles;
     under the schedule that delays copies and lets the last warp run ahead."""
-    from qcompile.backends.tvm.cuda_emulator import emulated_gpu
-    from tests.backends.gpu_cases import outputs
-
     case = CASES["conv_stack_free_batch"]
     expected = outputs(compiled(case, "reference")(*case.example))
     loaded = qcompile.load(compiled(case, "cuda").save(tmp_path / "model"))
@@ -44,9 +42,6 @@ def test_a_saved_cuda_model_loads_and_runs_emulated(tmp_path):
 
 def test_outside_the_emulator_a_cuda_model_still_says_it_needs_a_gpu():
     """Odd M, N and K on the int8 tensor-core GEMM: exact emulated, then, the emulator off, the clear error."""
-    from qcompile.backends.tvm.cuda_emulator import emulated_gpu
-    from tests.backends.gpu_cases import outputs
-
     case = CASES["odd_linear"]
     gpu = compiled(case, "cuda")
     with emulated_gpu():

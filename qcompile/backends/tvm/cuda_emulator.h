@@ -194,14 +194,13 @@ struct Fiber {
   dim3 index;
   bool done = false;
   const char* waiting = nullptr;  // what it waits at, while it does
-  const struct Barrier* barrier = nullptr;
+  const Barrier* barrier = nullptr;
   unsigned long generation = 0;  // it runs again once `barrier` has passed this one
-  bool runnable() const;
   std::vector<Copy> open;
   std::vector<std::vector<Copy>> committed;  // oldest first
-};
 
-inline bool Fiber::runnable() const { return !done && (barrier == nullptr || barrier->generation != generation); }
+  bool runnable() const { return !done && (barrier == nullptr || barrier->generation != generation); }
+};
 
 struct Warp {
   Barrier barrier;

@@ -3,7 +3,8 @@ GPU would, and a kernel with a race, a deadlock or an instruction it does not mo
 import numpy as np
 import pytest
 
-from qcompile.backends.tvm.cuda_emulator import COPY_MODES, ORDERS, SCHEDULES, EmulatedKernels, EmulationError, emulated_gpu
+from qcompile.backends.tvm.cuda_emulator import (COPY_MODES, ORDERS, SCHEDULES, EmulatedKernels, EmulationError, emulated_gpu,
+                                                    register_kernels)
 from qcompile.backends.tvm.cuda_runtime import emulating
 
 KERNEL = 'extern "C" __global__ void __launch_bounds__(64) main_kernel(float* __restrict__ x_ptr, float* __restrict__ y_ptr) {\n'
@@ -94,3 +95,12 @@ def test_the_emulated_gpu_checks_its_schedule_before_switching_on():
         with emulated_gpu(order="backwards"):
             pass
     assert not emulating()
+
+
+def test_registering_kernels_needs_their_source_and_a_cubin(tmp_path):
+    with pytest.raises(EmulationError, match="has no kernels.cubin and kernels.cu"):
+        register_kernels(tmp_path)
+    (tmp_path / "kernels.cu").write_text(STAGED.replace("WAIT", WAITED))
+    (tmp_path / "kernels.cubin").write_bytes(b"not an ELF image")
+    with pytest.raises(EmulationError, match="not a cubin the emulated driver can register"):
+        register_kernels(tmp_path)

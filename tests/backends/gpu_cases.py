@@ -11,10 +11,9 @@ import qcompile
 from qcompile.backends.tvm.cuda_emulator import emulated_gpu
 from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
 
-# Also built with the tensor-core GEMV (cases NAME_tc, the same bound): a free batch in blocks of 8 rows
-# (int4), 16 static rows in one block, two mma per fragment (int8), and 5 rows with K's 18 steps over 16
-# warps (most warps' second step lies past K).
-TENSOR_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16", "linear_1152x640_w4_m5_nobias"}
+# The GEMVs run on tensor cores by default (gemv="auto"); these are also built with the CUDA-core GEMV
+# (cases NAME_cc, the same bound): a free batch (int4), 16 static rows (int8), 5 rows without a bias.
+CUDA_CORE_GEMV = {"mlp_512x1024_w4_dynamic_batch", "mlp_512x1024_w8_m16", "linear_1152x640_w4_m5_nobias"}
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,8 @@ def gpu_cases() -> list[GpuCase]:
         cases.append(GpuCase(name, model, example, calibration, options, test_attention.GPU_ATOL))
     for name, model, example, calibration, kwargs, tolerance in test_cuda_weight_only.gpu_cases():
         cases.append(GpuCase(name, model, example, calibration, kwargs, tolerance))
-        if name in TENSOR_CORE_GEMV:
-            cases.append(GpuCase(f"{name}_tc", model, example, calibration, kwargs, tolerance, {"gemv": "tensor_cores"}))
+        if name in CUDA_CORE_GEMV:
+            cases.append(GpuCase(f"{name}_cc", model, example, calibration, kwargs, tolerance, {"gemv": "cuda_cores"}))
     return cases
 
 

@@ -17,8 +17,8 @@ FAMILIES = {
     "feedforward_free_batch": "float LayerNorm tail",
     "sdpa_bool_mask": "float sdpa, a boolean mask (a bug the emulator found)",
     "sdpa_causal_grouped_query": "float sdpa, causal, grouped-query heads",
-    "linear_1152x640_w4_m5_nobias": "weight-only GEMV on CUDA cores",
-    "mlp_512x1024_w4_dynamic_batch_tc": "weight-only GEMV on tensor cores, a free batch",
+    "linear_1152x640_w4_m5_nobias_cc": "weight-only GEMV on CUDA cores",
+    "mlp_512x1024_w4_dynamic_batch": "weight-only GEMV on tensor cores (the default), a free batch",
     "mlp_512x1024_w4_m64": "weight-only prefill on wmma",
 }
 

@@ -149,7 +149,7 @@ def _gemv_kernels(compiled):
 
 @pytest.mark.parametrize("bits", ["w4", "w8"])
 def test_decode_mlp_builds_a_gemv_with_128_bit_weight_loads(bits):
-    compiled = _build(MLP(512, 1024).eval(), torch.randn(1, 512), bits=bits)
+    compiled = _build(MLP(512, 1024).eval(), torch.randn(1, 512), bits=bits, gemv="cuda_cores")
     ptx, spills = _gemv_kernels(compiled)
     assert len(ptx) == 2  # both layers
     for name, body in ptx.items():

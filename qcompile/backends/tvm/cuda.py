@@ -111,8 +111,9 @@ class CudaBackend:
 
     def __init__(self, *, arch: str = cuda_build.DEFAULT_ARCH, gemv: str = cuda_weight_only.DEFAULT_GEMV):
         """arch: the GPU architecture the cubin is for ('sm_90a': H100/H200; 'sm_80': A100; ...).
-        gemv: the kernel of decode-shaped weight-only Linear layers, 'cuda_cores' or 'tensor_cores'
-        (cuda_weight_only.py)."""
+        gemv: the kernel of decode-shaped weight-only Linear layers: 'tensor_cores', 'cuda_cores', or
+        'auto' (tensor cores where the layer's K and group size are multiples of the mma's K step;
+        cuda_weight_only.py)."""
         self.target = cuda_build.target(arch)
         self.gemv = cuda_weight_only.check_gemv(gemv)
         self._builds = Path(tempfile.mkdtemp(prefix="qcompile-cuda-"))

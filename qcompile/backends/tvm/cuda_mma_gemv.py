@@ -50,7 +50,9 @@ class MmaGemvConfig:
     m_block: int = MMA_N  # activation rows per block (grid.y covers M): one mma per 8 of them
 
 
-TARGET_WARPS = 2048  # 16 per SM of an H100/H200: with `stages` steps each, enough bytes in flight
+# 32 per SM of an H100/H200, with `stages` steps each: at 4096 the defaults at the int4 shapes of
+# bench/cuda_int4_gemv.py are its fastest configs on the H200 (run 7; 2048 gave 2 to 8% slower ones).
+TARGET_WARPS = 4096
 MAX_STAGES = 8
 MAX_SHARED = 96 << 10  # bytes of shared memory per block the default config stays under: any arch from sm_80
 
@@ -72,7 +74,7 @@ def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGem
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
     least 4 warps per block; up to MAX_STAGES steps in flight per warp, fewer where the rings would pass
     MAX_SHARED; a static M of up to 16 rows in one block (the weights read once), a free M in blocks of 8.
-    A starting point, not yet measured: bench/cuda_int4_gemv.py times alternatives side by side."""
+    bench/cuda_int4_gemv.py times alternatives side by side."""
     tiles, steps = codes.row_tiles(n), k // codes.step_k
     split = 1
     while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:

@@ -3,9 +3,8 @@ fuses into the producer's kernel), group scales in float16 and a float32 result:
 
 - up to cuda_gemv.MAX_ROWS static rows, or a free batch: a GEMV kernel, weights packed at build time
   (int4 by their storage bits, else int8 codes). GEMV_KERNELS has two, chosen by the CUDA backend's
-  `gemv` option: on CUDA cores (cuda_gemv.py, measured on the H200, the default) and on tensor cores
-  (cuda_mma_gemv.py, fewer instructions per code and cp.async copies; to be the default where a GPU run
-  measures it faster);
+  `gemv` option: on tensor cores (cuda_mma_gemv.py) and on CUDA cores (cuda_gemv.py). The default,
+  "auto", takes the first of AUTO_ORDER that takes the layer's K and group size;
 - more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' codes
   (int4 packed 8 to a word in k order, int8 as they are) dequantized to float16 (code * scale, rounded
   once) as they are copied to shared memory. The GEMV would re-read the weights once per block of rows."""
@@ -61,14 +60,19 @@ class TensorCoreGemv:
         return MMA_CODES[bits].pack(codes), MMA_CODES[bits].arrange_scales(scale)
 
 
-GEMV_KERNELS = {"cuda_cores": CudaCoreGemv(), "tensor_cores": TensorCoreGemv()}
-DEFAULT_GEMV = "cuda_cores"
-_GEMV = contextvars.ContextVar("gemv", default=DEFAULT_GEMV)  # the GEMV_KERNELS entry of the lowering under way
+GEMV_KERNELS = {"tensor_cores": TensorCoreGemv(), "cuda_cores": CudaCoreGemv()}
+# Tensor cores first: faster at every int4 shape and row count of bench/cuda_int4_gemv.py on the H200
+# (bench/gpu_runs/2026-11-26-h200-7: 4096 x 4096 at M = 1 4.5 us against 5.5, at M = 16 9.1 against 71.7).
+# The CUDA-core kernel takes K and group sizes in multiples of 8 (int4) where the mma needs 64.
+AUTO_ORDER = ("tensor_cores", "cuda_cores")
+AUTO = "auto"
+DEFAULT_GEMV = AUTO
+_GEMV = contextvars.ContextVar("gemv", default=DEFAULT_GEMV)  # the `gemv` option of the lowering under way
 
 
 def check_gemv(name: str) -> str:
-    if name not in GEMV_KERNELS:
-        raise UsageError(f"gemv must be one of {', '.join(map(repr, GEMV_KERNELS))}, got {name!r}")
+    if name != AUTO and name not in GEMV_KERNELS:
+        raise UsageError(f"gemv must be one of {', '.join(map(repr, (AUTO, *GEMV_KERNELS)))}, got {name!r}")
     return name
 
 
@@ -87,10 +91,14 @@ def _bits(w: fx.Node) -> int:
     return meta.storage_bits(w) or 8
 
 
-def gemv_takes(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether the GEMV takes the node's (constant) weight: K and the group size whole loads of codes."""
+def _gemv_kernel(gm: fx.GraphModule, node: fx.Node):
+    """The GEMV kernel that computes the node (its constant weight's K and group size whole loads of
+    codes), or None."""
     _, w, _, _, group_size = node.args
-    return GEMV_KERNELS[_GEMV.get()].supports(_bits(w), constant(gm, w).shape[1], group_size)
+    choice = _GEMV.get()
+    names = AUTO_ORDER if choice == AUTO else (choice,)
+    bits, k = _bits(w), constant(gm, w).shape[1]
+    return next((GEMV_KERNELS[n] for n in names if GEMV_KERNELS[n].supports(bits, k, group_size)), None)
 
 
 def _static_rows(gm: fx.GraphModule, x: fx.Node) -> int | None:
@@ -116,7 +124,7 @@ def plan(gm: fx.GraphModule, target) -> dict[fx.Node, fx.Node]:
     if target is None or tvm.target.Target(target).kind.name != "cuda":
         return {}
     return {node: node for node in gm.graph.find_nodes(op="call_function", target=qc.linear_weight_only.default)
-            if _constant_weights(node) and (_prefill(gm, node) or gemv_takes(gm, node))}
+            if _constant_weights(node) and (_prefill(gm, node) or _gemv_kernel(gm, node) is not None)}
 
 
 def _code(weights: te.Tensor, i, j):
@@ -145,7 +153,7 @@ def dequantized_gemm(x: te.Tensor, weights: te.Tensor, scales: te.Tensor, bias: 
 def _gemv(bb: relax.BlockBuilder, gm: fx.GraphModule, acc: fx.Node, halves: relax.Expr, scale: np.ndarray,
           bias: relax.Expr) -> relax.Expr:
     _, w_n, _, _, group_size = acc.args
-    kernel, bits = GEMV_KERNELS[_GEMV.get()], _bits(w_n)
+    kernel, bits = _gemv_kernel(gm, acc), _bits(w_n)
     n, k = constant(gm, w_n).shape
     m = halves.ty.shape.values[0]
     name = f"gemv_{acc.name}"

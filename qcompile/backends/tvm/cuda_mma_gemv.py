@@ -50,9 +50,13 @@ class MmaGemvConfig:
     m_block: int = MMA_N  # activation rows per block (grid.y covers M): one mma per 8 of them
 
 
-# 32 per SM of an H100/H200, with `stages` steps each: at 4096 the defaults at the int4 shapes of
-# bench/cuda_int4_gemv.py are its fastest configs on the H200 (run 7; 2048 gave 2 to 8% slower ones).
+# How far the default splits K (bench/cuda_int4_gemv.py on the H200, bench/gpu_runs runs 7 and 8): up to
+# 32 warps per SM of an H100/H200, but once the grid has 8 per SM, not where that makes the warps' rings
+# shallower (more split-K sums, fewer bytes in flight per warp: at 4096 x 4096, 8 warps with 8 stages
+# take 5.1 us at M = 4 and 8.5 at M = 16, 16 warps with 4 and 2 stages 5.5 and 11.0; at M = 1 4.6
+# against 4.5). 28672 x 8192 wants 4 warps per tile (33.7 us), not 2 (36.2).
 TARGET_WARPS = 4096
+FILLED_WARPS = 1024
 MAX_STAGES = 8
 MAX_SHARED = 96 << 10  # bytes of shared memory per block the default config stays under: any arch from sm_80
 
@@ -70,19 +74,28 @@ def shared_words(codes: MmaCodes, cfg: MmaGemvConfig) -> int:
     return ceil_div(max(ring_bytes(codes, cfg), sums), 4)
 
 
-def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
-    """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at most one step each), then at
-    least 4 warps per block; up to MAX_STAGES steps in flight per warp, fewer where the rings would pass
-    MAX_SHARED; a static M of up to 16 rows in one block (the weights read once), a free M in blocks of 8.
-    bench/cuda_int4_gemv.py times alternatives side by side."""
-    tiles, steps = codes.row_tiles(n), k // codes.step_k
-    split = 1
-    while tiles * split < TARGET_WARPS and split < 16 and split * 2 <= steps:
-        split *= 2
+def _ring_config(split: int, steps: int, m_block: int, codes: MmaCodes) -> MmaGemvConfig:
+    """At least 4 warps per block; up to MAX_STAGES steps in flight per warp, fewer where the rings would
+    pass MAX_SHARED."""
     cfg = MmaGemvConfig(tiles=max(1, 4 // split), split_k=split, stages=min(MAX_STAGES, ceil_div(steps, split)),
-                        m_block=MMA_N if m is None else min(m, MAX_M_BLOCK))
+                        m_block=m_block)
     while ring_bytes(codes, cfg) > MAX_SHARED and cfg.stages > 1:
         cfg = dataclasses.replace(cfg, stages=cfg.stages // 2)
+    return cfg
+
+
+def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
+    """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at least one step each), past
+    FILLED_WARPS only while the rings stay as deep; a static M of up to 16 rows in one block (the weights
+    read once), a free M in blocks of 8. bench/cuda_int4_gemv.py times alternatives side by side."""
+    tiles, steps = codes.row_tiles(n), k // codes.step_k
+    m_block = MMA_N if m is None else min(m, MAX_M_BLOCK)
+    cfg = _ring_config(1, steps, m_block, codes)
+    while tiles * cfg.split_k < TARGET_WARPS and cfg.split_k < 16 and cfg.split_k * 2 <= steps:
+        wider = _ring_config(cfg.split_k * 2, steps, m_block, codes)
+        if tiles * cfg.split_k >= FILLED_WARPS and wider.stages < cfg.stages:
+            break
+        cfg = wider
     return cfg
 
 

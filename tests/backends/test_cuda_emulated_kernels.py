@@ -85,11 +85,14 @@ def _gemm_bench():
     return module
 
 
-def test_int8_tensor_core_gemm_emulated_is_exact(tmp_path):
-    """ldmatrix, u8 x s8 mma and the cp.async pipeline of the GEMM rule (cuda_gemm.py), 2 x 3 block tiles
-    over K = 320 (five K steps), with the fused requantize epilogue (bench/cuda_gemm.py's)."""
+@pytest.mark.parametrize("m, n, k", [
+    (256, 384, 320),  # 2 x 3 block tiles, five K steps of 64
+    (128, 128, 1024),  # eight K steps of 128 (cuda_gemm.DEEP_K on sm_90)
+])
+def test_int8_tensor_core_gemm_emulated_is_exact(m, n, k, tmp_path):
+    """ldmatrix, u8 x s8 mma and the cp.async pipeline of the GEMM rule (cuda_gemm.py), with the fused
+    requantize epilogue (bench/cuda_gemm.py's)."""
     bench = _gemm_bench()
-    m, n, k = 256, 384, 320
     func = cuda.apply_rules(tvm.IRModule({"main": bench._gemm_func(m, n, k, True)}), cuda_build.target())["main"]
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)

@@ -267,3 +267,18 @@ def test_sequence_linears_run_on_tensor_cores(free_batch):
     assert len(gemms) == 2
     for name, ptx in gemms.items():
         assert MMA_U8S8 in ptx and kernels.spills()[name] == 0, name
+
+
+@pytest.mark.parametrize("arch, m, n, k, bk", [
+    ("sm_90a", 4096, 4096, 4096, 128),  # deep K steps: faster on the H100 (bench/gpu_runs/*-h100-*)
+    ("sm_90a", 8192, 3072, 768, 64),  # too few steps of 128 to fill the pipeline
+    ("sm_90a", 4096, 4096, 1088, 64),  # K not whole steps of 128 (17 of 64)
+    ("sm_80", 4096, 4096, 4096, 64),  # not measured there
+    ("sm_90a", 16, 4096, 4096, 64),  # the small tile
+])
+def test_large_gemms_on_sm_90_take_deep_k_steps(arch, m, n, k, bk):
+    from tvm import tirx
+
+    from qcompile.backends.tvm.cuda_gemm import choose_tile
+
+    assert choose_tile(*(tirx.IntImm("int64", d) for d in (m, n, k)), arch).bk == bk

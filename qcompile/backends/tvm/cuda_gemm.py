@@ -68,14 +68,25 @@ class GemmTile:
 LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=2, stages=3)
 # Few rows or columns (a linear at batch 1..32, a classifier): a 32 x 64 tile, 4 warps of 16 x 32.
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
+# On sm_90 (H100 / H200) the large tile takes K steps of 128 where K is whole steps of it. At 4096^3 on
+# the H100: 511-527 TOPS against 489-491 with steps of 64 (bench/gpu_runs/2026-11-26-h100-10 and -11); on
+# the H200 507-558 against 544-547 (runs 2-9). (128 + 128) x (128 + 16) bytes x 3 stages = 108 KiB of
+# shared memory: more than a block may have on sm_86 / sm_89, and not measured on sm_80. Only for K of
+# at least DEEP_K_MIN: with fewer steps the pipeline is not filled (K = 256: 2 steps for 3 stages).
+DEEP_K = 128
+DEEP_K_MIN = 1024
+DEEP_K_ARCHS = ("sm_90",)
 
 
-def choose_tile(m, n, k) -> GemmTile:
-    """The large tile unless the GEMM is too small to fill it (a free size counts as large), with no K
-    step or column block wider than the GEMM where one mma tile covers it: the padding would be
-    multiplied too (a head dim of 32 is attention's K in Q.K^T and N in P.V)."""
+def choose_tile(m, n, k, arch: str = "") -> GemmTile:
+    """The large tile unless the GEMM is too small to fill it (a free size counts as large; K steps of
+    DEEP_K on DEEP_K_ARCHS where K is whole steps, at least DEEP_K_MIN), with no K step or column block wider than the GEMM
+    where one mma tile covers it: the padding would be multiplied too (a head dim of 32 is attention's K in
+    Q.K^T and N in P.V)."""
     m, n, k = (int(d) if isinstance(d, tirx.IntImm) else None for d in (m, n, k))
     tile = SMALL if (m is not None and m <= 64) or (n is not None and n <= 64) else LARGE
+    if tile is LARGE and k is not None and k % DEEP_K == 0 and k >= DEEP_K_MIN and arch.startswith(DEEP_K_ARCHS):
+        tile = replace(tile, bk=DEEP_K)
     narrow = TILE_N * tile.wn  # the narrowest column block: one accumulator tile per warp
     return replace(tile, bk=TILE_K if k is not None and k <= TILE_K else tile.bk,
                    bn=narrow if n is not None and n <= narrow else tile.bn)
@@ -122,7 +133,7 @@ class TensorCoreGemm(GPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         try:
-            return _gemm_schedule(s_tir.Schedule(func), self.tile)
+            return _gemm_schedule(s_tir.Schedule(func), self.tile, target.arch)
         except s_tir.ScheduleError:
             pass
         # Rows that fuse a free batch with a fixed length ([batch, seq, K] activations, N*OH*OW conv
@@ -130,12 +141,12 @@ class TensorCoreGemm(GPUScheduleRule):
         # so every primitive calls the scope "not a stage pipeline". The same schedule, checked for the
         # same kernel at any fixed batch, is applied without those checks.
         try:
-            return _gemm_schedule(s_tir.Schedule(func, enable_check=False), self.tile)
+            return _gemm_schedule(s_tir.Schedule(func, enable_check=False), self.tile, target.arch)
         except s_tir.ScheduleError:
             return None  # dlight's CUDA-core matmul takes the kernel (exact, slower)
 
 
-def _gemm_schedule(sch: s_tir.Schedule, tile: GemmTile | None) -> s_tir.Schedule | None:
+def _gemm_schedule(sch: s_tir.Schedule, tile: GemmTile | None, arch: str) -> s_tir.Schedule | None:
     """`sch` with its GEMM on tensor cores, or None when the kernel is not an 8-bit GEMM."""
     reductions = get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
     if reductions is None:
@@ -150,7 +161,7 @@ def _gemm_schedule(sch: s_tir.Schedule, tile: GemmTile | None) -> s_tir.Schedule
     batch, m, n, k = (sch.get(loop).extent for loop in sch.get_loops(main))
     if not (isinstance(batch, tirx.IntImm) and batch.value == 1) and not _leading_batch(block):
         return None  # a depthwise conv: a batch (its channels) of one-column GEMMs
-    tile = tile or choose_tile(m, n, k)
+    tile = tile or choose_tile(m, n, k, arch)
     sch.pad_einsum(main, [1, tile.bm, tile.bn, tile.bk])
     _schedule_gemm(sch, main, tile, dtypes, product, widths)
     return sch

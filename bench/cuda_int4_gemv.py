@@ -9,8 +9,8 @@ Two steps, because the GPU machine has the TVM runtime only:
     python bench/cuda_int4_gemv.py run OUT        # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemv)
 
 `build` writes OUT/<name>.so (cubin inside, about 100 KB) for every shape in SHAPES, bits 4 (group 128)
-and 8 (per channel): the CUDA-core kernel's default config (marked *) and the tensor-core kernel's default
-and MMA_CONFIGS[M], with OUT/index.json (registers, spills). `run` makes the inputs there (random packed
+and 8 (per channel): each kernel's default config (marked *; gemv="auto" takes the tensor-core one) and
+MMA_CONFIGS[M], with OUT/index.json (registers, spills). `run` makes the inputs there (random packed
 words in each kernel's layout, unpacked by cuda_weight_codes.py for the expected output, computed in float64 on the GPU from the same codes and
 rounded inputs; float16 activations and scales), checks each kernel's output, times it and torch's F.linear(x fp16,
 W fp16 [N, K]) with CUDA events (median of `--repeat` samples of `--number` calls each, after warm-up),
@@ -81,17 +81,17 @@ def build(out: Path) -> None:
         for bits in (4, 8):
             group = GROUP if bits == 4 else k
             cfg = default_config(m, n, k)
-            kernels = [(f"r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}s{cfg.split_k}", "cuda_cores",
+            kernels = [(f"r{cfg.rows}w{cfg.warps}b{cfg.m_block}u{cfg.unroll}s{cfg.split_k}", "cuda_cores", True,
                         gemv_prim_func(n, k, group, CODES[bits], cfg))]
             mma_default = default_mma_config(m, n, k, MMA_CODES[bits])
             for mma in dict.fromkeys([mma_default, *(MmaGemvConfig(*c, m_block=mma_default.m_block) for c in MMA_CONFIGS[m])]):
                 kernels.append((f"mma_t{mma.tiles}s{mma.split_k}p{mma.stages}b{mma.m_block}", "tensor_cores",
-                                mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
-            for suffix, kernel, func in kernels:
+                                mma == mma_default, mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
+            for suffix, kernel, default, func in kernels:
                 name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"
                 lib, built = cuda.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
                 lib.export_library(str(out / f"{name}.so"))
-                index.append(dict(name=name, m=m, n=n, k=k, bits=bits, kernel=kernel, default=kernel == "cuda_cores",
+                index.append(dict(name=name, m=m, n=n, k=k, bits=bits, kernel=kernel, default=default,
                                   group=group, spills=built.spills(), registers=built.registers()))
                 print(name, index[-1]["registers"], index[-1]["spills"], flush=True)
     (out / "index.json").write_text(json.dumps(index, indent=1))

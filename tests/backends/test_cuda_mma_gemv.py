@@ -164,7 +164,7 @@ def test_decode_mlp_lowers_to_the_tensor_core_gemv(bits, rows, free_batch):
 ])
 def test_the_gemv_option_picks_the_kernel(gemv, group_size, kernel):
     config = qcompile.QuantConfig(bits=4, activations="float", group_size=group_size)
-    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(1, 512),), target="cuda", bits=config,
+    compiled = qcompile.compile(MLP(512, 1024).eval(), (torch.randn(1, 512),), target="cuda", config=config,
                                 gemv=gemv, progress=False)
     gemv_ptx = [ptx for name, ptx in compiled._runner.kernels.kernel_ptx().items() if name.startswith("gemv_")]
     assert len(gemv_ptx) == 2 and all((MMA in ptx) == (kernel == "tensor_cores") for ptx in gemv_ptx)

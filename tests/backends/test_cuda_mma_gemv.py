@@ -98,7 +98,7 @@ def test_bad_weights_and_configs_raise():
 
 
 def test_default_split_fills_the_gpu():
-    """At the bench's int4 shapes: the fastest configs on the H200 (runs 7 and 8), or within 3% of them."""
+    """At the bench's int4 shapes: the fastest configs on the H200 (runs 7-9), or within 5% of them."""
     assert default_mma_config(1, 4096, 4096, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)
     assert default_mma_config(1, 28672, 8192, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=4, stages=8, m_block=1)
     assert default_mma_config(1, 8192, 28672, MMA_CODES[4]) == MmaGemvConfig(tiles=1, split_k=8, stages=8, m_block=1)

@@ -13,8 +13,8 @@ def _patch_macro_parser_lookup() -> None:
     """Each TVMScript macro call finds the parser in the globals of the nearest frame that has one, through
     inspect.getouterframes: that builds a FrameInfo for every frame of the stack (its source line, its
     module looked up by file name), and frames of eval'd code ("<string>") name no file, so each lookup
-    scanned sys.modules. Our GEMM kernels call macros some 200 times per model: 14 of the 48 s of
-    MiniLM's x86 build. The same search, frame by frame, without the FrameInfos."""
+    scanned sys.modules. Our GEMM kernels call macros some 200 times per model: MiniLM's x86 build took
+    39.4 s with that search, 31.5 s with this one (the same search, frame by frame, without FrameInfos)."""
     from tvm.script.parser.core.parser import ScriptMacro
 
     def find_parser_def(self):

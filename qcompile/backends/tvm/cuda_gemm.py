@@ -69,8 +69,8 @@ LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=2, stages=3)
 # Few rows or columns (a linear at batch 1..32, a classifier): a 32 x 64 tile, 4 warps of 16 x 32.
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
 # On sm_90 (H100 / H200) the large tile takes K steps of 128 where K is whole steps of it. At 4096^3 on
-# the H100: 511-527 TOPS against 489-491 with steps of 64 (bench/gpu_runs/2026-11-26-h100-10 and -11); on
-# the H200 507-558 against 544-547 (runs 2-9). (128 + 128) x (128 + 16) bytes x 3 stages = 108 KiB of
+# the H100: 511-527 TOPS against 489-491 with steps of 64 (bench/gpu_runs/2026-11-26-h100-10 and -11), 544-545
+# as the default (run 12); on the H200 507-558 against 544-547 (runs 2-9). (128 + 128) x (128 + 16) bytes x 3 stages = 108 KiB of
 # shared memory: more than a block may have on sm_86 / sm_89, and not measured on sm_80. Only for K of
 # at least DEEP_K_MIN: with fewer steps the pipeline is not filled (K = 256: 2 steps for 3 stages).
 DEEP_K = 128
@@ -80,9 +80,9 @@ DEEP_K_ARCHS = ("sm_90",)
 
 def choose_tile(m, n, k, arch: str = "") -> GemmTile:
     """The large tile unless the GEMM is too small to fill it (a free size counts as large; K steps of
-    DEEP_K on DEEP_K_ARCHS where K is whole steps, at least DEEP_K_MIN), with no K step or column block wider than the GEMM
-    where one mma tile covers it: the padding would be multiplied too (a head dim of 32 is attention's K in
-    Q.K^T and N in P.V)."""
+    DEEP_K on DEEP_K_ARCHS where K is whole steps, at least DEEP_K_MIN), with no K step or column block
+    wider than the GEMM where one mma tile covers it: the padding would be multiplied too (a head dim of 32
+    is attention's K in Q.K^T and N in P.V)."""
     m, n, k = (int(d) if isinstance(d, tirx.IntImm) else None for d in (m, n, k))
     tile = SMALL if (m is not None and m <= 64) or (n is not None and n <= 64) else LARGE
     if tile is LARGE and k is not None and k % DEEP_K == 0 and k >= DEEP_K_MIN and arch.startswith(DEEP_K_ARCHS):

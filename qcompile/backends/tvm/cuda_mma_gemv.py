@@ -52,9 +52,10 @@ class MmaGemvConfig:
 
 # How far the default splits K (bench/cuda_int4_gemv.py on the H200, bench/gpu_runs runs 7 and 8): up to
 # 32 warps per SM of an H100/H200, but once the grid has 8 per SM, not where that makes the warps' rings
-# shallower (more split-K sums, fewer bytes in flight per warp: at 4096 x 4096, 8 warps with 8 stages
-# take 5.1 us at M = 4 and 8.5 at M = 16, 16 warps with 4 and 2 stages 5.5 and 11.0; at M = 1 4.6
-# against 4.5). 28672 x 8192 wants 4 warps per tile (33.7 us), not 2 (36.2).
+# shallower (more split-K sums, fewer bytes in flight per warp: at 4096 x 4096, 8 warps take 5.1 us at
+# M = 4 with 8 stages and 8.5 at M = 16 with 4, 16 warps with 4 and 2 stages 5.5 and 11.0; at M = 1 4.6
+# against 4.5; at M = 16 this rule picks 4 warps with 8 stages, 8.7 us against 9.2 for 8 warps in run 9).
+# 28672 x 8192 wants 4 warps per tile (33.7 us), not 2 (36.2).
 TARGET_WARPS = 4096
 FILLED_WARPS = 1024
 MAX_STAGES = 8

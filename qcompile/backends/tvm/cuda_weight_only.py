@@ -4,7 +4,7 @@ fuses into the producer's kernel), group scales in float16 and a float32 result:
 - up to cuda_gemv.MAX_ROWS static rows, or a free batch: a GEMV kernel, weights packed at build time
   (int4 by their storage bits, else int8 codes). GEMV_KERNELS has two, chosen by the CUDA backend's
   `gemv` option: on tensor cores (cuda_mma_gemv.py) and on CUDA cores (cuda_gemv.py). The default,
-  "auto", takes the first of AUTO_ORDER that takes the layer's K and group size;
+  "auto", takes the first of GEMV_KERNELS, in order, that takes the layer's K and group size;
 - more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' codes
   (int4 packed 8 to a word in k order, int8 as they are) dequantized to float16 (code * scale, rounded
   once) as they are copied to shared memory. The GEMV would re-read the weights once per block of rows."""
@@ -60,11 +60,11 @@ class TensorCoreGemv:
         return MMA_CODES[bits].pack(codes), MMA_CODES[bits].arrange_scales(scale)
 
 
-GEMV_KERNELS = {"tensor_cores": TensorCoreGemv(), "cuda_cores": CudaCoreGemv()}
-# Tensor cores first: faster at every int4 shape and row count of bench/cuda_int4_gemv.py on the H200
-# (bench/gpu_runs/2026-11-26-h200-7: 4096 x 4096 at M = 1 4.5 us against 5.5, at M = 16 9.1 against 71.7).
+# In the order "auto" tries them. Tensor cores first: faster at every int4 shape and row count of
+# bench/cuda_int4_gemv.py on the H200 (bench/gpu_runs/2026-11-26-h200-7: 4096 x 4096 at M = 1 4.5 us
+# against 5.5, at M = 16 9.1 against 71.7).
 # The CUDA-core kernel takes K and group sizes in multiples of 8 (int4) where the mma needs 64.
-AUTO_ORDER = ("tensor_cores", "cuda_cores")
+GEMV_KERNELS = {"tensor_cores": TensorCoreGemv(), "cuda_cores": CudaCoreGemv()}
 AUTO = "auto"
 DEFAULT_GEMV = AUTO
 _GEMV = contextvars.ContextVar("gemv", default=DEFAULT_GEMV)  # the `gemv` option of the lowering under way
@@ -96,7 +96,7 @@ def _gemv_kernel(gm: fx.GraphModule, node: fx.Node):
     codes), or None."""
     _, w, _, _, group_size = node.args
     choice = _GEMV.get()
-    names = AUTO_ORDER if choice == AUTO else (choice,)
+    names = GEMV_KERNELS if choice == AUTO else (choice,)
     bits, k = _bits(w), constant(gm, w).shape[1]
     return next((GEMV_KERNELS[n] for n in names if GEMV_KERNELS[n].supports(bits, k, group_size)), None)
 

@@ -1,6 +1,6 @@
 """What "arm" (Cortex-A76 class: NEON + sdot) and "arm-a55" (NEON, no dot product) execute for one call of
 TinyResNet and MobileNetV2: dynamic aarch64 instruction counts per layer, from the emulated device
-(qcompile/backends/tvm/arm_instructions.py). Issue 5: emulated time means nothing, instructions do.
+(qcompile/backends/tvm/arm/instruction_counts.py). Issue 5: emulated time means nothing, instructions do.
 
     .venv/bin/python bench/arm_instructions.py [--models tinyresnet mobilenet_v2]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import qcompile
-from qcompile.backends.tvm.arm_instructions import Call, count_artifact
+from qcompile.backends.tvm.arm.instruction_counts import Call, count_artifact
 
 TARGETS = ("arm", "arm-a55")
 

@@ -1,7 +1,7 @@
 """Executed aarch64 instructions of the kernels on the path of attention's two activation matmuls
 (Q.K^T and P.V: operand copies, packing, the matmul kernels, the requantize) for one MiniLM-shaped
 self-attention block (hidden 384, 12 heads of 32, batch 1), "arm" target, on the emulated device
-(qcompile/backends/tvm/arm_instructions.py). Run it on two checkouts to compare them:
+(qcompile/backends/tvm/arm/instruction_counts.py). Run it on two checkouts to compare them:
 
     PYTHONPATH=<checkout> .venv/bin/python bench/arm_matmul_instructions.py --seq 16 128
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import qcompile
-from qcompile.backends.tvm.arm_instructions import count_instructions
+from qcompile.backends.tvm.arm.instruction_counts import count_instructions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.models import Attention  # noqa: E402

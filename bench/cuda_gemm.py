@@ -1,4 +1,4 @@
-"""The int8 tensor-core GEMM of target="cuda" (qcompile/backends/tvm/cuda_gemm.py) alone, against
+"""The int8 tensor-core GEMM of target="cuda" (qcompile/backends/tvm/cuda/gemm_rule.py) alone, against
 torch._int_mm (cuBLAS int8) and cuBLAS float16 on the same shapes, in one run on the GPU machine.
 
     python bench/cuda_gemm.py build OUT    # here (TVM's compiler, no GPU): one library per shape and epilogue
@@ -53,15 +53,15 @@ def _gemm_func(m: int, n: int, k: int, requantize: bool):
 def build(out: Path) -> None:
     import tvm
 
-    from qcompile.backends.tvm import cuda, cuda_build
-    from qcompile.backends.tvm.cuda_gemm import GemmTile
+    from qcompile.backends.tvm.cuda import backend, nvcc_build
+    from qcompile.backends.tvm.cuda.gemm_rule import GemmTile
 
     out.mkdir(parents=True, exist_ok=True)
-    target, index = cuda_build.target(), []
+    target, index = nvcc_build.target(), []
 
     def kernel(name: str, m: int, n: int, k: int, requantize: bool, tile: GemmTile | None) -> None:
-        mod = cuda.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target, tile)
-        lib, kernels = cuda.compile_module(mod, target, out / "sources" / name)
+        mod = backend.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target, tile)
+        lib, kernels = backend.compile_module(mod, target, out / "sources" / name)
         lib.export_library(str(out / f"{name}.so"))
         mma = sum(body.count("mma.sync.aligned.m16n8k32") for body in kernels.kernel_ptx().values())
         index.append(dict(name=name, m=m, n=n, k=k, requantize=requantize, mma_in_ptx=mma, spills=kernels.spills(),

@@ -1,4 +1,4 @@
-"""The CUDA weight-only GEMV kernels alone, on CUDA cores (qcompile/backends/tvm/cuda_gemv.py, names
+"""The CUDA weight-only GEMV kernels alone, on CUDA cores (qcompile/backends/tvm/cuda/gemv_kernel.py, names
 `..._r<rows>w<warps>b<m_block>u<unroll>s<split_k>`) and on tensor cores (cuda_mma_gemv.py, names
 `..._mma_t<tiles>s<split_k>p<stages>b<m_block>`), against torch float16 F.linear on the same shape: time and
 achieved bandwidth = (packed weight + scale + activation bytes) / time.
@@ -70,13 +70,13 @@ def _problem(m: int, n: int, k: int, bits: int, kernel: str):
 def build(out: Path) -> None:
     import tvm
 
-    from qcompile.backends.tvm import cuda, cuda_build
-    from qcompile.backends.tvm.cuda_gemv import default_config, gemv_prim_func
-    from qcompile.backends.tvm.cuda_mma_gemv import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
-    from qcompile.backends.tvm.cuda_weight_codes import CODES, MMA_CODES
+    from qcompile.backends.tvm.cuda import backend, nvcc_build
+    from qcompile.backends.tvm.cuda.gemv_kernel import default_config, gemv_prim_func
+    from qcompile.backends.tvm.cuda.mma_gemv_kernel import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
+    from qcompile.backends.tvm.cuda.weight_codes import CODES, MMA_CODES
 
     out.mkdir(parents=True, exist_ok=True)
-    target, index = cuda_build.target(), []
+    target, index = nvcc_build.target(), []
     for m, n, k in SHAPES:
         for bits in (4, 8):
             group = GROUP if bits == 4 else k
@@ -89,7 +89,7 @@ def build(out: Path) -> None:
                                 mma == mma_default, mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
             for suffix, kernel, default, func in kernels:
                 name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"
-                lib, built = cuda.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
+                lib, built = backend.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
                 lib.export_library(str(out / f"{name}.so"))
                 index.append(dict(name=name, m=m, n=n, k=k, bits=bits, kernel=kernel, default=default,
                                   group=group, spills=built.spills(), registers=built.registers()))

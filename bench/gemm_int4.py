@@ -23,7 +23,9 @@ import argparse  # noqa: E402
 import torch  # noqa: E402
 
 from gemm_int8 import REQUANT, time_interleaved  # noqa: E402  (bench/ is on sys.path when run as a script)
-from qcompile.backends.tvm import x86_gemm as G  # noqa: E402
+from qcompile.backends.tvm.cpu import gemm_kernel as G
+from qcompile.backends.tvm.cpu.isa import Isa, host_target, isa_for
+from qcompile.backends.tvm.cpu.tiling import choose_tiling
 
 # M, N, K: GEMV / decode-sized rows over 32 MiB, 16 MiB and 1.25 MiB (int8) of weights, small batches,
 # and two compute-bound shapes.
@@ -42,7 +44,7 @@ def int4_problem(m: int, n: int, k: int, seed: int = 0):
     return a, w, bias, mult
 
 
-def check_exact(target: dict, isa: G.Isa) -> None:
+def check_exact(target: dict, isa: Isa) -> None:
     cases = 0
     for m, n, k in CHECK_SHAPES:
         a, w, bias, mult = int4_problem(m + 3, n, k, seed=m * n + k)
@@ -56,9 +58,9 @@ def check_exact(target: dict, isa: G.Isa) -> None:
     print(f"exact (int4 weights, {isa.name}): {cases} cases bit-identical to the int64 reference, shapes {CHECK_SHAPES}")
 
 
-def kernels(m: int, n: int, k: int, target: dict, isa: G.Isa) -> dict:
+def kernels(m: int, n: int, k: int, target: dict, isa: Isa) -> dict:
     a, w, bias, mult = int4_problem(m, n, k)
-    tiling = isa.default_tiling(m, n, k)
+    tiling = choose_tiling(isa, m, n, k)
     out = {fmt: torch.empty(m, n, dtype=torch.uint8) for fmt in ("int8", "int4")}
     built = {fmt.name: G.build_gemm(m, w, bias, mult, REQUANT, target=target, isa=isa, tiling=tiling, weights=fmt)
              for fmt in (G.INT8_WEIGHTS, G.INT4_WEIGHTS)}
@@ -77,8 +79,8 @@ def main() -> None:
     parser.add_argument("--no-check", action="store_true", help="skip the exactness check")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    target = G.host_target()
-    isa = G.isa_for(target)
+    target = host_target()
+    isa = isa_for(target)
     if not G.INT4_WEIGHTS.supports(isa):
         raise SystemExit(f"the int4-weight kernel needs AVX512-VNNI; this CPU's best is {isa.name}")
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
@@ -90,7 +92,7 @@ def main() -> None:
     for m, n, k in shapes:
         stats = time_interleaved(kernels(m, n, k, target, isa), args.rounds)
         (t8, b8), (t4, b4) = stats["int8 weights"], stats["int4 weights"]
-        tiling = isa.default_tiling(m, n, k)
+        tiling = choose_tiling(isa, m, n, k)
         print(f"{f'{m}x{n}x{k}':>16} {f'{tiling.mr}x{tiling.nr}':>6} {t8 * 1e3:9.3f} {t4 * 1e3:9.3f} "
               f"{t8 / t4:18.2f}x {b8 / b4:6.2f}x")
     print("load average after: %.2f %.2f %.2f" % os.getloadavg())

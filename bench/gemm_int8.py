@@ -31,13 +31,14 @@ import warnings  # noqa: E402
 
 import torch  # noqa: E402
 
-from qcompile.backends.tvm import x86_gemm as G  # noqa: E402
+from qcompile.backends.tvm.cpu import gemm_kernel as G
+from qcompile.backends.tvm.cpu.isa import AVX2, AVX512_VNNI, AVX512_VNNI_EMULATED, Isa, host_target, isa_for
 
 SHAPES = [(1024, 1024, 1024), (256, 256, 1024), (3136, 144, 24), (196, 960, 160)]  # M, N, K
 # Odd sizes (N, K not multiples of the tile / word widths) for the exactness check.
 CHECK_SHAPES = [(1, 1, 1), (7, 33, 65), (13, 17, 31), (100, 129, 257), (3136, 144, 24), (196, 960, 160)]
 REQUANT = G.Requant(shift=38, out_zp=128, qmin=0, qmax=255)
-ISAS = {"avx2": G.AVX2, "avx512-vnni": G.AVX512_VNNI}
+ISAS = {"avx2": AVX2, "avx512-vnni": AVX512_VNNI}
 FBGEMM_ISA = {"avx2": "AVX2"}  # fbgemm's FBGEMM_ENABLE_INSTRUCTIONS value for the same instruction set
 
 
@@ -52,7 +53,7 @@ def random_problem(m: int, n: int, k: int, seed: int = 0):
     return a, w, bias, mult
 
 
-def check_exact(target: dict, isa: G.Isa) -> None:
+def check_exact(target: dict, isa: Isa) -> None:
     """Kernel vs the torch int64 reference, both output modes, several M per build (M is dynamic)."""
     requants = [None, REQUANT, G.Requant(shift=1, out_zp=0), G.Requant(shift=31, out_zp=3, qmin=2, qmax=250),
                 G.Requant(shift=32, out_zp=128), G.Requant(shift=62, out_zp=-5, qmin=-128, qmax=127, out_dtype="int8")]
@@ -77,7 +78,7 @@ def simd_summary(kernel: G.GemmKernel) -> str:
     return ", ".join(found) or "no SIMD dot-product instructions"
 
 
-def implementations(m: int, n: int, k: int, target: dict, isa: G.Isa):
+def implementations(m: int, n: int, k: int, target: dict, isa: Isa):
     """name -> zero-argument callable; every callable writes/returns the full [M, N] result."""
     a, w, bias, mult = random_problem(m, n, k)
     fused = G.build_gemm(m, w, bias, mult, REQUANT, target=target, isa=isa)
@@ -147,10 +148,10 @@ def main() -> None:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "fbgemm"
-    target = G.host_target() | ({"mcpu": args.mcpu} if args.mcpu else {})
+    target = host_target() | ({"mcpu": args.mcpu} if args.mcpu else {})
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
 
-    isa = ISAS[args.isa] if args.isa else G.isa_for(target)
+    isa = ISAS[args.isa] if args.isa else isa_for(target)
     print(f"target {target}, kernel ISA {isa.name}, {args.threads} threads, "
           f"torch {torch.__version__}, median of {args.rounds} interleaved rounds, "
           f"TVM_THREAD_POOL_SPIN_COUNT={os.environ['TVM_THREAD_POOL_SPIN_COUNT']}, "
@@ -158,8 +159,8 @@ def main() -> None:
     print("load average before: %.2f %.2f %.2f" % os.getloadavg())
     if not args.no_check:
         check_exact(target, isa)
-        if isa is not G.AVX512_VNNI:  # the VNNI kernel with vpdpbusd emulated: all but that instruction
-            check_exact(target, G.AVX512_VNNI_EMULATED)
+        if isa is not AVX512_VNNI:  # the VNNI kernel with vpdpbusd emulated: all but that instruction
+            check_exact(target, AVX512_VNNI_EMULATED)
 
     header = (f"{'M x N x K':>16}  {'implementation':<20} {'median ms':>10} {'min ms':>8} {'GOPS':>8} "
               f"{'speed vs fbgemm':>16}")

@@ -9,7 +9,7 @@ and the classifier linear), one row per shape and their sum.
 Every kernel is built with the tiling build_gemm picks by default (the lowering's choice) and timed on
 random full-range data; with --baseline the two kernels of a shape are timed interleaved in the same
 process, round by round in alternating order, and the table reports medians (or minima, --stat min).
-The baseline module is loaded from `git show REV:qcompile/backends/tvm/x86_gemm.py`, so it must have the
+The baseline module is loaded from `git show REV:qcompile/backends/tvm/cpu/gemm_kernel.py`, so it must have the
 same build_gemm interface.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from qcompile.backends.tvm import x86_gemm  # noqa: E402
+from qcompile.backends.tvm.cpu import gemm_kernel
+from qcompile.backends.tvm.cpu.isa import host_target
 
 # M (pixels), K (input channels), N (output channels): MobileNetV2's 1x1 convolutions, then the classifier.
 SHAPES = [
@@ -39,7 +40,7 @@ SHAPES = [
     (196, 96, 576), (196, 576, 96), (49, 576, 160), (49, 160, 960), (49, 960, 160), (49, 960, 320),
     (49, 320, 1280), (1, 1280, 1000),
 ]
-REQUANT = x86_gemm.Requant(shift=38, out_zp=128)
+REQUANT = gemm_kernel.Requant(shift=38, out_zp=128)
 ISAS = {"avx2": "AVX2", "avx512-vnni": "AVX512_VNNI"}  # --isa -> the module attribute
 # min: the least disturbed sample, steadier than the median when other processes load the cores.
 STATS = {"median": statistics.median, "min": min}
@@ -48,7 +49,7 @@ STATS = {"median": statistics.median, "min": min}
 def module_at(rev: str):
     """x86_gemm.py as of git revision `rev`, imported as a separate module."""
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "show", f"{rev}:qcompile/backends/tvm/x86_gemm.py"], cwd=root, check=True,
+    src = subprocess.run(["git", "show", f"{rev}:qcompile/backends/tvm/cpu/gemm_kernel.py"], cwd=root, check=True,
                          capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "x86_gemm_baseline.py"
     path.write_text(src)
@@ -76,7 +77,7 @@ def runner(module, m: int, k: int, n: int, isa: str | None, mcpu: str | None):
                                isa=getattr(module, ISAS[isa]) if isa else None)
     out = torch.empty(m, n, dtype=torch.uint8)
     kernel.run(a, out)
-    if not torch.equal(out, x86_gemm.reference_gemm(a, w, bias, mult, REQUANT)):
+    if not torch.equal(out, gemm_kernel.reference_gemm(a, w, bias, mult, REQUANT)):
         raise AssertionError(f"{module.__name__} is not exact at M={m} K={k} N={n}")
     return lambda: kernel.run(a, out), kernel.tiling
 
@@ -102,10 +103,10 @@ def main() -> None:
     parser.add_argument("--stat", choices=sorted(STATS), default="median", help="per-shape statistic of the rounds")
     args = parser.parse_args()
 
-    modules = {"this": x86_gemm}
+    modules = {"this": gemm_kernel}
     if args.baseline:
         modules = {args.baseline: module_at(args.baseline), **modules}
-    print(f"target {x86_gemm.host_target()}, isa {args.isa or 'host'}, mcpu {args.mcpu or 'host'}, "
+    print(f"target {host_target()}, isa {args.isa or 'host'}, mcpu {args.mcpu or 'host'}, "
           f"TVM_NUM_THREADS={os.environ['TVM_NUM_THREADS']}, {args.stat} of {args.rounds} interleaved rounds; "
           f"load average {'%.2f %.2f %.2f' % os.getloadavg()}")
     names = list(modules)

@@ -9,8 +9,8 @@ from .passes.manager import DEFAULT_PIPELINE, PassError
 from .qat import QATModel, convert_qat, prepare_qat
 from .quant.config import QuantConfig
 from .quant.math import choose_qparams, dequantize, quantize
-from .quant.qspec import QParams, QSpec
-from .serialize import ArtifactError
+from .ir.qspec import QParams, QSpec
+from .errors import ArtifactError
 
 __all__ = [
     "ArtifactError", "at", "QATModel", "convert_qat", "prepare_qat", "CaptureError", "CompiledModel", "DEFAULT_PIPELINE", "Pass", "PassContext", "PassError",

@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from .backends import get_backend
+from .backends import Backend, Capability, get_backend
 from .errors import UsageError
 from .frontend.capture import Captured, capture
 from .passes import PassContext, as_passes
@@ -23,7 +23,8 @@ from .passes.manager import DEFAULT_PIPELINE, run_pipeline
 from .passes.choose_bitwidth import ChooseBitwidthPass
 from .quant.config import MIXED, QuantConfig
 from .report import Report, build_report, model_bytes
-from .serialize import ArtifactError, load_graph, save_graph
+from .errors import ArtifactError
+from .serialize import load_graph, save_graph
 
 ARTIFACT_FORMAT = "qcompile-artifact"
 
@@ -31,10 +32,11 @@ ARTIFACT_FORMAT = "qcompile-artifact"
 class CompiledModel:
     """A compiled model: call it like the original module; report(), save()."""
 
-    def __init__(self, gm: fx.GraphModule, runner, backend: str, in_spec, out_spec, signature: list[dict], report: Report):
+    def __init__(self, gm: fx.GraphModule, runner, backend: Backend, in_spec, out_spec, signature: list[dict], report: Report):
         self.graph_module = gm
         self._runner = runner
-        self.backend = backend
+        self.backend = backend.name
+        self._capabilities = backend.capabilities
         self._in_spec = in_spec
         self._out_spec = out_spec
         self._signature = signature
@@ -85,7 +87,7 @@ class CompiledModel:
     def report(self) -> Report:
         """The per-layer report. On a backend that can profile (x86), the first call also times every
         kernel of one run (on zero inputs: the kernels do not depend on the data) and adds µs per layer."""
-        if not self._report.kernels and hasattr(self._runner, "profile"):
+        if not self._report.kernels and Capability.PROFILE in self._capabilities:
             self._report.add_profile(self._runner.profile(*self._zeros()))
         return self._report
 
@@ -93,7 +95,7 @@ class CompiledModel:
         """Time whole calls where the model runs (on an ARM target: on the device, so the RPC round trip is
         not counted), by TVM's time evaluator: `repeat` measurements of `number` calls each. Inputs default
         to zeros of the compiled shapes. Returns a BenchmarkResult (median_ms, mean_ms, std_ms, ...)."""
-        if not hasattr(self._runner, "benchmark"):
+        if Capability.BENCHMARK not in self._capabilities:
             raise UsageError(f"target {self.backend!r} does not time itself; benchmark() is for the TVM targets "
                              "(x86, arm ...). Time the reference backend with torch.utils.benchmark instead")
         if not inputs:
@@ -110,7 +112,7 @@ class CompiledModel:
     def save(self, path) -> Path:
         path = Path(path)
         save_graph(self.graph_module, path)
-        if hasattr(self._runner, "save"):
+        if Capability.SAVE in self._capabilities:
             self._runner.save(path)
         manifest = {
             "format": ARTIFACT_FORMAT, "version": 1, "backend": self.backend,
@@ -146,8 +148,7 @@ def load(path, **backend_options) -> CompiledModel:
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc
     backend = get_backend(backend_name, **backend_options)  # a bad option is the caller's error, not the file's
-    runner = backend.load(path, gm) if hasattr(backend, "load") else backend.build(gm)
-    return CompiledModel(gm, runner, backend.name, in_spec, out_spec, signature, report)
+    return CompiledModel(gm, backend.load(path, gm), backend, in_spec, out_spec, signature, report)
 
 
 @dataclass
@@ -183,9 +184,9 @@ class Session:
         report.extra.update(ctx.records)
         c = self.captured
         runner = backend.build(gm)
-        if getattr(runner, "tuning", None):  # what a tuned build measured and what it reused (x86, tune=True)
+        if Capability.TUNE in backend.capabilities and runner.tuning:  # what a tuned build measured and reused
             report.extra["tuning"] = runner.tuning
-        return CompiledModel(gm, runner, backend.name, c.in_spec, c.out_spec, c.signature, report)
+        return CompiledModel(gm, runner, backend, c.in_spec, c.out_spec, c.signature, report)
 
 
 def compile(
@@ -218,11 +219,11 @@ def compile(
     dynamic_shapes: as for torch.export (e.g. {"x": {0: torch.export.Dim("batch")}}): those dimensions
         stay free in the compiled model.
     backend_options: passed to the target's backend, e.g. target="x86", float_fallback=True
-        (see qcompile/backends/tvm/x86.py); an option the backend does not take is an error.
+        (see qcompile/backends/tvm/x86/backend.py); an option the backend does not take is an error.
     """
     config = config or QuantConfig.from_bits(bits, budget)
     backend = get_backend(target, **backend_options)
-    if dynamic_shapes is not None and not getattr(backend, "supports_dynamic_shapes", False):
+    if dynamic_shapes is not None and Capability.DYNAMIC_SHAPES not in backend.capabilities:
         raise UsageError(f"target {backend.name!r} builds for the example input shapes; dynamic_shapes is "
                          "supported by target='reference' for now")
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
@@ -236,7 +237,7 @@ def compile(
         return session.finish(gm, backend, instruments)
 
     cm = attempt(config)
-    slower = backend.slower_than_float(cm.graph_module, cm._runner) if hasattr(backend, "slower_than_float") else {}
+    slower = backend.slower_than_float(cm.graph_module, cm._runner)
     # One more round only: layers that stay integer after it are not re-measured.
     return attempt(config.with_float_layers(slower)) if slower else cm
 

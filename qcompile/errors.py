@@ -3,3 +3,7 @@
 
 class UsageError(ValueError):
     """Bad input or configuration; raised as is, never wrapped or turned into a reproducer."""
+
+
+class ArtifactError(ValueError):
+    """The file is not a (valid) qcompile artifact."""

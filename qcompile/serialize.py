@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import fx
 
+from .errors import ArtifactError
 from .ir import meta
 from .quant import ops  # noqa: F401  (registers torch.ops.qcompile before graphs are loaded)
 from .quant.packing import PACKINGS
-from .quant.qspec import QParams, QSpec
+from .ir.qspec import QParams, QSpec
 
 # 2: constants with packed storage bits (int4) are stored packed (quant/packing.py); 1 is read as well.
 FORMAT_VERSION = 2
@@ -28,10 +29,6 @@ _DTYPES = {str(d).replace("torch.", ""): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
     torch.int32, torch.int64, torch.bool,
 )}
-
-
-class ArtifactError(ValueError):
-    """The file is not a (valid) qcompile artifact."""
 
 
 def _target_name(target) -> str:

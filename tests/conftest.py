@@ -46,7 +46,7 @@ def mobilenet_compiled(mobilenet, tmp_path_factory):
 def arm_device():
     """(host, port) of the emulator's RPC server; one per session (the emulated Python starts slowly).
     A server the user already started (`make arm-emulator`) is reused and left running."""
-    from qcompile.backends.tvm import arm_emulator as E
+    from qcompile.backends.tvm.arm import emulator as E
 
     address = E.running_server()
     if address:

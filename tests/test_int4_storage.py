@@ -11,7 +11,7 @@ import qcompile
 from qcompile.ir import meta
 from qcompile.ir.verify import VerificationError, verify
 from qcompile.quant.packing import pack_int4, unpack_int4
-from qcompile.serialize import ArtifactError
+from qcompile.errors import ArtifactError
 
 
 def mlp():

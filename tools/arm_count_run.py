@@ -1,5 +1,5 @@
 """One call of a compiled model on the emulated aarch64 device, for instruction counting
-(qcompile/backends/tvm/arm_instructions.py; run by `tools/arm_emulator.sh count` under qemu-aarch64 with
+(qcompile/backends/tvm/arm/instruction_counts.py; run by `tools/arm_emulator.sh count` under qemu-aarch64 with
 the tools/insn_count.c plugin, which counts every executed block of guest code).
 
 What the host cannot know by itself, written as JSON to OUT: where the library is mapped in this

@@ -120,7 +120,7 @@ count() {
         "$ROOT/tools/arm_count_run.py" "$@" </dev/null
 }
 
-# Per device: NAME.pid, NAME.port (what qcompile/backends/tvm/arm_emulator.py reads) and NAME.log.
+# Per device: NAME.pid, NAME.port (what qcompile/backends/tvm/arm/emulator.py reads) and NAME.log.
 state_files() {
     PIDFILE="$ARM/$NAME.pid"; PORTFILE="$ARM/$NAME.port"; LOG="$ARM/$NAME.log"
 }

@@ -1,6 +1,7 @@
 """SHA-256 of the code MobileNetV2's x86, arm and cuda builds generate: the scheduled TIR module each target
 hands to tvm.compile, and for cuda also every file of the kernels' CUDA source, PTX and ptxas report the
-artifact keeps. A change meant to move code without changing behaviour keeps every line identical:
+artifact keeps (ptxas's compile times left out). A change meant to move code without changing behaviour
+keeps every line identical:
 
     python tools/codegen_hashes.py > before.txt   # on the old commit
     python tools/codegen_hashes.py > after.txt    # on the new one
@@ -32,6 +33,13 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def generated_bytes(path: Path) -> bytes:
+    """The file's bytes; ptxas's report without its compile times, which vary from run to run."""
+    if path.name != "ptxas.log":
+        return path.read_bytes()
+    return "".join(line for line in path.read_text().splitlines(keepends=True) if "Compile time" not in line).encode()
+
+
 class RecordCompiles:
     """Every module passed to tvm.compile while active, as TVMScript text."""
 
@@ -59,7 +67,7 @@ def hashes(target: str, model, example, calibration) -> list[str]:
         with tempfile.TemporaryDirectory() as tmp:
             sources = compiled.save(Path(tmp) / "artifact") / "cuda"
             for f in sorted(p for p in sources.rglob("*") if p.is_file()):
-                lines.append(f"{target} {f.relative_to(sources)} {digest(f.read_bytes())}")
+                lines.append(f"{target} {f.relative_to(sources)} {digest(generated_bytes(f))}")
     return lines
 
 

@@ -19,12 +19,12 @@ DEFAULT_BUNDLE = ROOT / ".gpu"
 
 
 def runtime(bundle: Path = DEFAULT_BUNDLE):
-    """qcompile/backends/tvm/cuda_runtime.py over the bundle's runtime-only TVM (once per process)."""
+    """qcompile/backends/tvm/cuda/runtime.py over the bundle's runtime-only TVM (once per process)."""
     if "qcompile_cuda_runtime" in sys.modules:
         return sys.modules["qcompile_cuda_runtime"]
     os.environ["TVM_USE_RUNTIME_LIB"] = "1"
     sys.path.insert(0, str(Path(bundle) / "site"))
-    spec = importlib.util.spec_from_file_location("qcompile_cuda_runtime", ROOT / "qcompile/backends/tvm/cuda_runtime.py")
+    spec = importlib.util.spec_from_file_location("qcompile_cuda_runtime", ROOT / "qcompile/backends/tvm/cuda/runtime.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

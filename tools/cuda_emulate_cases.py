@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qcompile.backends.tvm.cuda_emulator import COPY_MODES, ORDERS  # noqa: E402
+from qcompile.backends.tvm.cuda.emulator.kernels import COPY_MODES, ORDERS
 from tests.backends.gpu_cases import emulated_difference, gpu_cases  # noqa: E402
 
 

@@ -33,7 +33,7 @@ def recorded_calls(cm, example) -> list[tuple[str, list]]:
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from qcompile.backends.tvm.cuda_emulator import emulated_gpu, register_kernels
+    from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu, register_kernels
 
     calls = []
 
@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     import tvm
     from tvm import relax
 
-    from qcompile.backends.tvm import cuda_build
-    from qcompile.backends.tvm.lower import to_relax
-    from qcompile.backends.tvm.x86 import group
+    from qcompile.backends.tvm.cuda import nvcc_build
+    from qcompile.backends.tvm.cuda import pipeline as cuda_pipeline
+    from qcompile.backends.tvm.pipeline import group
     from tests.backends.gpu_cases import compiled, gpu_cases
 
     names = sys.argv[1:] if argv is None else argv
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         return 2
     case = cases[names[0]]
     cm = compiled(case, "cuda", **case.gpu_options)
-    _, grouped = group(to_relax(cm.graph_module, target=cuda_build.target()))
+    _, grouped = group(cuda_pipeline.lower(cm.graph_module, nvcc_build.target()))
     unscheduled = tvm.transform.Sequential([relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()])(grouped)
     worst = 0.0
     for symbol, buffers in recorded_calls(cm, case.example):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from torch import fx
 
-from .base import register_backend
+from .base import Backend, Capability, register_backend
 
 
 @register_backend("reference")
-class ReferenceBackend:
+class ReferenceBackend(Backend):
     name = "reference"
-    supports_dynamic_shapes = True
+    capabilities = frozenset({Capability.DYNAMIC_SHAPES})
 
     def build(self, gm: fx.GraphModule):
         return gm
+

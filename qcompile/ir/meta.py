@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from ..quant.qspec import QParams, QSpec
+from .qspec import QParams, QSpec
 
 _QSPEC = "qc_qspec"  # QSpec: this node's output is to be quantized (own observer)
 _SHARE = "qc_share"  # str: this node's output reuses the qparams of the named node (pass-through ops)

@@ -14,7 +14,6 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..errors import UsageError
-from .config import FLOAT
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from .qspec import OBSERVERS, WEIGHT_OBSERVERS, QSpec
+from ..ir.qspec import OBSERVERS, WEIGHT_OBSERVERS, QSpec
 
 # static: activations calibrated ahead of time; dynamic: Linear inputs quantized per batch at run time;
 # float: weight-only (only Linear weights are quantized).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UsageError
-from .qspec import QParams, QSpec
+from ..ir.qspec import QParams, QSpec
 
 _EPS = torch.finfo(torch.float32).eps
 DYNAMIC_SPEC = QSpec(dtype="uint8", symmetric=False)  # activations quantized at run time (dynamic_qparams)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .math import dequantize_groups, dequantize_tensor, qparams_from_range, quantize_groups, quantize_tensor, weight_groups
-from .qspec import QParams, QSpec
+from ..ir.qspec import QParams, QSpec
 
 _SAMPLES_PER_BATCH = 1 << 16
 _MAX_SAMPLES = 1 << 21

@@ -14,7 +14,7 @@ from torch import fx
 from ..ir import meta, shapes
 from ..ir.rewrite import Rewriter, constant
 from . import ops  # noqa: F401  (registers torch.ops.qcompile)
-from .qspec import DTYPES, QParams, QSpec
+from ..ir.qspec import DTYPES, QParams, QSpec
 
 qc = torch.ops.qcompile
 

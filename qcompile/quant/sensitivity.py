@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..ir.rewrite import constant
 from .config import FLOAT, QuantConfig
 from .observers import fake_quantize, weight_qparams
-from .lower import LOWERINGS
+from .integer_lowering import LOWERINGS
 from .rules import SHARE, rule_for
 
 

@@ -8,9 +8,9 @@ from tests.models import TinyResNet
 @pytest.fixture(scope="session")
 def cross_toolchain():
     """aarch64-linux-gnu-g++ / objdump, installed by the emulator's set-up (as `make arm-emulator` does)."""
-    from qcompile.backends.tvm import arm_emulator
+    from qcompile.backends.tvm.arm import emulator
 
-    arm_emulator.setup()
+    emulator.setup()
 
 
 @pytest.fixture(scope="module")

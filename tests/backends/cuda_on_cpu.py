@@ -6,13 +6,15 @@ import tvm
 from torch import fx
 
 import qcompile
-from qcompile.backends.tvm import cuda_build
-from qcompile.backends.tvm.lower import to_relax
-from qcompile.backends.tvm.x86 import TVMRunner, host_target, optimize
+from qcompile.backends.tvm.cuda import nvcc_build
+from qcompile.backends.tvm.cuda import pipeline as cuda_pipeline
+from qcompile.backends.tvm.x86.backend import TVMRunner
+from qcompile.backends.tvm.cpu.isa import host_target
+from qcompile.backends.tvm.cpu.pipeline import optimize
 
 
 def cuda_lowering(gm: fx.GraphModule) -> tvm.IRModule:
-    return to_relax(gm, target=cuda_build.target(cuda_build.DEFAULT_ARCH))
+    return cuda_pipeline.lower(gm, nvcc_build.target(nvcc_build.DEFAULT_ARCH))
 
 
 def built_for_cpu(mod: tvm.IRModule) -> TVMRunner:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import qcompile
-from qcompile.backends.tvm.cuda_emulator import emulated_gpu
+from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu
 from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
 
 # The GEMVs run on tensor cores by default (gemv="auto"); these are also built with the CUDA-core GEMV

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.backends.tvm.arm_instructions import functions as _functions  # objdump, per function
+from qcompile.backends.tvm.arm.instruction_counts import functions as _functions
 from qcompile.errors import UsageError
 from tests.models import DepthwiseBlocks
 
@@ -27,9 +27,9 @@ def test_dot_product_target_runs_every_gemm_on_sdot_and_a55_never(resnet, tmp_pa
 
 
 def test_calling_without_a_device_says_how_to_get_one(resnet, monkeypatch, tmp_path):
-    from qcompile.backends.tvm import arm_emulator
+    from qcompile.backends.tvm.arm import emulator
 
-    monkeypatch.setattr(arm_emulator, "running_server", lambda: None)
+    monkeypatch.setattr(emulator, "running_server", lambda: None)
     model, ex, cal = resnet
     cm = qcompile.compile(model, ex, target="arm", calibration=cal, progress=False)
     with pytest.raises(UsageError, match="make arm-emulator.*remote='host:port'"):
@@ -84,13 +84,15 @@ def test_depthwise_sdot_kernels_are_bit_exact_on_the_device(depthwise_blocks, ar
 
 
 def test_depthwise_sdot_kernel_is_planned_only_for_dot_product_arm_targets(depthwise_blocks):
-    from qcompile.backends.tvm import arm, depthwise_lowering, x86
+    from qcompile.backends.tvm.arm.backend import VARIANTS
+    from qcompile.backends.tvm.cpu import depthwise_lowering
+    from qcompile.backends.tvm.cpu.isa import host_target
 
     model, ex, cal = depthwise_blocks
     gm = qcompile.compile(model, ex, target="reference", calibration=cal, progress=False).graph_module
     planned = lambda target: len(depthwise_lowering.plan(gm, target))
-    assert planned(arm.VARIANTS["arm"]) == planned(arm.VARIANTS["arm-i8mm"]) == 4
-    assert planned(arm.VARIANTS["arm-a55"]) == planned(x86.host_target()) == planned(None) == 0
+    assert planned(VARIANTS["arm"]) == planned(VARIANTS["arm-i8mm"]) == 4
+    assert planned(VARIANTS["arm-a55"]) == planned(host_target()) == planned(None) == 0
 
 
 

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from qcompile.backends.tvm import arm_emulator as E
+from qcompile.backends.tvm.arm import emulator as E
 
 
 @pytest.mark.parametrize("m,n,k", [(4, 16, 32), (3, 7, 19), (1, 1, 1)])

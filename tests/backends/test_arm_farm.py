@@ -9,7 +9,7 @@ import torch
 from tvm import rpc
 
 import qcompile
-from qcompile.backends.tvm import arm_emulator as E
+from qcompile.backends.tvm.arm import emulator as E
 from qcompile.errors import UsageError
 from tests.models import TinyResNet
 

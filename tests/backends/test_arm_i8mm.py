@@ -7,8 +7,11 @@ import tvm
 from tvm.support import cc
 
 import qcompile
-from qcompile.backends.tvm import x86_gemm as G
-from qcompile.backends.tvm.arm import CROSS_COMPILER, VARIANTS
+from qcompile.backends.tvm.cpu import gemm_kernel as G
+from qcompile.backends.tvm.arm.backend import CROSS_COMPILER, VARIANTS
+from qcompile.backends.tvm.cpu.isa import NEON_DOTPROD, NEON_I8MM, isa_for
+from qcompile.backends.tvm.cpu.tiling import Tiling, ranked_tilings
+from qcompile.backends.tvm.cpu.tiling import choose_tiling
 from tests.backends.test_arm import _functions
 
 
@@ -20,15 +23,15 @@ def _gemms(functions):
 
 
 def test_variants_pick_their_gemm_isa():
-    assert G.isa_for(VARIANTS["arm-i8mm"]) is G.NEON_I8MM
-    assert G.isa_for(VARIANTS["arm"]) is G.NEON_DOTPROD
-    assert G.isa_for(VARIANTS["arm-a55"]) is None
+    assert isa_for(VARIANTS["arm-i8mm"]) is NEON_I8MM
+    assert isa_for(VARIANTS["arm"]) is NEON_DOTPROD
+    assert isa_for(VARIANTS["arm-a55"]) is None
 
 
 def test_i8mm_weight_packing_is_smmla_operand_order():
     """A 4-word vector of the packed panel is smmla's 8x2 operand: column 2c's 8 k-values, then column 2c+1's."""
     w = np.arange(-60, 60, dtype=np.int8).reshape(6, 20)  # N=6 (not a multiple of nr), K=20 (not of 8)
-    packed = G.pack_weight(w, G.NEON_I8MM, 4)
+    packed = G.pack_weight(w, NEON_I8MM, 4)
     assert packed.shape == (2, 3, 8)
     as_bytes = packed.view(np.int8).reshape(2, 3, 4, 8)  # [panel, k-group, column, k]
     padded = np.zeros((8, 24), np.int8)
@@ -41,11 +44,11 @@ def test_i8mm_weight_packing_is_smmla_operand_order():
 
 def test_i8mm_tiles_have_row_pairs():
     for m, n, k in [(1, 10, 32), (49, 24, 144), (3136, 16, 147), (7, 13, 21)]:
-        t = G.NEON_I8MM.default_tiling(m, n, k, 2)
+        t = choose_tiling(NEON_I8MM, m, n, k, 2)
         assert t.mr % 2 == 0 and t.nr % 4 == 0
-        assert all(r.mr % 2 == 0 for r in G.ranked_tilings(G.NEON_I8MM, m, n, k, 6, 2))
+        assert all(r.mr % 2 == 0 for r in ranked_tilings(NEON_I8MM, m, n, k, 6, 2))
     with pytest.raises(ValueError, match="multiple of the 2 rows"):
-        G.gemm_prim_func(8, 8, None, G.NEON_I8MM, G.Tiling(3, 4))
+        G.gemm_prim_func(8, 8, None, NEON_I8MM, Tiling(3, 4))
 
 
 def test_i8mm_target_runs_every_gemm_on_smmla_and_arm_never(resnet, tmp_path):
@@ -102,8 +105,8 @@ def test_i8mm_odd_shapes_are_bit_exact_on_the_device(arm_device, tmp_path):
 
 @pytest.mark.parametrize("m,n,k,tiling", [
     (1, 13, 21, None),  # one row (the row pair's second row is padding), ragged N and K
-    (7, 6, 8, G.Tiling(2, 4)),  # ragged N in a 4-wide tile, odd M over 2-row blocks
-    (33, 100, 27, G.Tiling(6, 12, 2)),  # several panels per job, ragged last row block
+    (7, 6, 8, Tiling(2, 4)),  # ragged N in a 4-wide tile, odd M over 2-row blocks
+    (33, 100, 27, Tiling(6, 12, 2)),  # several panels per job, ragged last row block
     (17, 40, 72, None),  # the cost model's tile
 ])
 @pytest.mark.parametrize("requant", [G.Requant(35, 7), G.Requant(20, -3, -128, 127, "int8"), None],
@@ -112,14 +115,14 @@ def test_i8mm_gemm_kernel_is_bit_exact_on_the_device(arm_device, tmp_path, m, n,
     """The kernel alone against reference_gemm, with full-range data and the extreme product in row 0."""
     from tvm import rpc
 
-    isa = G.NEON_I8MM
+    isa = NEON_I8MM
     rng = np.random.default_rng(m * n * k)
     w = rng.integers(-128, 128, (n, k), dtype=np.int8)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
     a[0], w[0] = 255, -128
     bias = rng.integers(-5000, 5000, n).astype(np.int32)
     mult = rng.integers(1 << 20, 1 << 26, n).astype(np.int32) if requant else np.zeros(n, np.int32)
-    tiling = tiling or isa.default_tiling(m, n, k)
+    tiling = tiling or choose_tiling(isa, m, n, k)
     func = G.gemm_prim_func(n, k, requant, isa, tiling)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(VARIANTS["arm-i8mm"]))
     path = tmp_path / "gemm.so"
@@ -143,7 +146,7 @@ def test_i8mm_gemm_kernel_is_bit_exact_on_the_device(arm_device, tmp_path, m, n,
 def test_i8mm_linear_executes_one_smmla_per_2x2x8_block_and_fewer_instructions_than_sdot(tmp_path):
     """Dynamic counts on the emulated device (arm_instructions.py): the smmla count is what the tile fixes
     (padded rows and columns included), and the whole call executes fewer instructions than with sdot."""
-    from qcompile.backends.tvm.arm_instructions import count_instructions
+    from qcompile.backends.tvm.arm.instruction_counts import count_instructions
 
     torch.manual_seed(0)
     m, k, n = 9, 256, 60  # M odd, N not a multiple of 8
@@ -153,7 +156,7 @@ def test_i8mm_linear_executes_one_smmla_per_2x2x8_block_and_fewer_instructions_t
     for target in ("arm-i8mm", "arm"):
         cm = qcompile.compile(model, (x,), target=target, calibration=[x], progress=False)
         counts[target] = count_instructions(cm.save(tmp_path / target), [x])
-    tile = G.NEON_I8MM.default_tiling(m, n, k)  # what gemm_lowering.default_tiling picks
+    tile = choose_tiling(NEON_I8MM, m, n, k)  # what gemm_lowering.default_tiling picks
     rows, cols = -(-m // tile.mr) * tile.mr, -(-n // tile.nr) * tile.nr
     assert counts["arm-i8mm"].count("smmla") == rows // 2 * cols // 2 * k // 8
     assert counts["arm-i8mm"].count("sdot") == 0 and counts["arm"].count("smmla") == 0

@@ -9,8 +9,8 @@ from tvm.script import tirx as T
 from tvm.support import cc
 
 import qcompile
-from qcompile.backends.tvm import arm_emulator
-from qcompile.backends.tvm.arm_instructions import count_instructions
+from qcompile.backends.tvm.arm import emulator as arm_emulator
+from qcompile.backends.tvm.arm.instruction_counts import count_instructions
 
 
 @pytest.fixture(scope="module", autouse=True)

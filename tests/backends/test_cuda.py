@@ -12,15 +12,15 @@ import torch
 
 import qcompile
 from qcompile.ir import meta
-from qcompile.backends.tvm import cuda_build, cuda_runtime
+from qcompile.backends.tvm.cuda import nvcc_build, runtime
 
-needs_no_gpu = pytest.mark.skipif(cuda_build.gpu_present(), reason="checks the behaviour of a machine without a GPU")
-RUNTIME_FILE = Path(cuda_runtime.__file__)
+needs_no_gpu = pytest.mark.skipif(nvcc_build.gpu_present(), reason="checks the behaviour of a machine without a GPU")
+RUNTIME_FILE = Path(runtime.__file__)
 
 
-def _saved_kernels(cm, directory: Path) -> cuda_build.KernelBuild:
+def _saved_kernels(cm, directory: Path) -> nvcc_build.KernelBuild:
     cm.save(directory)
-    return cuda_build.KernelBuild(directory / "cuda")
+    return nvcc_build.KernelBuild(directory / "cuda")
 
 
 def test_mobilenet_v2_builds_into_a_library_that_carries_its_cubin(mobilenet, tmp_path):
@@ -101,6 +101,6 @@ def test_bad_architecture_and_missing_nvcc_are_clear_errors(resnet, monkeypatch)
     model, (x,), calibration = resnet
     with pytest.raises(qcompile.UsageError, match="arch must name a CUDA architecture"):
         qcompile.compile(model, (x,), target="cuda", arch="hopper", calibration=calibration, progress=False)
-    monkeypatch.setattr(cuda_build.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(nvcc_build.shutil, "which", lambda *a, **k: None)
     with pytest.raises(qcompile.UsageError, match="compiles its kernels with nvcc when it builds"):
         qcompile.compile(model, (x,), target="cuda", calibration=calibration, progress=False)

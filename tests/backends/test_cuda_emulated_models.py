@@ -5,7 +5,7 @@ per kernel family (about 35 s); `python tools/cuda_emulate_cases.py` runs all of
 import pytest
 
 import qcompile
-from qcompile.backends.tvm.cuda_emulator import emulated_gpu
+from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu
 from tests.backends.gpu_cases import compiled, emulated_difference, gpu_cases, outputs
 
 CASES = {case.name: case for case in gpu_cases()}

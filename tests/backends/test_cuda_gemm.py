@@ -173,9 +173,9 @@ def test_the_cuda_lowering_is_bit_exact_on_the_cpu(case):
 
 # ------------------------------------------------------------------ on a GPU
 def _gpu_present() -> bool:
-    from qcompile.backends.tvm import cuda_build
+    from qcompile.backends.tvm.cuda import nvcc_build
 
-    return cuda_build.gpu_present()
+    return nvcc_build.gpu_present()
 
 
 @pytest.mark.gpu
@@ -235,9 +235,9 @@ def test_operand_fragments_are_what_ldmatrix_loads_and_mma_reads(operand, ptx):
     """The layouts the intrinsics declare (and tensorize checks the schedule against) are the ones the
     hardware uses: ldmatrix with the intrinsic's row addresses loads each element where the declared
     layout puts it, and that is where mma.m16n8k32 reads it. Checked for a padded shared row (80 bytes)."""
-    from qcompile.backends.tvm import cuda_mma
+    from qcompile.backends.tvm.cuda import mma_intrin
 
-    layout, row_address = cuda_mma.OPERANDS[operand]
+    layout, row_address = mma_intrin.OPERANDS[operand]
     loaded = _ldmatrix_x4(row_address, stride=80)
     for row in range(16):
         for k in range(32):
@@ -247,11 +247,11 @@ def test_operand_fragments_are_what_ldmatrix_loads_and_mma_reads(operand, ptx):
 
 
 def test_accumulator_fragment_is_the_mma_one():
-    from qcompile.backends.tvm import cuda_mma
+    from qcompile.backends.tvm.cuda import mma_intrin
 
     for row in range(16):
         for col in range(16):
-            lane, value = (int(v) for v in cuda_mma.fragment_of_accumulator(row, col))
+            lane, value = (int(v) for v in mma_intrin.fragment_of_accumulator(row, col))
             assert _ptx_accumulator(lane, value) == (row, col)
 
 
@@ -279,6 +279,6 @@ def test_sequence_linears_run_on_tensor_cores(free_batch):
 def test_large_gemms_on_sm_90_take_deep_k_steps(arch, m, n, k, bk):
     from tvm import tirx
 
-    from qcompile.backends.tvm.cuda_gemm import choose_tile
+    from qcompile.backends.tvm.cuda.gemm_rule import choose_tile
 
     assert choose_tile(*(tirx.IntImm("int64", d) for d in (m, n, k)), arch).bk == bk

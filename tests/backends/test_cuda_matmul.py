@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.backends.tvm import cuda_matmul
-from qcompile.backends.tvm.cuda import CudaBackend
+from qcompile.backends.tvm.cuda import matmul_lowering
+from qcompile.backends.tvm.cuda.backend import CudaBackend
 from tests.backends.cuda_on_cpu import assert_matches_reference, built_for_cpu, cuda_lowering
 from tests.backends.test_matmul_kernel import CASES, I8, U8, _matmul_graph, _random
 from tests.models import Attention
@@ -36,7 +36,7 @@ def _cpu_build_of_cuda_lowering(gm):
 
 def _taken(case) -> bool:
     shape_a, shape_b = case[:2]
-    return shape_a[-1] >= cuda_matmul.MIN_SIZE and shape_b[-1] >= cuda_matmul.MIN_SIZE
+    return shape_a[-1] >= matmul_lowering.MIN_SIZE and shape_b[-1] >= matmul_lowering.MIN_SIZE
 
 
 @pytest.mark.parametrize("case", CASES + TENSOR_CORE_CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2]}-{c[3]}-{c[4]}-{c[5]}")

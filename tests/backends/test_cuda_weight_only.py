@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 import qcompile
-from qcompile.backends.tvm import cuda_build
-from qcompile.backends.tvm.cuda_gemv import MAX_ROWS
-from qcompile.backends.tvm.cuda_weight_codes import CODES, SUBNORMAL, WORDS_PER_LOAD
+from qcompile.backends.tvm.cuda import nvcc_build
+from qcompile.backends.tvm.cuda.gemv_kernel import MAX_ROWS
+from qcompile.backends.tvm.cuda.weight_codes import CODES, SUBNORMAL, WORDS_PER_LOAD
 from qcompile.ir.rewrite import constant
 from tests.backends.cuda_on_cpu import assert_matches_reference
 
@@ -126,7 +126,7 @@ def test_unpack_inverts_pack(bits):
 
 
 def test_split_k_must_divide_the_warps():
-    from qcompile.backends.tvm.cuda_gemv import GemvConfig, gemv_prim_func
+    from qcompile.backends.tvm.cuda.gemv_kernel import GemvConfig, gemv_prim_func
 
     with pytest.raises(ValueError, match=r"split_k \(3\) must divide the warps per block \(4\)"):
         gemv_prim_func(64, 1024, 128, CODES[4], GemvConfig(warps=4, split_k=3))
@@ -184,12 +184,12 @@ def test_each_activation_row_of_a_block_is_loaded(m_block, tmp_path):
     variable once made the codegen reuse the first row's load for all rows: wrong results for M > 1)."""
     import tvm
 
-    from qcompile.backends.tvm import cuda
-    from qcompile.backends.tvm.cuda_gemv import GemvConfig, gemv_prim_func
+    from qcompile.backends.tvm.cuda import backend
+    from qcompile.backends.tvm.cuda.gemv_kernel import GemvConfig, gemv_prim_func
 
     codes = CODES[4]
     func = gemv_prim_func(64, 32 * codes.chunk, 128, codes, GemvConfig(rows=1, warps=2, m_block=m_block, unroll=1))
-    _, kernels = cuda.compile_module(tvm.IRModule({"main": func}), cuda_build.target(), tmp_path)
+    _, kernels = backend.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), tmp_path)
     loads = set(re.findall(r"\*\(uint4\*\)\(X_ptr \+ ([^;]*)\);", kernels.source))
     assert len(loads) == m_block * codes.chunk // 8  # 8 float16 per 128-bit load
 
@@ -232,7 +232,7 @@ def test_prefill_lowering_is_within_the_bound_on_the_cpu(case):
 
 
 # ---------------------------------------------------------------- with a GPU
-needs_gpu = pytest.mark.skipif(not cuda_build.gpu_present(), reason="no NVIDIA GPU here (cuda_build.gpu_present() is False)")
+needs_gpu = pytest.mark.skipif(not nvcc_build.gpu_present(), reason="no NVIDIA GPU here (cuda_build.gpu_present() is False)")
 
 
 @pytest.mark.gpu
@@ -240,9 +240,9 @@ needs_gpu = pytest.mark.skipif(not cuda_build.gpu_present(), reason="no NVIDIA G
 @pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
 def test_gpu_matches_reference(case):
     name, model, inputs, calibration, kwargs, tolerance = case
-    cuda = qcompile.compile(model, inputs, target="cuda", calibration=calibration, progress=False, **kwargs)
+    backend = qcompile.compile(model, inputs, target="cuda", calibration=calibration, progress=False, **kwargs)
     ref = qcompile.compile(model, inputs, target="reference", calibration=calibration, progress=False, **kwargs)
-    got, want = cuda(*inputs), ref(*inputs)  # cuda's outputs stay on the GPU
+    got, want = backend(*inputs), ref(*inputs)  # cuda's outputs stay on the GPU
     assert (got.cpu() - want).abs().max().item() <= tolerance, name
 
 
@@ -252,12 +252,12 @@ def test_gpu_matches_reference(case):
 def test_gpu_matches_float16_torch(bits):
     """The same dequantized weights in float16 through torch: cuBLAS also rounds x and w to float16."""
     lin, x = _linear(4096, 4096, 5), torch.randn(3, 4096)
-    cuda = qcompile.compile(lin, (x,), target="cuda", bits=bits, progress=False)
-    gm = cuda.graph_module
+    backend = qcompile.compile(lin, (x,), target="cuda", bits=bits, progress=False)
+    gm = backend.graph_module
     node = next(n for n in gm.graph.nodes if n.target == torch.ops.qcompile.linear_weight_only.default)
     _, w, scale, bias, group = node.args
     dequantized = constant(gm, w).float() * constant(gm, scale).repeat_interleave(group, dim=1)
     want = nn.functional.linear(x.half().cuda(), dequantized.half().cuda(), constant(gm, bias).half().cuda())
     # both round x and the weights (here w * scale, there the scale alone) to float16
     tolerance = 4 * FP16_ROUNDOFF * float((x.abs() @ dequantized.abs().T).max())
-    assert (cuda(x).cpu() - want.float().cpu()).abs().max().item() <= tolerance
+    assert (backend(x).cpu() - want.float().cpu()).abs().max().item() <= tolerance

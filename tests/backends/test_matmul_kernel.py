@@ -8,10 +8,11 @@ import torch
 from torch import fx
 
 import qcompile
-from qcompile.backends.tvm import matmul_kernel
-from qcompile.backends.tvm.lower import to_relax
-from qcompile.backends.tvm.x86 import X86Backend, host_target
-from qcompile.backends.tvm.x86_gemm import AVX512_VNNI, NEON_DOTPROD
+from qcompile.backends.tvm.cpu import matmul_kernel
+from qcompile.backends.tvm.x86.backend import X86Backend
+from qcompile.backends.tvm.cpu.isa import host_target
+from qcompile.backends.tvm.cpu.isa import AVX512_VNNI, NEON_DOTPROD
+from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
 from tests.models import Attention
 
 qc = torch.ops.qcompile
@@ -57,7 +58,7 @@ CASES = [  # shape a, shape b, dtypes, zero points, requantize
 def test_x86_matmul_int_bit_exact_on_odd_shapes(case):
     shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
     gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
-    funcs = [gv.name_hint for gv in to_relax(gm, target=host_target()).functions]
+    funcs = [gv.name_hint for gv in cpu_pipeline.lower(gm, host_target()).functions]
     if matmul_kernel.supported_isa(host_target()) is not None:  # AVX512-VNNI hosts: the kernel, not the TE reduction
         assert any(f.startswith("matmul_") for f in funcs) and any(f.startswith("pack_b_") for f in funcs), funcs
     runner = X86Backend().build(gm)
@@ -110,12 +111,12 @@ def test_arm_matmul_kernels_use_sdot_and_a55_never(attention, cross_toolchain, t
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-{c[2]}-{c[3]}" for c in CASES])
 def test_arm_matmul_int_bit_exact_on_odd_shapes(case, arm_device, cross_toolchain):
-    from qcompile.backends.tvm.arm import ArmBackend
+    from qcompile.backends.tvm.arm.backend import ArmBackend
 
     shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
     gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
     backend = ArmBackend(remote="%s:%d" % arm_device)
-    funcs = [gv.name_hint for gv in to_relax(gm, target=backend.target).functions]
+    funcs = [gv.name_hint for gv in cpu_pipeline.lower(gm, backend.target).functions]
     assert any(f.startswith("matmul_") for f in funcs) and any(f.startswith("pack_b_") for f in funcs), funcs
     runner = backend.build(gm)
     gen = torch.Generator().manual_seed(1)
@@ -173,7 +174,7 @@ def test_dynamic_batch_and_length_one_kernel_bit_exact(attention, target, reques
     cm = qcompile.compile(model, ex, target=target, **kwargs)
     built_for = host_target() if target == "x86" else {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
     if matmul_kernel.supported_isa(built_for) is not None:
-        funcs = [gv.name_hint for gv in to_relax(cm.graph_module, target=built_for).functions]
+        funcs = [gv.name_hint for gv in cpu_pipeline.lower(cm.graph_module, built_for).functions]
         assert sum(f.startswith("matmul_") for f in funcs) == 2, funcs
     for i, (b, s) in enumerate([(1, 2), (2, 7), (3, 16), (4, 33), (1, 40)]):
         x = torch.randn(b, s, 32, generator=torch.Generator().manual_seed(i))

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import qcompile
-from qcompile.backends.tvm.lower import to_relax
-from qcompile.backends.tvm.x86 import host_target
+from qcompile.backends.tvm.cpu.isa import host_target
+from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
 from tests.models import ConvBnRelu, OpZoo, TinyResNet
 
 
@@ -71,7 +71,7 @@ def test_channels_last_values_reach_every_consumer_exactly():
     got, want = x86(probe), ref(probe)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
-    kernels = {gv.name_hint for gv in to_relax(x86.graph_module, target=host_target()).get_global_vars()}
+    kernels = {gv.name_hint for gv in cpu_pipeline.lower(x86.graph_module, host_target()).get_global_vars()}
     assert any(k.startswith("im2col") for k in kernels) and any(k.startswith("gemm_") for k in kernels)
 
 
@@ -130,7 +130,7 @@ def _symbolic_dims(cm) -> list[str]:
     """Names of the symbolic dims in the Relax main's parameters that `cm`'s integer graph lowers to."""
     from tvm import tirx
 
-    from qcompile.backends.tvm.lower import to_relax
+    from qcompile.backends.tvm.relax_lowering import to_relax
 
     params = to_relax(cm.graph_module)["main"].params
     return [d.name for p in params for d in p.ty.shape.values if isinstance(d, tirx.Var)]
@@ -138,7 +138,7 @@ def _symbolic_dims(cm) -> list[str]:
 
 def _build_static(cm, *inputs):
     """cm's integer graph built by the x86 backend for the inputs' exact shapes."""
-    from qcompile.backends.tvm.x86 import X86Backend
+    from qcompile.backends.tvm.x86.backend import X86Backend
     from qcompile.ir import meta
 
     gm = copy.deepcopy(cm.graph_module)

@@ -1,12 +1,15 @@
-"""The hand-written x86 GEMM kernel (qcompile/backends/tvm/x86_gemm.py): bit-exact against the int64
+"""The hand-written x86 GEMM kernel (qcompile/backends/tvm/cpu/gemm_kernel.py): bit-exact against the int64
 reference for every ISA this CPU can run, on odd shapes and the tiles the cost model picks."""
 import pytest
 import torch
 
-from qcompile.backends.tvm import x86_gemm as G
+from qcompile.backends.tvm.cpu import gemm_kernel as G
+from qcompile.backends.tvm.cpu.isa import AVX2, AVX512_VNNI, AVX512_VNNI_EMULATED, host_supports
+from qcompile.backends.tvm.cpu.tiling import Tiling, ranked_tilings
+from qcompile.backends.tvm.cpu.tiling import choose_tiling
 
 # The AVX512-VNNI kernel with vpdpbusd spelled out runs on any AVX2 host; the real one where the CPU has it.
-RUNNABLE = [G.AVX2, G.AVX512_VNNI_EMULATED] + ([G.AVX512_VNNI] if G.host_supports(G.AVX512_VNNI) else [])
+RUNNABLE = [AVX2, AVX512_VNNI_EMULATED] + ([AVX512_VNNI] if host_supports(AVX512_VNNI) else [])
 REQUANTS = [None, G.Requant(shift=38, out_zp=128), G.Requant(shift=31, out_zp=3, qmin=2, qmax=250),
             G.Requant(shift=62, out_zp=-5, qmin=-128, qmax=127, out_dtype="int8")]
 # M, N, K of MobileNetV2 GEMMs with small N / K / M: N=16 and 24 (narrow tiles), K=16, the classifier.
@@ -36,7 +39,7 @@ def test_odd_shapes_and_tiles_bit_exact(isa, requant):
     # Ragged N and K, M not a multiple of mr, and tiles of every width the cost model may pick.
     for (m, n, k), nv in [((13, 17, 31), 1), ((7, 33, 65), 2), ((29, 50, 9), 3)]:
         a, w, bias, mult = problem(m, n, k, seed=m + n + k)
-        tiling = G.Tiling(mr=4, nr=nv * isa.lanes, panels=2)
+        tiling = Tiling(mr=4, nr=nv * isa.lanes, panels=2)
         kernel = G.build_gemm(m, w, bias, None if requant is None else mult, requant, isa=isa, tiling=tiling)
         assert_exact(kernel, a, w, bias, mult, requant, rows=[1, 5, m])
 
@@ -50,16 +53,16 @@ def test_mobilenet_shapes_with_chosen_tiles_bit_exact(isa):
         assert_exact(kernel, a, w, bias, mult, requant, rows=[m])
 
 
-@pytest.mark.parametrize("isa", [G.AVX2, G.AVX512_VNNI], ids=lambda i: i.name)
+@pytest.mark.parametrize("isa", [AVX2, AVX512_VNNI], ids=lambda i: i.name)
 def test_chosen_tiles_fit_the_shape(isa):
     for m, n, k in MOBILENET:
-        tiling = isa.default_tiling(m, n, k, threads=2)
+        tiling = choose_tiling(isa, m, n, k, threads=2)
         G.gemm_prim_func(n, k, None, isa, tiling)  # legal: registers, stack-sized accumulators
         assert tiling.mr <= m
     # A narrow N gets a tile no wider than N instead of computing padding columns.
-    assert isa.default_tiling(12544, 16, 32, threads=2).nr == 16
+    assert choose_tiling(isa, 12544, 16, 32, threads=2).nr == 16
     # A single row (the classifier) is parallelised over N: every thread gets several panels.
-    gemv = isa.default_tiling(1, 1000, 1280, threads=2)
+    gemv = choose_tiling(isa, 1, 1000, 1280, threads=2)
     assert gemv.mr == 1 and -(-1000 // gemv.nr) // gemv.panels >= 4 * 2
 
 
@@ -67,28 +70,28 @@ def test_vnni_kernel_compiles_to_vpdpbusd():
     a, w, bias, mult = problem(8, 40, 24)
     target = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}
     kernel = G.build_gemm(8, w, bias, mult, REQUANTS[1], target=target)
-    assert kernel.isa is G.AVX512_VNNI and "vpdpbusd" in kernel.assembly()
+    assert kernel.isa is AVX512_VNNI and "vpdpbusd" in kernel.assembly()
 
 
 @pytest.mark.parametrize("tiling, message", [
-    (G.Tiling(mr=6, nr=12), "multiple of 8 lanes"),
-    (G.Tiling(mr=8, nr=16), "more than 16 vector registers"),
+    (Tiling(mr=6, nr=12), "multiple of 8 lanes"),
+    (Tiling(mr=8, nr=16), "more than 16 vector registers"),
 ])
 def test_bad_avx2_tiles_are_refused(tiling, message):
     with pytest.raises(ValueError, match=message):
-        G.gemm_prim_func(32, 32, None, G.AVX2, tiling)
+        G.gemm_prim_func(32, 32, None, AVX2, tiling)
 
 
 def test_vnni_tile_over_the_stack_limit_is_refused():
     with pytest.raises(ValueError, match="1024 bytes of accumulators"):
-        G.gemm_prim_func(32, 32, None, G.AVX512_VNNI, G.Tiling(mr=8, nr=48))
+        G.gemm_prim_func(32, 32, None, AVX512_VNNI, Tiling(mr=8, nr=48))
 
 
 @pytest.mark.parametrize("isa", RUNNABLE, ids=lambda i: i.name)
 def test_tiles_tuning_measures_are_legal_and_bit_exact(isa):
     m, n, k = 29, 50, 9
-    tilings = G.ranked_tilings(isa, m, n, k, count=6, threads=2)
-    assert tilings[0] == isa.default_tiling(m, n, k, threads=2)  # the cost model's pick is always measured
+    tilings = ranked_tilings(isa, m, n, k, count=6, threads=2)
+    assert tilings[0] == choose_tiling(isa, m, n, k, threads=2)  # the cost model's pick is always measured
     assert len({(t.mr, t.nr) for t in tilings}) == 6 and len({t.nr for t in tilings}) > 1
     a, w, bias, mult = problem(m, n, k)
     for tiling in tilings:
@@ -110,5 +113,5 @@ def test_kernel_macros_find_their_parser_without_frame_infos(monkeypatch):
         return frames(*args, **kwargs)
 
     monkeypatch.setattr(inspect, "getouterframes", counted)
-    G.gemm_prim_func(32, 32, None, G.AVX2, G.Tiling(4, 8))  # AVX2 widens A to int16 in a macro
+    G.gemm_prim_func(32, 32, None, AVX2, Tiling(4, 8))  # AVX2 widens A to int16 in a macro
     assert len(calls) == 1

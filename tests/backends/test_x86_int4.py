@@ -6,11 +6,13 @@ import torch
 from torch import nn
 
 import qcompile
-from qcompile.backends.tvm import x86_gemm as G
-from qcompile.backends.tvm.lower import to_relax
+from qcompile.backends.tvm.cpu import gemm_kernel as G
 from qcompile.ir import meta
+from qcompile.backends.tvm.cpu.isa import AVX2, AVX512_VNNI, AVX512_VNNI_EMULATED, host_supports
+from qcompile.backends.tvm.cpu.tiling import Tiling
+from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
 
-VNNI = [G.AVX512_VNNI_EMULATED] + ([G.AVX512_VNNI] if G.host_supports(G.AVX512_VNNI) else [])
+VNNI = [AVX512_VNNI_EMULATED] + ([AVX512_VNNI] if host_supports(AVX512_VNNI) else [])
 REQUANTS = [None, G.Requant(shift=38, out_zp=128), G.Requant(shift=31, out_zp=-5, qmin=-128, qmax=127, out_dtype="int8")]
 CASCADELAKE = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2}
 
@@ -27,21 +29,21 @@ def int4_problem(m, n, k, seed=0):
 
 def test_int4_words_hold_two_k_groups_low_nibble_first():
     w = np.arange(-8, 8, dtype=np.int8).reshape(2, 8)  # N=2, K=8: one word per column
-    words = G.pack_weight_int4(w, G.AVX512_VNNI, 16)
+    words = G.pack_weight_int4(w, AVX512_VNNI, 16)
     assert words.shape == (1, 1, 16)
     column0 = words[0, 0, 0:1].view(np.uint8)  # bytes i: low nibble k=i, high nibble k=4+i
     assert [(b & 0xF, b >> 4) for b in column0] == [(8, 12), (9, 13), (10, 14), (11, 15)]
     assert not words[0, 0, 2:].any()  # padding columns
     with pytest.raises(ValueError, match=r"\[-8, 7\]"):
-        G.pack_weight_int4(np.array([[8]], np.int8), G.AVX512_VNNI, 16)
+        G.pack_weight_int4(np.array([[8]], np.int8), AVX512_VNNI, 16)
 
 
 def test_int4_needs_byte_lanes_and_falls_back_to_int8_words():
-    assert G.weight_format(4, G.AVX512_VNNI) is G.INT4_WEIGHTS
-    assert G.weight_format(4, G.AVX2) is G.INT8_WEIGHTS  # AVX2 reads int16 lanes
-    assert G.weight_format(None, G.AVX512_VNNI) is G.INT8_WEIGHTS
+    assert G.weight_format(4, AVX512_VNNI) is G.INT4_WEIGHTS
+    assert G.weight_format(4, AVX2) is G.INT8_WEIGHTS  # AVX2 reads int16 lanes
+    assert G.weight_format(None, AVX512_VNNI) is G.INT8_WEIGHTS
     with pytest.raises(ValueError, match="int4 weights need 4 values per lane"):
-        G.gemm_prim_func(32, 32, None, G.AVX2, G.Tiling(4, 8), G.INT4_WEIGHTS)
+        G.gemm_prim_func(32, 32, None, AVX2, Tiling(4, 8), G.INT4_WEIGHTS)
 
 
 @pytest.mark.parametrize("isa", VNNI, ids=lambda i: i.name)
@@ -51,7 +53,7 @@ def test_int4_kernel_bit_exact_on_odd_shapes(isa, requant):
     for (m, n, k), nv in [((13, 17, 31), 1), ((7, 33, 65), 2), ((29, 51, 9), 3), ((3, 5, 4), 1)]:
         a, w, bias, mult = int4_problem(m, n, k, seed=m + n + k)
         mul = None if requant is None else mult
-        tiling = G.Tiling(mr=4, nr=nv * isa.lanes, panels=2)
+        tiling = Tiling(mr=4, nr=nv * isa.lanes, panels=2)
         kernel = G.build_gemm(m, w, bias, mul, requant, isa=isa, tiling=tiling, weights=G.INT4_WEIGHTS)
         for rows in (1, 5, m):
             assert torch.equal(kernel(a[:rows]), G.reference_gemm(a[:rows], w, bias, mul, requant)), (m, n, k, rows)
@@ -115,5 +117,5 @@ def test_int4_layers_get_the_int4_kernel_and_int8_layers_keep_theirs():
         weights = [n for n in cm.graph_module.graph.nodes if n.op == "get_attr" and meta.storage_bits(n)]
         assert {meta.storage_bits(n) for n in weights} == {bits}
         seen = []
-        to_relax(cm.graph_module, target=CASCADELAKE, choose_tiling=lambda s: seen.append(s.weights) or G.Tiling(1, 16))
+        cpu_pipeline.lower(cm.graph_module, CASCADELAKE, choose_tiling=lambda s: seen.append(s.weights) or Tiling(1, 16))
         assert seen == [want] * 3  # stem, pointwise, classifier; the depthwise conv is not a GEMM

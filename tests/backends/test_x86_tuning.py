@@ -1,4 +1,4 @@
-"""compile(..., target="x86", tune=True) (qcompile/backends/tvm/tuning.py): records written, then reused
+"""compile(..., target="x86", tune=True) (qcompile/backends/tvm/cpu/tuning.py): records written, then reused
 without measuring; whatever the tuner picks, results stay bit-exact with the reference backend."""
 import json
 import random
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.backends.tvm import tuning
-from qcompile.backends.tvm.schedule_cpu import Knobs
+from qcompile.backends.tvm.cpu import tuning
+from qcompile.backends.tvm.cpu.fused_kernel_rule import Knobs
 from tests.models import ConvBnRelu, TinyResNet
 
 

@@ -24,7 +24,7 @@ from qcompile.quant.math import (
     quantize_tensor,
     rounding_shift,
 )
-from qcompile.quant.qspec import DTYPES, QParams, QSpec
+from qcompile.ir.qspec import DTYPES, QParams, QSpec
 
 qc = torch.ops.qcompile
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

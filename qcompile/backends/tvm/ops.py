@@ -15,7 +15,7 @@ import tvm
 from tvm import te, topi
 from tvm import tirx as tir
 
-from .x86_gemm import high_word_rounding
+from torch import fx
 
 qc = torch.ops.qcompile
 aten = torch.ops.aten
@@ -44,17 +44,17 @@ def tvm_dtype(dtype: torch.dtype) -> str:
     return _DTYPES[dtype]
 
 
-def _dtype(expr) -> str:
+def dtype_of(expr) -> str:
     """The dtype of a TIR expression or TE tensor (TVM 0.27 calls it `ty` on expressions)."""
     return str(expr.dtype if isinstance(expr, te.Tensor) else expr.ty)
 
 
-def _i(x, dtype="int32"):
+def widen(x, dtype="int32"):
     return x.astype(dtype)  # a cast to the same type folds away
 
 
 def _clamp_cast(v, qmin: int, qmax: int, dtype: torch.dtype):
-    lo, hi = tir.const(qmin, _dtype(v)), tir.const(qmax, _dtype(v))
+    lo, hi = tir.const(qmin, dtype_of(v)), tir.const(qmax, dtype_of(v))
     return tir.max(tir.min(v, hi), lo).astype(tvm_dtype(dtype))
 
 
@@ -77,7 +77,7 @@ def _quantize(node, x, scale, zp, qmin, qmax, dtype):
 
 @converter(qc.dequantize_per_tensor.default)
 def _dequantize(node, q, scale, zp):
-    return te.compute(q.shape, lambda *i: (_i(q(*i)) - zp).astype("float32") * tir.const(scale, "float32"), name="dequantize")
+    return te.compute(q.shape, lambda *i: (widen(q(*i)) - zp).astype("float32") * tir.const(scale, "float32"), name="dequantize")
 
 
 @converter(qc.dequantize_per_channel.default)
@@ -85,16 +85,16 @@ def _dequantize_channel(node, q, scales, zps, axis):
     nd = len(q.shape)
     return te.compute(
         q.shape,
-        lambda *i: (_i(q(*i)) - _channel(zps, i, axis, nd)).astype("float32") * _channel(scales, i, axis, nd),
+        lambda *i: (widen(q(*i)) - _channel(zps, i, axis, nd)).astype("float32") * _channel(scales, i, axis, nd),
         name="dequantize",
     )
 
 
 # ------------------------------------------------------------------ accumulators
-def _product16(x, x_zp: int, w):
+def product16(x, x_zp: int, w):
     """(x - x_zp) * w in int16: exact for 8-bit operands (|.| <= 255 * 128 = 32640), and 16-bit lanes
     multiply twice as wide and much faster than 32-bit ones (vpmullw vs vpmulld)."""
-    return (_i(x, "int16") - tir.const(x_zp, "int16")) * _i(w, "int16")
+    return (widen(x, "int16") - tir.const(x_zp, "int16")) * widen(w, "int16")
 
 
 @converter(qc.linear_int.default)
@@ -104,7 +104,7 @@ def _linear(node, x, w, bias, x_zp, zp_folded):
     out_shape = (*x.shape[:-1], w.shape[0])
 
     def body(*i):
-        acc = te.sum((_i(x(*i[:-1], k)) - sub) * _i(w[i[-1], k]), axis=k)
+        acc = te.sum((widen(x(*i[:-1], k)) - sub) * widen(w[i[-1], k]), axis=k)
         return acc
 
     acc = te.compute(out_shape, body, name="linear_int")
@@ -169,7 +169,7 @@ def _linear_dynamic(node, x, w, w_scale, bias):
     )
     k = te.reduce_axis((0, x.shape[-1]), "k")
     out_shape = (*x.shape[:-1], w.shape[0])
-    acc = te.compute(out_shape, lambda *i: te.sum((_i(q(*i[:-1], k)) - zp[0]) * _i(w[i[-1], k]), axis=k), name="linear_dynamic_acc")
+    acc = te.compute(out_shape, lambda *i: te.sum((widen(q(*i[:-1], k)) - zp[0]) * widen(w[i[-1], k]), axis=k), name="linear_dynamic_acc")
 
     def epilogue(*i):
         y = acc(*i).astype("float32") * (scale[0] * w_scale[i[-1]])
@@ -206,27 +206,43 @@ def _matmul(node, a, b, a_zp, b_zp):
     def body(*i):
         left = a(*operand_batch(i[:-2], a_batch), i[-2], k)
         right = b(*operand_batch(i[:-2], b_batch), k, i[-1])
-        return te.sum((_i(left) - a_zp) * (_i(right) - b_zp), axis=k)
+        return te.sum((widen(left) - a_zp) * (widen(right) - b_zp), axis=k)
 
     return te.compute((*broadcast_batch(a_batch, b_batch), m, n), body, name="matmul_int")
 
 
 @converter(qc.mul_int.default)
 def _mul(node, a, b, a_zp, b_zp):
-    return topi.multiply(topi.subtract(_cast(a), a_zp), topi.subtract(_cast(b), b_zp))
+    return topi.multiply(topi.subtract(cast(a), a_zp), topi.subtract(cast(b), b_zp))
 
 
-def _cast(t, dtype="int32"):
+def cast(t, dtype="int32"):
     return topi.cast(t, dtype)
 
 
 @converter(qc.sum_int.default)
 def _sum(node, x, x_zp, dims, keepdim):
-    shifted = topi.subtract(_cast(x), x_zp)
+    shifted = topi.subtract(cast(x), x_zp)
     return topi.sum(shifted, axis=[d % len(x.shape) for d in dims], keepdims=keepdim)
 
 
 # ------------------------------------------------------------------ requantization
+def high_word_rounding(shift: int) -> tuple[int, int]:
+    """The rounding term 2^(shift-1) of a shift >= 32, split into (added to the 64-bit product, added to
+    its high dword): floor(p / 2^s) == floor(floor(p / 2^32) / 2^(s - 32)), and for s >= 33 the term is a
+    multiple of 2^32, so it moves whole to the int32 side."""
+    return (1 << 31, 0) if shift == 32 else (0, 1 << (shift - 33))
+
+
+def matmul_operands_ok(mm: fx.Node) -> bool:
+    """Operands of a `matmul_int` the hand-written kernels take: tensors of at least 2 dims, 8-bit, with zero
+    points their dtype can hold (A is padded with its own)."""
+    a, b, a_zp, b_zp = mm.args
+    return all(isinstance(x, fx.Node) and x.meta["val"].ndim >= 2 and x.meta["val"].dtype in (torch.uint8, torch.int8)
+               and isinstance(zp, int) and torch.iinfo(x.meta["val"].dtype).min <= zp <= torch.iinfo(x.meta["val"].dtype).max
+               for x, zp in ((a, a_zp), (b, b_zp)))
+
+
 def _rounding_shift(v64, m, s):
     one = tir.const(1, "int64")
     s64 = s.astype("int64")
@@ -236,7 +252,7 @@ def _rounding_shift(v64, m, s):
 def _high_word_requantize(acc32, m, shift: int):
     """floor((acc * m + 2^(shift-1)) / 2^shift) for shift >= 32 without 64-bit shifts or clamps: take the
     high dword of the 64-bit product (LLVM emits a 32x32->64 multiply and a shuffle), finish in int32,
-    the rounding term split as in the GEMM kernel's epilogue (x86_gemm.high_word_rounding)."""
+    the rounding term split as in the GEMM kernel's epilogue (cpu/gemm_kernel.py)."""
     rnd64, rnd32 = high_word_rounding(shift)
     prod = acc32.astype("int64") * m.astype("int64") + tir.const(rnd64, "int64")
     high = tir.shift_right(prod, tir.const(32, "int64")).astype("int32")
@@ -247,7 +263,7 @@ def _high_word_requantize(acc32, m, shift: int):
 def _requantize_fixed(node, x, x_zp, mult, shift, axis, out_zp, qmin, qmax, dtype):
     """`shift` is a Python int when the lowering found it constant (scalar_constants), else a tensor."""
     nd = len(x.shape)
-    if isinstance(shift, int) and shift >= 32 and x_zp == 0 and _dtype(x) == "int32" and abs(out_zp) < 2**29:
+    if isinstance(shift, int) and shift >= 32 and x_zp == 0 and dtype_of(x) == "int32" and abs(out_zp) < 2**29:
         def body(*i):
             y = _high_word_requantize(x(*i), _channel(mult, i, axis, nd), shift) + tir.const(out_zp, "int32")
             return _clamp_cast(y, qmin, qmax, dtype)
@@ -280,7 +296,7 @@ def _add_fixed(node, a, a_zp, a_mult, b, b_zp, b_mult, shift, out_zp, qmin, qmax
 
 @converter(qc.lut.default)
 def _lut(node, x, table, qmin_in):
-    return te.compute(x.shape, lambda *i: table[_i(x(*i)) - qmin_in], name="lut")
+    return te.compute(x.shape, lambda *i: table[widen(x(*i)) - qmin_in], name="lut")
 
 
 # ------------------------------------------------------------------ data movement on integer tensors

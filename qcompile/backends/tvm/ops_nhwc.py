@@ -18,7 +18,7 @@ from tvm import tirx as tir
 
 from ...ir.rewrite import constant
 from .layout import Layouts, is_4d
-from .ops import _cast, _dtype, _i, _product16, tvm_dtype
+from .ops import cast, dtype_of, widen, product16, tvm_dtype
 from .var_names import var_name
 
 qc = torch.ops.qcompile
@@ -55,7 +55,7 @@ def _conv2d(x, hwio_shape, weight, bias, x_zp, zp_folded, stride, padding, dilat
     n, h, wd, _ = x.shape
     kh, kw, cin_g, cout = hwio_shape
     cout_g = cout // groups
-    xp = _pad_nhwc(x, padding[0], padding[1], tir.const(x_zp, _dtype(x)))
+    xp = _pad_nhwc(x, padding[0], padding[1], tir.const(x_zp, dtype_of(x)))
     sub = 0 if zp_folded else x_zp
     oh, ow = conv_output_hw(h, wd, (kh, kw), stride, padding, dilation)
     ry, rx, rc = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"), te.reduce_axis((0, cin_g), "rc")
@@ -65,7 +65,7 @@ def _conv2d(x, hwio_shape, weight, bias, x_zp, zp_folded, stride, padding, dilat
         # and the output (what a schedule recognises a GEMM by: cuda_gemm.py).
         ci = rc if groups == 1 else (co // cout_g) * cin_g + rc
         pix = xp[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], ci]
-        return te.sum(_i(_product16(pix, sub, weight(ry, rx, rc, co))), axis=[ry, rx, rc])
+        return te.sum(widen(product16(pix, sub, weight(ry, rx, rc, co))), axis=[ry, rx, rc])
 
     acc = te.compute((n, oh, ow, cout), body, name="conv2d_int")
     if bias is None:
@@ -76,7 +76,7 @@ def _conv2d(x, hwio_shape, weight, bias, x_zp, zp_folded, stride, padding, dilat
 def avg_pool2d_nhwc(node, x, x_zp, kernel, stride, padding, ceil_mode):
     if ceil_mode:
         raise NotImplementedError("avg_pool2d with ceil_mode")
-    shifted = topi.subtract(_cast(x), x_zp)
+    shifted = topi.subtract(cast(x), x_zp)
     padded = _pad_nhwc(shifted, padding[0], padding[1], 0)
     n, h, w, c = padded.shape
     oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1

@@ -1,0 +1,1 @@
+"""target="arm" and its variants: the cross-compiling backend, the RPC device, the emulated device and instruction counts."""

@@ -1,0 +1,1 @@
+"""target="x86": the host CPU (backend.py) and its float yardstick."""

@@ -33,8 +33,8 @@ test: setup
 # Side-by-side peer benchmarks (not part of the tests): MobileNetV2 latency/accuracy and int8 GEMM.
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/mobilenet_v2.py
-	$(BIN)/python bench/gemm_int8.py
+	$(BIN)/python bench/x86/mobilenet_v2.py
+	$(BIN)/python bench/x86/gemm_int8.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
@@ -48,6 +48,6 @@ arm-emulator-stop:
 	bash tools/arm_emulator.sh stop
 
 # Issue 6: what a GPU machine needs to check and time target="cuda" (runtime-only TVM + built cases), in
-# .gpu/; there: `python3 bench/cuda.py .gpu` and `python3 -m pytest -m gpu tests/gpu` (see bench/cuda.py).
+# .gpu/; there: `python3 bench/cuda/end_to_end.py .gpu` and `python3 -m pytest -m gpu tests/gpu` (see bench/cuda/end_to_end.py).
 gpu-bundle: setup
 	$(BIN)/python tools/cuda_bundle.py

@@ -6,7 +6,7 @@
   library, headers and sources; the cp312 apache-tvm-ffi wheel unpacked): `TVM_USE_RUNTIME_LIB=1`.
 - `cases/NAME/`: one built model each (`model.so`, with its cubin), its inputs and the "reference" backend's
   outputs (`io.pt`), and `case.json` (how to compare, how to time, which torch peer to time beside it).
-- `gemm/`, `gemv/`: the kernel benches' libraries (bench/cuda_gemm.py, bench/cuda_int4_gemv.py).
+- `gemm/`, `gemv/`: the kernel benches' libraries (bench/cuda/gemm.py, bench/cuda/int4_gemv.py).
 
 The GPU machine's working tree travels with the bundle (device tool: carry .gpu); there
 `bash tools/cuda_device_check.sh` runs the bit-exactness tests (tests/gpu) and the benches. The bundle must stay under the device
@@ -89,7 +89,7 @@ E2E_BATCHES = (1, 64)
 
 
 # MiniLM's mean pooling and normalization run in float after its last integer kernel: the GPU sums in its
-# own order (1-ulp differences, 1.2e-7, on the H200: bench/gpu_runs/2026-11-26-h200-4), so its outputs
+# own order (1-ulp differences, 1.2e-7, on the H200: bench/results/cuda/2026-11-26-h200-4), so its outputs
 # are compared within this bound, far below one quantization step of the pooled activations.
 MINILM_ATOL = 1e-5
 
@@ -168,7 +168,7 @@ def _minilm_cases() -> None:
 
 
 # The weight-only GEMV's 4096-wide models would take 4-16 MB of the bundle each: the kernel bench
-# (bench/cuda_int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
+# (bench/cuda/int4_gemv.py, weights made on the GPU machine) checks those shapes instead.
 _TOO_BIG = {"linear_4096_w4_m1", "linear_4096_w8_m1", "mlp_1024x4096_w4_m1"}
 
 
@@ -180,8 +180,8 @@ def _test_case(model, example, calibration, kwargs, compare, gpu_options: dict |
 
 
 def _register_test_cases() -> None:
-    """The GPU cases of the CUDA kernel tests (tests/backends/gpu_cases.py), but those too big to carry."""
-    from tests.backends.gpu_cases import gpu_cases
+    """The GPU cases of the CUDA kernel tests (tests/backends/tvm/cuda/cases.py), but those too big to carry."""
+    from tests.backends.tvm.cuda.cases import gpu_cases
 
     for case in gpu_cases():
         if case.name not in _TOO_BIG:
@@ -191,7 +191,7 @@ def _register_test_cases() -> None:
 
 
 # Kernel benches: built here, their data made on the GPU machine (bench/<file> build DIR / run DIR).
-KERNEL_BENCHES = {"gemm": "cuda_gemm.py", "gemv": "cuda_int4_gemv.py"}
+KERNEL_BENCHES = {"gemm": "cuda/gemm.py", "gemv": "cuda/int4_gemv.py"}
 
 
 def build_kernel_bench(name: str, directory: Path) -> None:

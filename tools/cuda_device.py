@@ -1,6 +1,6 @@
 """The GPU machine's side of tools/cuda_bundle.py: load the runtime-only TVM and the built cases, run them
 and compare with the reference outputs. Imports nothing of qcompile but its runtime file (the GPU machine
-has torch and the bundle's TVM runtime, not qcompile's dependencies); bench/cuda.py and tests/gpu use it."""
+has torch and the bundle's TVM runtime, not qcompile's dependencies); bench/cuda/end_to_end.py and tests/gpu use it."""
 from __future__ import annotations
 
 import argparse

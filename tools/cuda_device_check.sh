@@ -27,8 +27,8 @@ step() {  # step NAME LOG COMMAND...: run with a time limit, log its output and 
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
 echo "libcudart dirs: $CUDART_DIRS" | tee -a "$OUT/gpu.txt"
-step "int8 GEMM" gemm.txt python3 bench/cuda_gemm.py run "$BUNDLE/gemm"
-step "weight-only GEMV" gemv.txt python3 bench/cuda_int4_gemv.py run "$BUNDLE/gemv"
+step "int8 GEMM" gemm.txt python3 bench/cuda/gemm.py run "$BUNDLE/gemm"
+step "weight-only GEMV" gemv.txt python3 bench/cuda/int4_gemv.py run "$BUNDLE/gemv"
 step "gpu tests" tests.log python3 -m pytest -m gpu tests/gpu -q -rfE -p no:cacheprovider -n 4
 if [ -n "${PROBE:-}" ]; then  # cases to run step by step (tools/cuda_probe.py); a crash is rerun under cuda-gdb
     step "probe" probe.log python3 tools/cuda_probe.py $PROBE
@@ -36,9 +36,9 @@ if [ -n "${PROBE:-}" ]; then  # cases to run step by step (tools/cuda_probe.py);
         step "probe backtrace" probe.log cuda-gdb -q -batch -ex run -ex bt --args python3 tools/cuda_probe.py $PROBE
     fi
 fi
-step "end to end" e2e.log python3 bench/cuda.py "$BUNDLE"
+step "end to end" e2e.log python3 bench/cuda/end_to_end.py "$BUNDLE"
 if [ -n "${NCU:-}" ]; then  # Nsight Compute on the first kernel of each named bench run: NCU="gemm:NAME gemv:NAME"
-    declare -A BENCH=([gemm]=bench/cuda_gemm.py [gemv]=bench/cuda_int4_gemv.py)
+    declare -A BENCH=([gemm]=bench/cuda/gemm.py [gemv]=bench/cuda/int4_gemv.py)
     for spec in $NCU; do
         step "ncu $spec" "ncu_${spec%%:*}.txt" ncu --clock-control none --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis_Tables \

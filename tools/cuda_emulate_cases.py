@@ -1,4 +1,4 @@
-"""Every GPU case (tests/backends/gpu_cases.py: what tools/cuda_device_check.sh compares on a GPU) run here,
+"""Every GPU case (tests/backends/tvm/cuda/cases.py: what tools/cuda_device_check.sh compares on a GPU) run here,
 each kernel on the CPU emulator of the CUDA kernels, against the reference backend:
 
     .venv/bin/python tools/cuda_emulate_cases.py [--copies lazy] [--order descending] [NAME...]
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qcompile.backends.tvm.cuda.emulator.kernels import COPY_MODES, ORDERS
-from tests.backends.gpu_cases import emulated_difference, gpu_cases  # noqa: E402
+from tests.backends.tvm.cuda.cases import emulated_difference, gpu_cases  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@ CPU emulator of the CUDA kernels with every kernel call's buffers recorded (the 
 call is then replayed on this CPU through the same function unscheduled (after FuseTIR, built for llvm), from
 the recorded inputs, and its outputs compared.
 
-    .venv/bin/python tools/cuda_kernel_diff.py CASE      # a case of tests/backends/gpu_cases.py
+    .venv/bin/python tools/cuda_kernel_diff.py CASE      # a case of tests/backends/tvm/cuda/cases.py
 
 Prints, per call, the largest difference of each buffer (inf positions must agree; NaN counts as equal);
 exits 1 if any call differs by more than the case's bound. How the sdpa boolean-mask bug was found: every
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from qcompile.backends.tvm.cuda import nvcc_build
     from qcompile.backends.tvm.cuda import pipeline as cuda_pipeline
     from qcompile.backends.tvm.pipeline import group
-    from tests.backends.gpu_cases import compiled, gpu_cases
+    from tests.backends.tvm.cuda.cases import compiled, gpu_cases
 
     names = sys.argv[1:] if argv is None else argv
     cases = {c.name: c for c in gpu_cases()}

@@ -63,13 +63,13 @@ class GemmTile:
 
 # Large GEMMs: 128 x 128 x 64 with 4 warps of 64 x 64 (16 accumulator tiles, 128 accumulator registers
 # per lane; 254 in all, no spills), 3 stages: (128 + 128) x (64 + 16) bytes x 3 = 60 KiB of shared memory.
-# On the H200 at 4096^3 (bench/gpu_runs/2026-11-26-h200-2): 526 TOPS, against 477 with 8 warps of 64 x 32
+# On the H200 at 4096^3 (bench/results/cuda/2026-11-26-h200-2): 526 TOPS, against 477 with 8 warps of 64 x 32
 # and 413-441 with 256-wide tiles or 4 stages.
 LARGE = GemmTile(bm=128, bn=128, bk=64, wm=2, wn=2, stages=3)
 # Few rows or columns (a linear at batch 1..32, a classifier): a 32 x 64 tile, 4 warps of 16 x 32.
 SMALL = GemmTile(bm=32, bn=64, bk=64, wm=2, wn=2, stages=2)
 # On sm_90 (H100 / H200) the large tile takes K steps of 128 where K is whole steps of it. At 4096^3 on
-# the H100: 511-527 TOPS against 489-491 with steps of 64 (bench/gpu_runs/2026-11-26-h100-10 and -11), 544-545
+# the H100: 511-527 TOPS against 489-491 with steps of 64 (bench/results/cuda/2026-11-26-h100-10 and -11), 544-545
 # as the default (run 12); on the H200 507-558 against 544-547 (runs 2-9). (128 + 128) x (128 + 16) bytes x 3 stages = 108 KiB of
 # shared memory: more than a block may have on sm_86 / sm_89, and not measured on sm_80. Only for K of
 # at least DEEP_K_MIN: with fewer steps the pipeline is not filled (K = 256: 2 steps for 3 stages).

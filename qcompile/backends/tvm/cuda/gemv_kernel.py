@@ -53,8 +53,8 @@ MAX_ROWS = 16  # largest static M the GEMV takes; above, the float16 tensor-core
 
 
 def default_config(m: int | None, n: int, k: int) -> GemvConfig:
-    """M = 1 by the weight's shape, from the sweeps of bench/cuda_int4_gemv.py on the H200
-    (bench/gpu_runs/2026-11-26-h200-2 to -4): for wide weights (N >= 16384) 4 rows per warp and 8 warps;
+    """M = 1 by the weight's shape, from the sweeps of bench/cuda/int4_gemv.py on the H200
+    (bench/results/cuda/2026-11-26-h200-2 to -4): for wide weights (N >= 16384) 4 rows per warp and 8 warps;
     for long rows (K >= 16384) 8 rows per warp (each warp reuses its activation chunk for 8 rows) with 2
     warps splitting each row's K (twice the blocks); 2 rows per warp and 8 warps for small weights
     (4096 x 4096: short rows, latency-bound); else 4 rows and 4 warps. Small batches keep up to 8

@@ -50,7 +50,7 @@ class MmaGemvConfig:
     m_block: int = MMA_N  # activation rows per block (grid.y covers M): one mma per 8 of them
 
 
-# How far the default splits K (bench/cuda_int4_gemv.py on the H200, bench/gpu_runs runs 7 and 8): up to
+# How far the default splits K (bench/cuda/int4_gemv.py on the H200, bench/results/cuda runs 7 and 8): up to
 # 32 warps per SM of an H100/H200, but once the grid has 8 per SM, not where that makes the warps' rings
 # shallower (more split-K sums, fewer bytes in flight per warp: at 4096 x 4096, 8 warps take 5.1 us at
 # M = 4 with 8 stages and 8.5 at M = 16 with 4, 16 warps with 4 and 2 stages 5.5 and 11.0; at M = 1 4.6
@@ -88,7 +88,7 @@ def _ring_config(split: int, steps: int, m_block: int, codes: MmaCodes) -> MmaGe
 def default_mma_config(m: int | None, n: int, k: int, codes: MmaCodes) -> MmaGemvConfig:
     """Split K until the grid has TARGET_WARPS warps (up to 16 per tile, at least one step each), past
     FILLED_WARPS only while the rings stay as deep; a static M of up to 16 rows in one block (the weights
-    read once), a free M in blocks of 8. bench/cuda_int4_gemv.py times alternatives side by side."""
+    read once), a free M in blocks of 8. bench/cuda/int4_gemv.py times alternatives side by side."""
     tiles, steps = codes.row_tiles(n), k // codes.step_k
     m_block = MMA_N if m is None else min(m, MAX_M_BLOCK)
     cfg = _ring_config(1, steps, m_block, codes)

@@ -61,7 +61,7 @@ class TensorCoreGemv:
 
 
 # In the order "auto" tries them. Tensor cores first: faster at every int4 shape and row count of
-# bench/cuda_int4_gemv.py on the H200 (bench/gpu_runs/2026-11-26-h200-7: 4096 x 4096 at M = 1 4.5 us
+# bench/cuda/int4_gemv.py on the H200 (bench/results/cuda/2026-11-26-h200-7: 4096 x 4096 at M = 1 4.5 us
 # against 5.5, at M = 16 9.1 against 71.7).
 # The CUDA-core kernel takes K and group sizes in multiples of 8 (int4) where the mma needs 64.
 GEMV_KERNELS = {"tensor_cores": TensorCoreGemv(), "cuda_cores": CudaCoreGemv()}

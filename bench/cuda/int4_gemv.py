@@ -5,8 +5,8 @@ achieved bandwidth = (packed weight + scale + activation bytes) / time.
 
 Two steps, because the GPU machine has the TVM runtime only:
 
-    python bench/cuda_int4_gemv.py build OUT      # here: one library per (shape, bits, config) + inputs
-    python bench/cuda_int4_gemv.py run OUT        # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemv)
+    python bench/cuda/int4_gemv.py build OUT      # here: one library per (shape, bits, config) + inputs
+    python bench/cuda/int4_gemv.py run OUT        # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemv)
 
 `build` writes OUT/<name>.so (cubin inside, about 100 KB) for every shape in SHAPES, bits 4 (group 128)
 and 8 (per channel): each kernel's default config (marked *; gemv="auto" takes the tensor-core one) and
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import cuda_device  # noqa: E402  (torch only: runs on both machines)
 
 # (M, N, K): K = N = 4096; the 8192 x 28672 MLP's up projection (N = 28672, K = 8192) and down projection
 # (N = 8192, K = 28672); small batches of the first.
 SHAPES = [(1, 4096, 4096), (1, 28672, 8192), (1, 8192, 28672), (4, 4096, 4096), (16, 4096, 4096)]
 # (tiles per block, split_k, stages) of the tensor-core kernel, timed beside its default (the CUDA-core
-# kernel's configs were swept in runs 2-6, bench/gpu_runs/2026-11-26-h200-*: its defaults are their best).
+# kernel's configs were swept in runs 2-6, bench/results/cuda/2026-11-26-h200-*: its defaults are their best).
 # Run 7's defaults were (1, 8, 8), (2, 2, 8) and (1, 4, 8) at M = 1, (1, 8, 8) at M = 4 and (1, 8, 4) at M = 16;
 # run 8's (1, 16, 4), (1, 4, 8), (1, 8, 8), (1, 16, 4) and (1, 16, 2). Run 8 also timed 32-warp blocks,
 # (1, 32, 2) and (2, 16, 4): slower at every shape.
@@ -47,7 +47,7 @@ def _weight_codes():
     """cuda_weight_codes.py loaded by its path: importing the qcompile package needs TVM's compiler."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "qcompile" / "backends" / "tvm" / "cuda_weight_codes.py"
+    path = Path(__file__).resolve().parents[2] / "qcompile" / "backends" / "tvm" / "cuda" / "weight_codes.py"
     spec = importlib.util.spec_from_file_location("cuda_weight_codes", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it executes

@@ -9,7 +9,7 @@ embeddings to fp32, and the accuracy of a logistic regression trained on 3000 se
 tested on the other 1000 (fixed seed). qcompile runs on the reference backend (the executable semantics).
 
 The sentences come from the source archive of vadersentiment==3.3.2, fetched once with pip into
-.cache/ (git-ignored). Run: HF_HUB_OFFLINE=1 python bench/minilm_weight_only.py [--sentences 4000]
+.cache/ (git-ignored). Run: HF_HUB_OFFLINE=1 python bench/accuracy/minilm_weight_only.py [--sentences 4000]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import qcompile  # noqa: E402
 from qcompile.zoo.minilm import load_minilm  # noqa: E402
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "vadersentiment"
+CACHE = Path(__file__).resolve().parents[2] / ".cache" / "vadersentiment"
 SENTENCES = CACHE / "movieReviewSnippets_GroundTruth.txt"
 SDIST = "vadersentiment==3.3.2"
 INNER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"

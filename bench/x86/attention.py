@@ -1,7 +1,7 @@
 """Float attention on x86, side by side in one process: qcompile's lowering (attention.py: matmul, softmax,
 matmul) against TVM's importer's one `nn.attention` op, and PyTorch eager, on MiniLM's attention shapes.
 
-    python bench/attention_x86.py [--batch 8] [--seq 128] [--rounds 20]
+    python bench/x86/attention.py [--batch 8] [--seq 128] [--rounds 20]
 
 The model is a quantized self-attention block (int8 Q, K, V and output projections, as qcompile quantizes
 MiniLM; the attention itself stays float between dequantize and quantize), compiled for "x86" twice: once

@@ -11,8 +11,8 @@ import torch
 import qcompile
 from qcompile.backends.tvm.cuda import matmul_lowering
 from qcompile.backends.tvm.cuda.backend import CudaBackend
-from tests.backends.cuda_on_cpu import assert_matches_reference, built_for_cpu, cuda_lowering
-from tests.backends.test_matmul_kernel import CASES, I8, U8, _matmul_graph, _random
+from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference, built_for_cpu, cuda_lowering
+from tests.backends.tvm.cpu.test_matmul_kernel import CASES, I8, U8, _matmul_graph, _random
 from tests.models import Attention
 
 MMA = "mma.sync.aligned.m16n8k32.row.col.s32.{}.{}.s32"

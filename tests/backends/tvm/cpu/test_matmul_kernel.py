@@ -93,7 +93,7 @@ def attention():
 
 
 def _arm_functions(cm, path):
-    from tests.backends.test_arm import _functions
+    from tests.backends.tvm.arm.test_backend import _functions
 
     return _functions(cm.save(path) / "model.so")
 

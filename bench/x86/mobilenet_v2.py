@@ -1,7 +1,7 @@
 """MobileNetV2 (real ImageNet weights), batch 1, 224x224: qcompile's peers side by side, measured in one run.
 
-    .venv/bin/python bench/mobilenet_v2.py            # full run (several minutes on 2 cores)
-    .venv/bin/python bench/mobilenet_v2.py --quick    # fewer rounds, skips the slow qcompile reference row
+    .venv/bin/python bench/x86/mobilenet_v2.py            # full run (several minutes on 2 cores)
+    .venv/bin/python bench/x86/mobilenet_v2.py --quick    # fewer rounds, skips the slow qcompile reference row
 
 The machine is shared and noisy, so every number is taken in the same process and the systems' timing
 rounds are interleaved: in each round every system (in a shuffled order) gets untimed warm-up calls for
@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 # TVM's worker threads spin for 300000 sched_yield calls after each call, stealing both cores from whatever
-# runs next in the interleaved rounds (ONNX Runtime, torch); cap the spin as bench/gemm_int8.py does.
+# runs next in the interleaved rounds (ONNX Runtime, torch); cap the spin as bench/x86/gemm_int8.py does.
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "2000")
 
 # ----------------------------------------------------------------------------------------------------------

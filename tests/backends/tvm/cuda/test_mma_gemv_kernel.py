@@ -6,7 +6,7 @@ comes from TVM's m16n8k16 float16 fragment layout (tensor_intrin.cuda, the layou
 kernels use), and the k each column multiplies from the PTX ISA's B layout (b0, b1: k = 2t, 2t + 1;
 b2, b3: k = 2t + 8, 2t + 9) with the kernel's B registers, 4 consecutive float16 of the lane's
 activations per fragment. Every code must land on its own row and k. The kernels build for the H100 with
-the PTX they are for and no spills; the results on a GPU are bench/cuda_int4_gemv.py's (its max err column
+the PTX they are for and no spills; the results on a GPU are bench/cuda/int4_gemv.py's (its max err column
 against float64)."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import qcompile
 from qcompile.backends.tvm.cuda import backend, nvcc_build
 from qcompile.backends.tvm.cuda.mma_gemv_kernel import MmaGemvConfig, default_mma_config, mma_gemv_prim_func, ring_bytes
 from qcompile.backends.tvm.cuda.weight_codes import MMA_CODES, TILE, WORDS_PER_LOAD
-from tests.backends.test_cuda_weight_only import MLP
+from tests.backends.tvm.cuda.test_weight_only import MLP
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 

@@ -12,7 +12,7 @@ from qcompile.backends.tvm.arm.backend import CROSS_COMPILER, VARIANTS
 from qcompile.backends.tvm.cpu.isa import NEON_DOTPROD, NEON_I8MM, isa_for
 from qcompile.backends.tvm.cpu.tiling import Tiling, ranked_tilings
 from qcompile.backends.tvm.cpu.tiling import choose_tiling
-from tests.backends.test_arm import _functions
+from tests.backends.tvm.arm.test_backend import _functions
 
 
 pytestmark = pytest.mark.usefixtures("cross_toolchain")

@@ -27,7 +27,7 @@ from qcompile.backends.tvm.cuda import nvcc_build
 from qcompile.backends.tvm.cuda.gemv_kernel import MAX_ROWS
 from qcompile.backends.tvm.cuda.weight_codes import CODES, SUBNORMAL, WORDS_PER_LOAD
 from qcompile.ir.rewrite import constant
-from tests.backends.cuda_on_cpu import assert_matches_reference
+from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference
 
 FP16_ROUNDOFF = 2.0**-11
 

@@ -77,8 +77,8 @@ def test_weight_only_gemv_emulated(case, tmp_path):
 
 
 def _gemm_bench():
-    """bench/cuda_gemm.py (its TE definitions: a model's linear layer, with and without requantize)."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "cuda_gemm.py"
+    """bench/cuda/gemm.py (its TE definitions: a model's linear layer, with and without requantize)."""
+    path = Path(__file__).resolve().parents[4] / "bench" / "cuda" / "gemm.py"
     spec = importlib.util.spec_from_file_location("cuda_gemm_bench", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -91,7 +91,7 @@ def _gemm_bench():
 ])
 def test_int8_tensor_core_gemm_emulated_is_exact(m, n, k, tmp_path):
     """ldmatrix, u8 x s8 mma and the cp.async pipeline of the GEMM rule (cuda_gemm.py), with the fused
-    requantize epilogue (bench/cuda_gemm.py's)."""
+    requantize epilogue (bench/cuda/gemm.py's)."""
     bench = _gemm_bench()
     func = backend.apply_rules(tvm.IRModule({"main": bench._gemm_func(m, n, k, True)}), nvcc_build.target())["main"]
     rng = np.random.default_rng(1)

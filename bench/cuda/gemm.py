@@ -1,8 +1,8 @@
 """The int8 tensor-core GEMM of target="cuda" (qcompile/backends/tvm/cuda/gemm_rule.py) alone, against
 torch._int_mm (cuBLAS int8) and cuBLAS float16 on the same shapes, in one run on the GPU machine.
 
-    python bench/cuda_gemm.py build OUT    # here (TVM's compiler, no GPU): one library per shape and epilogue
-    python bench/cuda_gemm.py run OUT      # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemm)
+    python bench/cuda/gemm.py build OUT    # here (TVM's compiler, no GPU): one library per shape and epilogue
+    python bench/cuda/gemm.py run OUT      # there, OUT inside a bundle (tools/cuda_bundle.py puts it at .gpu/gemm)
 
 `build` schedules the same TE definitions a model's linear layer lowers to (ops.py linear_int, with and
 without its requantize epilogue: per-channel multipliers, uint8 out) with the model build's rule and
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import cuda_device  # noqa: E402  (torch only: runs on both machines)
 
 # (M, N, K): the issue's 4096^3, a transformer FFN at a batch of 64 x 128 tokens, a small-M one.

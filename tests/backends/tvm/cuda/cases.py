@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import qcompile
 from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu
-from tests.backends import test_attention, test_cuda_gemm, test_cuda_matmul, test_cuda_weight_only
+from tests.backends.tvm import test_attention
+from tests.backends.tvm.cuda import test_gemm_rule as test_cuda_gemm, test_matmul_lowering as test_cuda_matmul, test_weight_only as test_cuda_weight_only
 
 # The GEMVs run on tensor cores by default (gemv="auto"); these are also built with the CUDA-core GEMV
 # (cases NAME_cc, the same bound): a free batch (int4), 16 static rows (int8), 5 rows without a bias.

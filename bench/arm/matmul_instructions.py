@@ -3,7 +3,7 @@
 self-attention block (hidden 384, 12 heads of 32, batch 1), "arm" target, on the emulated device
 (qcompile/backends/tvm/arm/instruction_counts.py). Run it on two checkouts to compare them:
 
-    PYTHONPATH=<checkout> .venv/bin/python bench/arm_matmul_instructions.py --seq 16 128
+    PYTHONPATH=<checkout> .venv/bin/python bench/arm/matmul_instructions.py --seq 16 128
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import qcompile
 from qcompile.backends.tvm.arm.instruction_counts import count_instructions
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.models import Attention  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """MobileNetV2 (real weights) under a weight budget: qcompile's measured, exactly solved bit allocation
 against uniform and naive allocations of the same size, side by side in one run.
 
-    .venv/bin/python bench/mixed_precision.py [--budget 6] [--plot bits.png]
+    .venv/bin/python bench/accuracy/mixed_precision.py [--budget 6] [--plot bits.png]
 
 Accuracy is top-1 agreement with fp32 over the 100 evaluation views (and top-1 on the 20 labelled photos);
 size is the report's stored weight bytes against fp32. Every row is compiled for the reference backend.

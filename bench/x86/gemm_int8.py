@@ -1,7 +1,7 @@
 """Int8 GEMM side by side: qcompile's TVM x86 kernel vs PyTorch fbgemm int8 and fp32 linear.
 
-    python bench/gemm_int8.py            # exactness check, then the timing table
-    python bench/gemm_int8.py --rounds 50 --shapes 1024x1024x1024
+    python bench/x86/gemm_int8.py            # exactness check, then the timing table
+    python bench/x86/gemm_int8.py --rounds 50 --shapes 1024x1024x1024
 
 All implementations run in the same process with the same thread count, interleaved round by round
 (one sample of each per round, in a rotating order), so that load from other processes hits them alike;

@@ -2,7 +2,7 @@
 then end-to-end latency against torch fp16, then where the end-to-end cases spend their GPU time.
 
     here:  .venv/bin/python tools/cuda_bundle.py          # builds .gpu/ (no GPU needed)
-    there: python3 bench/cuda.py .gpu --out $OUT          # device tool: carry [".gpu"]
+    there: python3 bench/cuda/end_to_end.py .gpu --out $OUT          # device tool: carry [".gpu"]
 
 Every number is a median over `--repeat` rounds of `--number` back-to-back calls on the GPU's stream, with
 the systems timed in the same process, one after another, on the same inputs. The torch peers of the
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import cuda_device  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     rt = cuda_device.runtime(args.bundle)
     why = rt.missing_gpu()
     if why:
-        sys.exit(f"bench/cuda.py runs on a GPU machine, and {why}")
+        sys.exit(f"bench/cuda/end_to_end.py runs on a GPU machine, and {why}")
     cases = cuda_device.cases(args.bundle)
     header = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {torch.cuda.get_device_name()}, "
               f"torch {torch.__version__}, CUDA {torch.version.cuda}")

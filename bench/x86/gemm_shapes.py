@@ -1,10 +1,10 @@
 """qcompile's x86 GEMM kernel on MobileNetV2's GEMM shapes (pointwise convs as pixels x Cin x Cout, batch 1,
 and the classifier linear), one row per shape and their sum.
 
-    python bench/gemm_shapes.py                     # the kernel of this checkout
-    python bench/gemm_shapes.py --baseline main     # side by side with x86_gemm.py as of a git revision
-    python bench/gemm_shapes.py --isa avx2 --mcpu znver3   # the AVX2 kernel, compiled for Zen 3
-    python bench/gemm_shapes.py --baseline main --stat min  # on a loaded machine
+    python bench/x86/gemm_shapes.py                     # the kernel of this checkout
+    python bench/x86/gemm_shapes.py --baseline main     # side by side with x86_gemm.py as of a git revision
+    python bench/x86/gemm_shapes.py --isa avx2 --mcpu znver3   # the AVX2 kernel, compiled for Zen 3
+    python bench/x86/gemm_shapes.py --baseline main --stat min  # on a loaded machine
 
 Every kernel is built with the tiling build_gemm picks by default (the lowering's choice) and timed on
 random full-range data; with --baseline the two kernels of a shape are timed interleaved in the same
@@ -48,7 +48,7 @@ STATS = {"median": statistics.median, "min": min}
 
 def module_at(rev: str):
     """x86_gemm.py as of git revision `rev`, imported as a separate module."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     src = subprocess.run(["git", "show", f"{rev}:qcompile/backends/tvm/cpu/gemm_kernel.py"], cwd=root, check=True,
                          capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "x86_gemm_baseline.py"

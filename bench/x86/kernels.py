@@ -1,6 +1,6 @@
 """Where the x86 backend's time goes on MobileNetV2: the report's per-kernel profile, summed by kind.
 
-    .venv/bin/python bench/x86_kernels.py
+    .venv/bin/python bench/x86/kernels.py
 
 The numbers are cm.report()'s (qcompile/backends/tvm/profile.py): every kernel call of one real run,
 median of several runs; this script only groups them and times the compile.

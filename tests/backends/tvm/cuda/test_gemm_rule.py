@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import qcompile
-from tests.backends.cuda_on_cpu import assert_matches_reference
+from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference
 from tests.models import DepthwiseBlocks, TinyResNet
 
 MMA_U8S8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
@@ -54,7 +54,7 @@ def _odd_linear():
 # Cases whose output comes out of float ops after the last integer kernel (the feed-forward's LayerNorm):
 # the GPU sums in its own order, so they are compared within this absolute bound, four orders of magnitude
 # below one quantization step of their input: an integer kernel off by one still fails. On the H200 the
-# largest difference was 4.8e-7 (bench/gpu_runs/2026-11-26-h200-3).
+# largest difference was 4.8e-7 (bench/results/cuda/2026-11-26-h200-3).
 FLOAT_TAIL = {"feedforward_free_batch": 1e-5}
 
 
@@ -270,7 +270,7 @@ def test_sequence_linears_run_on_tensor_cores(free_batch):
 
 
 @pytest.mark.parametrize("arch, m, n, k, bk", [
-    ("sm_90a", 4096, 4096, 4096, 128),  # deep K steps: faster on the H100 (bench/gpu_runs/*-h100-*)
+    ("sm_90a", 4096, 4096, 4096, 128),  # deep K steps: faster on the H100 (bench/results/cuda/*-h100-*)
     ("sm_90a", 8192, 3072, 768, 64),  # too few steps of 128 to fill the pipeline
     ("sm_90a", 4096, 4096, 1088, 64),  # K not whole steps of 128 (17 of 64)
     ("sm_80", 4096, 4096, 4096, 64),  # not measured there

@@ -2,7 +2,7 @@
 TinyResNet and MobileNetV2: dynamic aarch64 instruction counts per layer, from the emulated device
 (qcompile/backends/tvm/arm/instruction_counts.py). Issue 5: emulated time means nothing, instructions do.
 
-    .venv/bin/python bench/arm_instructions.py [--models tinyresnet mobilenet_v2]
+    .venv/bin/python bench/arm/instructions.py [--models tinyresnet mobilenet_v2]
 
 The two builds may split a layer into different kernels (a55 runs convolutions directly, arm as im2col +
 GEMM), so rows are groups of layers: the smallest groups that no kernel of either build crosses.
@@ -29,7 +29,7 @@ TARGETS = ("arm", "arm-a55")
 
 
 def tinyresnet():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.models import TinyResNet
 
     torch.manual_seed(0)

@@ -1,8 +1,8 @@
 """int4-weight GEMM vs the int8 GEMM, side by side: the same TVM x86 kernel (x86_gemm.py) with its weights
 packed two per byte (INT4_WEIGHTS, unpacked in registers) or one per byte (INT8_WEIGHTS).
 
-    python bench/gemm_int4.py                 # exactness check, then the timing table
-    python bench/gemm_int4.py --shapes 1x4096x4096 --rounds 50
+    python bench/x86/gemm_int4.py                 # exactness check, then the timing table
+    python bench/x86/gemm_int4.py --shapes 1x4096x4096 --rounds 50
 
 Both kernels get the same int4-range weights and the same tile (the cost model's pick for the shape), are
 checked bit-exact against the int64 reference, and are timed interleaved in one process (gemm_int8.py's

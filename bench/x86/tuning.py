@@ -1,8 +1,8 @@
 """MobileNetV2 (real weights), batch 1, 224x224 on target="x86": untuned vs tune=True, side by side.
 
-    .venv/bin/python bench/x86_tuning.py                  # tunes from scratch (fresh records directory)
-    .venv/bin/python bench/x86_tuning.py --trials 4       # another budget (schedules per kernel)
-    .venv/bin/python bench/x86_tuning.py --cache DIR      # reuse / extend the records in DIR
+    .venv/bin/python bench/x86/tuning.py                  # tunes from scratch (fresh records directory)
+    .venv/bin/python bench/x86/tuning.py --trials 4       # another budget (schedules per kernel)
+    .venv/bin/python bench/x86/tuning.py --cache DIR      # reuse / extend the records in DIR
 
 Prints the tuning time (the tuned compile from empty records), the compile time when the records are
 reused, the tuned kernels' own before/after times, and the two models' latency: interleaved rounds, in

@@ -27,7 +27,10 @@ setup: $(STAMP) sysdeps
 demo: setup
 	$(BIN)/python -m qcompile.zoo.demo
 
+# The architecture (import contracts in pyproject.toml) and the basic lint rules first: they take seconds.
 test: setup
+	$(BIN)/ruff check qcompile tests bench tools
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Side-by-side peer benchmarks (not part of the tests): MobileNetV2 latency/accuracy and int8 GEMM.
@@ -39,7 +42,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Issue 5: an emulated aarch64 device (qemu-user + arm64 sysroot + runtime-only TVM under .arm/, reused)
+# An emulated aarch64 device (qemu-user + arm64 sysroot + runtime-only TVM under .arm/, reused)
 # serving TVM RPC on 127.0.0.1; prints host:port. `arm-emulator-stop` stops it.
 arm-emulator:
 	PYTHON=$(if $(wildcard $(BIN)/python),$(abspath $(BIN)/python),$(PY)) bash tools/arm_emulator.sh start
@@ -47,7 +50,7 @@ arm-emulator:
 arm-emulator-stop:
 	bash tools/arm_emulator.sh stop
 
-# Issue 6: what a GPU machine needs to check and time target="cuda" (runtime-only TVM + built cases), in
+# What a GPU machine needs to check and time target="cuda" (runtime-only TVM + built cases), in
 # .gpu/; there: `python3 bench/cuda/end_to_end.py .gpu` and `python3 -m pytest -m gpu tests/gpu` (see bench/cuda/end_to_end.py).
 gpu-bundle: setup
 	$(BIN)/python tools/cuda_bundle.py

@@ -1,16 +1,15 @@
 """qcompile: a quantizing compiler for PyTorch models."""
 from .api import CompiledModel, compile, load
-from .errors import UsageError
 from .backends import get_backend, register_backend
+from .errors import ArtifactError, UsageError
 from .frontend.capture import CaptureError
+from .ir.qspec import QParams, QSpec
 from .passes import Pass, PassContext, PassResult, register_pass
 from .passes.base import at
 from .passes.manager import DEFAULT_PIPELINE, PassError
 from .qat import QATModel, convert_qat, prepare_qat
 from .quant.config import QuantConfig
 from .quant.math import choose_qparams, dequantize, quantize
-from .ir.qspec import QParams, QSpec
-from .errors import ArtifactError
 
 __all__ = [
     "ArtifactError", "at", "QATModel", "convert_qat", "prepare_qat", "CaptureError", "CompiledModel", "DEFAULT_PIPELINE", "Pass", "PassContext", "PassError",

@@ -13,17 +13,16 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .backends import Backend, Capability, get_backend
-from .errors import UsageError
+from .errors import ArtifactError, UsageError
 from .frontend.capture import Captured, capture
 from .passes import PassContext, as_passes
 from .passes.base import place
 from .passes.calibrate import validate_calibration
+from .passes.choose_bitwidth import ChooseBitwidthPass
 from .passes.instruments import Instruments
 from .passes.manager import DEFAULT_PIPELINE, run_pipeline
-from .passes.choose_bitwidth import ChooseBitwidthPass
 from .quant.config import MIXED, QuantConfig
 from .report import Report, build_report, model_bytes
-from .errors import ArtifactError
 from .serialize import load_graph, save_graph
 
 ARTIFACT_FORMAT = "qcompile-artifact"

@@ -72,8 +72,9 @@ def inspect(
     pass_name: Optional[str] = typer.Option(None, "--pass", help="dump dir: print the graph after this pass"),
 ):
     """Show an artifact's report (and graph), or a dump folder's passes."""
-    from .ir.printer import graph_text
     import qcompile
+
+    from .ir.printer import graph_text
 
     if (path / "manifest.json").is_file():
         cm = qcompile.load(path)
@@ -137,9 +138,10 @@ def passes():
 @app.command()
 def reproduce(path: Path = typer.Argument(..., help="a reproducer folder written when a pass raised")):
     """Re-run the failing pass of a reproducer on its saved input graph."""
+    from safetensors.torch import load_file
+
     from .passes import PassContext, as_passes
     from .serialize import load_graph
-    from safetensors.torch import load_file
 
     info = json.loads((path / "info.json").read_text())
     gm, _ = load_graph(path / "graph")

@@ -17,7 +17,6 @@ from .ir import meta
 from .ir.printer import target_name
 from .quant.packing import PACKINGS, stored_size
 
-
 BIT_ALLOCATION = "bit_allocation"  # report.extra key written by choose-bitwidth
 
 
@@ -65,7 +64,9 @@ class Report:
         """A PNG of each layer's sensitivity and chosen width (bits="mixed")."""
         if self.bit_allocation is None:
             raise UsageError('the report has no bit allocation to plot: compile with bits="mixed", budget=...')
-        from .report_plot import plot_bit_allocation  # matplotlib loads only when a plot is asked for
+        from .report_plot import (
+            plot_bit_allocation,  # matplotlib loads only when a plot is asked for
+        )
 
         return plot_bit_allocation(self.bit_allocation, Path(path))
 

@@ -16,9 +16,9 @@ from torch import fx
 
 from .errors import ArtifactError
 from .ir import meta
+from .ir.qspec import QParams, QSpec
 from .quant import ops  # noqa: F401  (registers torch.ops.qcompile before graphs are loaded)
 from .quant.packing import PACKINGS
-from .ir.qspec import QParams, QSpec
 
 # 2: constants with packed storage bits (int4) are stored packed (quant/packing.py); 1 is read as well.
 FORMAT_VERSION = 2

@@ -67,7 +67,7 @@ def test_dump_dir_has_every_pass(mobilenet_compiled):
 
 
 def test_mixed_precision_at_6_bits_keeps_agreement(mobilenet):
-    """Issue 4's Must-show: bits="mixed", budget=6 (average weight bits) on the real model."""
+    """bits="mixed", budget=6 (average weight bits) on the real model."""
     model, example, calibration, x, labels, originals = mobilenet
     cm = qcompile.compile(model, example, calibration=calibration, bits="mixed", budget=6, progress=False)
     alloc = cm.report().bit_allocation

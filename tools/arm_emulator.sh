@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An emulated aarch64 TVM device for machines without ARM hardware (issue 5; recipe in ENVIRONMENT.md).
+# An emulated aarch64 TVM device for machines without ARM hardware (recipe: docs/backends/arm.md).
 #   tools/arm_emulator.sh setup   cross toolchain + qemu-user, arm64 sysroot and aarch64 wheels under .arm/
 #   tools/arm_emulator.sh start   setup, then a TVM RPC server under qemu-aarch64 on 127.0.0.1 (background)
 #   tools/arm_emulator.sh stop    stop the server started by `start`

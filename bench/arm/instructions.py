@@ -1,6 +1,6 @@
 """What "arm" (Cortex-A76 class: NEON + sdot) and "arm-a55" (NEON, no dot product) execute for one call of
 TinyResNet and MobileNetV2: dynamic aarch64 instruction counts per layer, from the emulated device
-(qcompile/backends/tvm/arm/instruction_counts.py). Issue 5: emulated time means nothing, instructions do.
+(qcompile/backends/tvm/arm/instruction_counts.py). Emulated time means nothing, instructions do.
 
     .venv/bin/python bench/arm/instructions.py [--models tinyresnet mobilenet_v2]
 

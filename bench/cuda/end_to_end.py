@@ -16,6 +16,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))

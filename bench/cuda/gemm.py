@@ -90,7 +90,6 @@ def _expected(a, w, bias, mult, requantize: bool):
 
 def run(out: Path, index: list[dict], number: int, repeat: int) -> None:
     import torch
-
     import tvm  # the bundle's runtime-only TVM (cuda_device.kernel_bench loaded it)
 
     def seconds(fn):

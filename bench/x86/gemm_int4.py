@@ -21,8 +21,8 @@ os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "2000")
 import argparse  # noqa: E402
 
 import torch  # noqa: E402
-
 from gemm_int8 import REQUANT, time_interleaved  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from qcompile.backends.tvm.cpu import gemm_kernel as G
 from qcompile.backends.tvm.cpu.isa import Isa, host_target, isa_for
 from qcompile.backends.tvm.cpu.tiling import choose_tiling

@@ -32,7 +32,14 @@ import warnings  # noqa: E402
 import torch  # noqa: E402
 
 from qcompile.backends.tvm.cpu import gemm_kernel as G
-from qcompile.backends.tvm.cpu.isa import AVX2, AVX512_VNNI, AVX512_VNNI_EMULATED, Isa, host_target, isa_for
+from qcompile.backends.tvm.cpu.isa import (
+    AVX2,
+    AVX512_VNNI,
+    AVX512_VNNI_EMULATED,
+    Isa,
+    host_target,
+    isa_for,
+)
 
 SHAPES = [(1024, 1024, 1024), (256, 256, 1024), (3136, 144, 24), (196, 960, 160)]  # M, N, K
 # Odd sizes (N, K not multiples of the tile / word widths) for the exactness check.

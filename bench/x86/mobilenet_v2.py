@@ -155,15 +155,15 @@ def build_inductor_fp32(model, x, cal, threads):
 
 def has_vnni() -> bool:
     try:
-        flags = set(next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split())
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split())
     except (OSError, StopIteration):
         return True
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def build_torchao_pt2e(model, x, cal, threads, reduce_range: bool = False):
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     exported = torch.export.export(model, (x,)).module()
     quantizer = xiq.X86InductorQuantizer()
@@ -217,7 +217,13 @@ def build_ort_fp32(model, x, cal, threads, workdir: Path):
 
 
 def build_ort_int8(model, x, cal, threads, workdir: Path, reduce_range: bool = False):
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = workdir / "mobilenet_v2.onnx"

@@ -1,6 +1,17 @@
-from .base import (Backend, Benchmarking, Capability, Profiling, Runner, Saving, Tuned, get_backend, register_backend,
-                   register_lazy_backend, registered_backends)
 from . import reference  # noqa: F401  (registers "reference")
+from .base import (
+    Backend,
+    Benchmarking,
+    Capability,
+    Profiling,
+    Runner,
+    Saving,
+    Tuned,
+    get_backend,
+    register_backend,
+    register_lazy_backend,
+    registered_backends,
+)
 
 # TVM imports take a while and are optional for the reference backend: load on first use.
 register_lazy_backend("x86", "qcompile.backends.tvm.x86.backend", "X86Backend")

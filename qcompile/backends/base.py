@@ -10,7 +10,7 @@ import enum
 import importlib
 import inspect
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import fx
@@ -33,25 +33,34 @@ class Runner(Protocol):
         ...
 
 
+@runtime_checkable
 class Profiling(Runner, Protocol):
     def profile(self, *inputs: torch.Tensor) -> list[dict]:
         """One run's kernel calls: µs and the layers each computes (empty where nothing can be timed)."""
         ...
 
 
+@runtime_checkable
 class Benchmarking(Runner, Protocol):
     def benchmark(self, *inputs: torch.Tensor, number: int, repeat: int):
         """A BenchmarkResult of `repeat` timings of `number` calls each."""
         ...
 
 
+@runtime_checkable
 class Saving(Runner, Protocol):
     def save(self, directory: Path) -> None:
         ...
 
 
+@runtime_checkable
 class Tuned(Runner, Protocol):
     tuning: dict | None
+
+
+# The protocol a runner implements for each capability that needs one.
+RUNNER_PROTOCOLS: dict[Capability, type] = {Capability.PROFILE: Profiling, Capability.BENCHMARK: Benchmarking,
+                                            Capability.SAVE: Saving, Capability.TUNE: Tuned}
 
 
 class Backend(Protocol):

@@ -10,12 +10,12 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..ir import meta
+from ..ir.rewrite import Rewriter, constant
 from ..quant.annotate import annotate, share_root
 from ..quant.gptq import GramObserver, gptq
 from ..quant.math import check_finite
 from ..quant.observers import Observer, weight_qparams
 from ..quant.rules import rule_for
-from ..ir.rewrite import Rewriter, constant
 from .base import Pass, PassContext, PassResult, register_pass
 
 

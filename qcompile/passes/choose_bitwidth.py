@@ -18,8 +18,8 @@ from ..ir import meta
 from ..quant.annotate import layer_names
 from ..quant.bit_allocation import Choice, LayerChoices, allocate, budget_bits
 from ..quant.config import FLOAT, LAYER_WIDTHS, MIXED, QuantConfig
-from ..report import BIT_ALLOCATION
 from ..quant.sensitivity import Layer, sensitivities, weighted_layers
+from ..report import BIT_ALLOCATION
 from .base import Pass, PassContext, PassResult, register_pass
 
 INTEGER_WIDTHS = (8, 4)

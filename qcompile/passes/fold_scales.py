@@ -8,7 +8,11 @@ import torch
 from torch import fx
 
 from ..ir.rewrite import Rewriter, constant
-from ..quant.math import MULTIPLIER_BITS, fixed_point_multiplier, shared_shift_multipliers
+from ..quant.math import (
+    MULTIPLIER_BITS,
+    fixed_point_multiplier,
+    shared_shift_multipliers,
+)
 from ..quant.qdq import is_quantize, parse_dequantize, parse_quantize
 from .base import Pass, PassContext, PassResult, register_pass
 

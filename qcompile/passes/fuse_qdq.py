@@ -10,10 +10,10 @@ import torch
 from torch import fx
 
 from ..ir import meta
+from ..ir.qspec import QParams
 from ..ir.rewrite import Rewriter, constant
 from ..quant.integer_lowering import FLOAT_OUTPUT_KINDS, LOWERINGS, Match
 from ..quant.qdq import activation_source, is_quantize, parse_dequantize, parse_quantize
-from ..ir.qspec import QParams
 from ..quant.rules import FUSABLE_ACTIVATIONS, OpRule, rule_for
 from .base import Pass, PassContext, PassResult, register_pass
 

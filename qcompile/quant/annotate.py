@@ -7,8 +7,8 @@ from torch import fx
 from ..errors import UsageError
 from ..ir import meta, shapes
 from .config import FLOAT, QuantConfig
-from .qdq import is_dequantize, is_quantize
 from .integer_lowering import FLOAT_OUTPUT_KINDS, LOWERINGS
+from .qdq import is_dequantize, is_quantize
 from .rules import FUSABLE_ACTIVATIONS, SHARE, rule_for
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .math import qparams_from_range
 from ..ir.qspec import QParams, QSpec
+from .math import qparams_from_range
 
 DAMPING = 0.01  # of the mean diagonal, added to H: keeps it invertible when inputs are (nearly) collinear
 BLOCK = 128  # columns rounded before the rest of the matrix is updated (the same result, fewer passes)

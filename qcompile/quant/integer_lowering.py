@@ -14,9 +14,9 @@ import torch
 from torch import fx
 
 from ..ir import meta, shapes
+from ..ir.qspec import QParams
 from ..ir.rewrite import Rewriter, constant
 from .math import dequantize_tensor, quantize_tensor
-from ..ir.qspec import QParams
 from .rules import activation_range
 
 aten = torch.ops.aten

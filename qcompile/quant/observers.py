@@ -9,8 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .math import dequantize_groups, dequantize_tensor, qparams_from_range, quantize_groups, quantize_tensor, weight_groups
 from ..ir.qspec import QParams, QSpec
+from .math import (
+    dequantize_groups,
+    dequantize_tensor,
+    qparams_from_range,
+    quantize_groups,
+    quantize_tensor,
+    weight_groups,
+)
 
 _SAMPLES_PER_BATCH = 1 << 16
 _MAX_SAMPLES = 1 << 21

@@ -16,7 +16,12 @@ from torch import Tensor
 from torch.library import custom_op
 
 from .math import (
-    dequantize_groups, dequantize_tensor, dynamic_qparams, quantize_groups, quantize_tensor, rounding_shift,
+    dequantize_groups,
+    dequantize_tensor,
+    dynamic_qparams,
+    quantize_groups,
+    quantize_tensor,
+    rounding_shift,
 )
 
 _NS = "qcompile"

@@ -12,9 +12,9 @@ import torch
 from torch import fx
 
 from ..ir import meta, shapes
+from ..ir.qspec import DTYPES, QParams, QSpec
 from ..ir.rewrite import Rewriter, constant
 from . import ops  # noqa: F401  (registers torch.ops.qcompile)
-from ..ir.qspec import DTYPES, QParams, QSpec
 
 qc = torch.ops.qcompile
 

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from ..ir.rewrite import constant
 from .config import FLOAT, QuantConfig
-from .observers import fake_quantize, weight_qparams
 from .integer_lowering import LOWERINGS
+from .observers import fake_quantize, weight_qparams
 from .rules import SHARE, rule_for
 
 

@@ -12,10 +12,9 @@ from typing import Callable
 
 import torch
 import tvm
+from torch import fx
 from tvm import te, topi
 from tvm import tirx as tir
-
-from torch import fx
 
 qc = torch.ops.qcompile
 aten = torch.ops.aten

@@ -18,7 +18,7 @@ from tvm import tirx as tir
 
 from ...ir.rewrite import constant
 from .layout import Layouts, is_4d
-from .ops import cast, dtype_of, widen, product16, tvm_dtype
+from .ops import cast, dtype_of, product16, tvm_dtype, widen
 from .var_names import var_name
 
 qc = torch.ops.qcompile

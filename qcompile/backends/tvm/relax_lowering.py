@@ -104,7 +104,9 @@ class _FloatIslands:
     by attention.py."""
 
     def __init__(self):
-        from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+        from tvm.relax.frontend.torch.exported_program_translator import (
+            ExportedProgramImporter,
+        )
 
         self.importer = ExportedProgramImporter()
 

@@ -1,4 +1,4 @@
-"""The emulated aarch64 device (issue 5): find, start and stop the TVM RPC server that `make arm-emulator`
+"""The emulated aarch64 device: find, start and stop the TVM RPC server that `make arm-emulator`
 (tools/arm_emulator.sh) runs under qemu-aarch64, and an end-to-end check that cross-compiles an int8 matmul
 on this host and runs it there bit-exactly.
 
@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.d
 SCRIPT = os.path.join(ROOT, "tools", "arm_emulator.sh")
 ARM_DIR = os.environ.get("ARM_DIR", os.path.join(ROOT, ".arm"))
 
-# Cortex-A76 class: NEON and the int8 dot product (`sdot`), as `target="arm"` means in issue 5.
+# Cortex-A76 class: NEON and the int8 dot product (`sdot`), as `target="arm"` means.
 DOTPROD_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]}
 CROSS_CXX = "aarch64-linux-gnu-g++"
 DEFAULT = "server"  # the device `make arm-emulator` starts and target="arm" uses without remote=

@@ -1,5 +1,5 @@
 """Dynamic aarch64 instruction counts per kernel of an ARM build, for one call of the model on the emulated
-device (issue 5: emulated time means nothing, so compare "arm" with "arm-a55" by what they execute).
+device (emulated time means nothing, so compare "arm" with "arm-a55" by what they execute).
 
 How: `tools/arm_emulator.sh count` runs one call of the library in a fresh emulated Python under
 qemu-aarch64 with our TCG plugin (tools/insn_count.c), which counts how often every translated block of
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import emulator
 from .. import profile
 from ..pipeline import KERNELS, LIBRARY
+from . import emulator
 
 _WRAPPER, _BODY = "__tvm_ffi_", "_compute_"  # how TVM's LLVM codegen names a kernel's two functions
 _HEADER = re.compile(r"^[0-9a-f]+ <(.+)>:$")  # objdump -d: a symbol, then its instructions

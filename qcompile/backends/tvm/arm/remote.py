@@ -22,10 +22,10 @@ import tvm
 from tvm import relax, rpc
 
 from ....errors import UsageError
-from . import emulator
 from .. import profile
-from ..profile import BenchmarkResult, time_vm
 from ..pipeline import KERNELS, LIBRARY
+from ..profile import BenchmarkResult, time_vm
+from . import emulator
 
 
 def _host_port(address: str, what: str) -> tuple[str, int]:

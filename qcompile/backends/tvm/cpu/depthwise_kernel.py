@@ -42,8 +42,8 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .isa import NEON_DOTPROD, NEON_I8MM, Isa, sdot
 from .gemm_kernel import Requant, requantize_lanes
+from .isa import NEON_DOTPROD, NEON_I8MM, Isa, sdot
 
 __all__ = ["DepthwiseConv", "DepthwiseIsa", "ISAS", "for_isa", "depthwise_prim_func", "pack_weight", "offset_bias"]
 

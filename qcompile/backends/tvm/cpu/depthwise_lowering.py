@@ -11,14 +11,14 @@ from torch import fx
 from tvm import relax
 
 from ....ir.rewrite import constant
-from . import depthwise_kernel
-from .gemm_lowering import accumulators_taken, requant_of
 from ..layout import Layouts
 from ..ops import size_product
 from ..ops_nhwc import conv_output_hw
 from ..var_names import var_name
-from .isa import isa_for
+from . import depthwise_kernel
 from .gemm_kernel import pad_channels
+from .gemm_lowering import accumulators_taken, requant_of
+from .isa import isa_for
 
 qc = torch.ops.qcompile
 

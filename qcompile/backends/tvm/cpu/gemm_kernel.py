@@ -70,7 +70,7 @@ from tvm.script import tirx as T
 
 from ..ops import high_word_rounding
 from .isa import Isa, host_supports, host_target, isa_for
-from .tiling import Tiling, check_tiling, ceil_div, choose_tiling
+from .tiling import Tiling, ceil_div, check_tiling, choose_tiling
 
 __all__ = [
     "Requant", "GemmKernel", "build_gemm", "gemm_prim_func", "pack_weight", "pack_weight_int4", "pad_channels",

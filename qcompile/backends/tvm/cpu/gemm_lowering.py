@@ -25,7 +25,14 @@ from ..layout import Layouts
 from ..ops import size_product
 from ..ops_nhwc import conv_output_hw
 from ..var_names import var_name
-from .gemm_kernel import INT8_WEIGHTS, Requant, WeightFormat, gemm_prim_func, pad_channels, weight_format
+from .gemm_kernel import (
+    INT8_WEIGHTS,
+    Requant,
+    WeightFormat,
+    gemm_prim_func,
+    pad_channels,
+    weight_format,
+)
 from .isa import Isa, isa_for
 from .tiling import Tiling, choose_tiling
 

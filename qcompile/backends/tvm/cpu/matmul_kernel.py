@@ -53,13 +53,27 @@ from tvm import tirx as tir
 from tvm.script import tirx as T
 
 from ....ir.rewrite import constant
-from .gemm_lowering import accumulators_taken
 from ..layout import Layouts
-from ..ops import broadcast_batch, is_one, matmul_operands_ok, operand_batch, size_product, tvm_dtype
+from ..ops import (
+    broadcast_batch,
+    is_one,
+    matmul_operands_ok,
+    operand_batch,
+    size_product,
+    tvm_dtype,
+)
 from ..var_names import var_name
-from .isa import Isa, isa_for
 from .gemm_kernel import Requant, requantize_lanes
-from .tiling import Tiling, candidate_tiles, check_tiling, choose_tiling, preference, tile_cycles
+from .gemm_lowering import accumulators_taken
+from .isa import Isa, isa_for
+from .tiling import (
+    Tiling,
+    candidate_tiles,
+    check_tiling,
+    choose_tiling,
+    preference,
+    tile_cycles,
+)
 
 qc = torch.ops.qcompile
 

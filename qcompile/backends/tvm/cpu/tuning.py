@@ -33,10 +33,10 @@ import tvm_ffi
 from tvm import tirx
 
 from ....errors import UsageError
-from .gemm_lowering import GemmShape, default_tiling
 from .fused_kernel_rule import FusedIntegerKernel, Knobs
-from .tiling import Tiling, ranked_tilings
 from .gemm_kernel import gemm_prim_func
+from .gemm_lowering import GemmShape, default_tiling
+from .tiling import Tiling, ranked_tilings
 
 FORMAT = 1  # records written in another format are ignored (those kernels are tuned again)
 DEFAULT_TRIALS = 6  # measured schedules per kernel (about 85 s for MobileNetV2's 79 kernels on 2 cores)

@@ -12,7 +12,11 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
-from tvm.s_tir.dlight.gpu.matmul import MatmulTensorization, get_in_out_dtypes, get_reduction_blocks
+from tvm.s_tir.dlight.gpu.matmul import (
+    MatmulTensorization,
+    get_in_out_dtypes,
+    get_reduction_blocks,
+)
 from tvm.target import Target
 
 MIN_EXTENT = 17  # one 16 x 16 x 16 wmma tile and more

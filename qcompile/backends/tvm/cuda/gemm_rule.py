@@ -26,7 +26,11 @@ from dataclasses import dataclass, replace
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.base import GPUScheduleRule
-from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, get_index_map, get_reduction_blocks
+from tvm.s_tir.dlight.gpu.matmul import (
+    auto_inline_consumer_chain,
+    get_index_map,
+    get_reduction_blocks,
+)
 from tvm.s_tir.tensor_intrin.cuda import MMA_fill_16x16_i32_INTRIN
 from tvm.target import Target
 

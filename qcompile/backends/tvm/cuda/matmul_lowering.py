@@ -28,8 +28,7 @@ from torch import fx
 from tvm import relax, te, tirx
 
 from ..layout import Layouts
-from ..ops import matmul_operands_ok
-from ..ops import broadcast_batch, is_one, operand_batch
+from ..ops import broadcast_batch, is_one, matmul_operands_ok, operand_batch
 from ..var_names import var_name
 
 qc = torch.ops.qcompile

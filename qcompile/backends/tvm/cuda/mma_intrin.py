@@ -16,7 +16,10 @@ from __future__ import annotations
 from typing import Callable
 
 from tvm.s_tir import TensorIntrin
-from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout, shared_16x32_to_ldmatrix_32x16_layout
+from tvm.s_tir.tensor_intrin.cuda import (
+    shared_16x16_to_ldmatrix_32x8_layout,
+    shared_16x32_to_ldmatrix_32x16_layout,
+)
 from tvm.script import tirx as T
 from tvm.tirx import Cast
 

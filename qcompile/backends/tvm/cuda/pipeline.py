@@ -10,7 +10,15 @@ from tvm.s_tir import dlight
 
 from ..pipeline import fuse
 from ..relax_lowering import KernelLowering, to_relax
-from . import conv_lowering, depthwise_rule, fp16_gemm_rule, gemm_rule, matmul_lowering, nvcc_build, weight_only_lowering
+from . import (
+    conv_lowering,
+    depthwise_rule,
+    fp16_gemm_rule,
+    gemm_rule,
+    matmul_lowering,
+    nvcc_build,
+    weight_only_lowering,
+)
 
 LOWERINGS = tuple(KernelLowering(m.plan, m.emit) for m in (conv_lowering, matmul_lowering, weight_only_lowering))
 

@@ -22,12 +22,12 @@ from tvm import relax, te, tirx
 from ....errors import UsageError
 from ....ir import meta
 from ....ir.rewrite import constant
-from .gemv_kernel import MAX_ROWS, default_config, gemv_prim_func
-from .mma_gemv_kernel import default_mma_config, mma_gemv_prim_func
-from .weight_codes import CODES, MMA_CODES, CodeWidth
 from ..layout import Layouts
 from ..ops import size_product
 from ..var_names import var_name
+from .gemv_kernel import MAX_ROWS, default_config, gemv_prim_func
+from .mma_gemv_kernel import default_mma_config, mma_gemv_prim_func
+from .weight_codes import CODES, MMA_CODES, CodeWidth
 
 qc = torch.ops.qcompile
 

@@ -5,7 +5,7 @@ flattened in row-major (C) order and value 2i goes to the LOW nibble of byte i, 
 nibble. An odd count leaves the high nibble of the last byte zero. The packed tensor is uint8
 [ceil(numel / 2)]; the original shape is stored beside it (graph.json).
 
-Backends pack for their own kernels separately (e.g. x86_gemm.pack_weight_int4); this is the file format.
+Backends pack for their own kernels separately (e.g. gemm_kernel.pack_weight_int4); this is the file format.
 """
 from __future__ import annotations
 

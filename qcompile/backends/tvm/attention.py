@@ -32,7 +32,7 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
 def _additive(bb: relax.BlockBuilder, mask: relax.Expr, dtype: str) -> relax.Expr:
     """A mask as what is added to the scores: a boolean one (True = attend) becomes 0 / -inf. A constant one
     becomes that float constant here, so that no kernel reads booleans: TVM 0.27's CUDA code loads two bools
-    as a ushort2 (four bytes, two per value: wrong masks, found by cuda_emulator.py) or does not compile."""
+    as a ushort2 (four bytes, two per value: wrong masks, found by cuda/emulator/kernels.py) or does not compile."""
     if mask.ty.dtype == "bool" or "int" in str(mask.ty.dtype):  # some producers hand a boolean over as integers
         if isinstance(mask, tvm.ir.expr.Constant):
             keep = mask.value.numpy().astype(bool)

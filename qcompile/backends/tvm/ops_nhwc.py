@@ -3,7 +3,7 @@
 Semantics are those of qcompile/quant/ops.py, only the activations are channels-last: the conv reads
 its weights as [kh, kw, cin/groups, cout], prepared once at lowering, so that the innermost output loop
 (over output channels) reads input pixels and weights with unit stride and vectorizes on CPUs; CUDA's
-tensor-core GEMM reads them as [cout, kh, kw, cin] (CONV_OHWI, cuda_conv.py).
+tensor-core GEMM reads them as [cout, kh, kw, cin] (CONV_OHWI, cuda/conv_lowering.py).
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _conv2d(x, hwio_shape, weight, bias, x_zp, zp_folded, stride, padding, dilat
 
     def body(b, y, xx, co):
         # Ungrouped: the channel read is rc alone, so that the output channel indexes only the weights
-        # and the output (what a schedule recognises a GEMM by: cuda_gemm.py).
+        # and the output (what a schedule recognises a GEMM by: cuda/gemm_rule.py).
         ci = rc if groups == 1 else (co // cout_g) * cin_g + rc
         pix = xp[b, y * stride[0] + ry * dilation[0], xx * stride[1] + rx * dilation[1], ci]
         return te.sum(widen(product16(pix, sub, weight(ry, rx, rc, co))), axis=[ry, rx, rc])
@@ -113,7 +113,7 @@ NHWC_OPS: dict[object, NhwcOp] = {
     qc.avg_pool2d_int.default: NhwcOp(avg_pool2d_nhwc, {}),
     qc.max_pool2d_int.default: NhwcOp(max_pool2d_nhwc, {}),
 }
-# The conv with input channels innermost in its weights (cuda_conv.py).
+# The conv with input channels innermost in its weights (cuda/conv_lowering.py).
 CONV_OHWI = NhwcOp(conv2d_nhwc_ohwi, {1: functools.partial(_conv_weight, OHWI)})
 
 

@@ -219,7 +219,7 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
             b = T.meta_var(job // (NB * OH))
             for xo in range(OW):
                 # Accumulators in vector registers: a small "global" buffer is a stack alloca LLVM
-                # promotes (see x86_gemm.tiles).
+                # promotes (see tiling.py).
                 acc = T.alloc_buffer((CHANNELS,), "int32")
                 for q in T.unroll(LANES):
                     acc[T.ramp(q * LANES, 1, LANES)] = bias[T.ramp(blk * CHANNELS + q * LANES, 1, LANES)]

@@ -1,5 +1,5 @@
 """Lower `linear_int` / ungrouped `conv2d_int` (followed by `requantize_fixed`, or alone) to the hand-written
-x86 GEMM kernel (x86_gemm.py) with weights packed at compile time; with the requantize, the int32
+x86 GEMM kernel (gemm_kernel.py) with weights packed at compile time; with the requantize, the int32
 accumulator never reaches memory.
 
 A convolution is a GEMM over output pixels: a pointwise one reads its channels-last input (layout.py)

@@ -1,5 +1,5 @@
 """`qc.matmul_int` (int8 activation x activation, batched: attention's Q.K^T and P.V) on the dot-product
-instruction of the target's GEMM Isa (x86_gemm.isa_for: sdot on "arm", vpdpbusd on AVX512-VNNI x86),
+instruction of the target's GEMM Isa (isa.isa_for: sdot on "arm", vpdpbusd on AVX512-VNNI x86),
 with the requantize that follows (one multiplier, one constant shift) applied on the register tile.
 
 Both operands are run-time activations, so nothing is packed at build time:
@@ -18,7 +18,7 @@ Both operands are run-time activations, so nothing is packed at build time:
   the tile is picked among those whose loop (accumulators + 4 k-groups of B vectors) fits 32 registers.
   On x86 each A word is one broadcast (vpbroadcastd / an embedded {1to16}) as in the GEMM kernel.
 - BO is the output's batch dims flattened; operands broadcast over batch dims as torch.matmul does.
-- The accumulator tile is MR x NR as in x86_gemm (its cost model picks it); jobs (batch, row block,
+- The accumulator tile is MR x NR as in gemm_kernel (its cost model picks it); jobs (batch, row block,
   column panel) run in parallel. Executed aarch64 instructions for a MiniLM-shaped attention block
   (12 heads, head dim 32, seq 128; emulated device): Q.K^T kernel 4.28M -> 1.19M, P.V with its
   requantize 5.24M (+0.13M separate requantize) -> 0.90M, packing copies included the matmul path
@@ -36,7 +36,7 @@ row sums with a plain loop over A's (padded) row, whose padding is za and so add
 accumulators start from colterm[n] + rowterm[m]; the int32 accumulator wraps like any int32 GEMM, so the
 result is exact whenever the true value fits int32, as the reference's does.
 
-The kernel is TIR written directly (as x86_gemm's: tensorize segfaults in this venv), with every size
+The kernel is TIR written directly (as gemm_kernel's: tensorize segfaults in this venv), with every size
 symbolic, so one kernel serves dynamic batch and sequence lengths.
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ def _word(byte: int) -> int:
 def _sdot_by_element(acc, a_word, w_words):
     """sdot with the broadcast A word as the *second* operand: when that word is a lane of a loaded vector,
     LLVM selects the by-element form `sdot v.4s, b.16b, a.4b[lane]` (no dup, no broadcast load). Both
-    operands are signed bytes (int8 A, pack_b's B). Same call_llvm_pure_intrin as x86_gemm._dot_sdot."""
+    operands are signed bytes (int8 A, pack_b's B). Same call_llvm_pure_intrin as isa._dot_sdot."""
     as_bytes = lambda x: tvm.tirx.reinterpret("int8x16", x)
     return tvm.tirx.call_llvm_pure_intrin(
         "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", acc, as_bytes(w_words), as_bytes(tvm.tirx.Broadcast(a_word, 4)))

@@ -5,9 +5,9 @@ TVM 0.27's meta-schedule cannot be used with this wheel: `tvm.ir.save_json` of a
 PrimFunc segfaults (ffi::ToJSONGraph), and its database, task scheduler and default mutators serialise
 modules. The search space here is qcompile's own schedules, whose knobs change only the loop structure,
 so tuned results stay bit-exact:
-- fused TE kernels (schedule_cpu.FusedIntegerKernel): `Knobs` (vector width, register tile rows, pad
+- fused TE kernels (fused_kernel_rule.FusedIntegerKernel): `Knobs` (vector width, register tile rows, pad
   inlined or materialised), searched one knob at a time from the untuned defaults (coordinate descent);
-- GEMM kernels (x86_gemm.py): the register `Tiling`, the cost model's best few.
+- GEMM kernels (gemm_kernel.py): the register `Tiling`, the cost model's best few.
 
 A workload is keyed by the target and the kernel: the structural hash of the unscheduled PrimFunc (for a
 GEMM, its ISA, sizes and output type, which is what its tile depends on). Each candidate is built on its

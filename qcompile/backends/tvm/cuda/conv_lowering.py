@@ -1,5 +1,5 @@
 """Ungrouped `conv2d_int` on CUDA targets with its weights as [cout, kh, kw, cin] (ops_nhwc.CONV_OHWI): the
-tensor-core GEMM (cuda_gemm.py) reads them as its B operand [N = cout, K = kh * kw * cin], and with K
+tensor-core GEMM (gemm_rule.py) reads them as its B operand [N = cout, K = kh * kw * cin], and with K
 innermost in memory its global -> shared copy is 16-byte cp.async per thread (cin a multiple of 16; 4 or
 1 bytes otherwise, consecutive threads on consecutive bytes). The CPUs' [kh, kw, cin, cout] order has
 output channels innermost: read along K, each thread's bytes lay cout apart, copied one at a time.

@@ -1,6 +1,6 @@
 """Float16 x float16 -> float32 GEMMs on tensor cores (wmma, 16 x 16 x 16): TVM's own dlight rule
 (MatmulTensorization) for the kernels whose reduction multiplies two float16 operands, such as the
-weight-only Linear at large static batches (cuda_weight_only.py), where a producer of an operand (the
+weight-only Linear at large static batches (weight_only_lowering.py), where a producer of an operand (the
 weights' dequantize) is computed inside the global -> shared copy.
 
 dlight's matmul rule tensorizes only for archs whose name is digits after "sm_": for "sm_90a", this

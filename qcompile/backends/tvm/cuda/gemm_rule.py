@@ -106,7 +106,7 @@ def _operand_dtypes(block: tirx.Block) -> tuple[str, str] | None:
 
 def _leading_batch(block: tirx.Block) -> bool:
     """Whether both operands and the output are indexed first by one variable, as a batched matmul's
-    [batch, rows, K] operands (cuda_matmul.py) are."""
+    [batch, rows, K] operands (matmul_lowering.py) are."""
     firsts = [region.region[0].min for region in (*block.reads[:2], block.writes[0])]
     return all(isinstance(f, tirx.Var) and f.same_as(firsts[0]) for f in firsts)
 

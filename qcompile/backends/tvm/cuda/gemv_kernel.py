@@ -45,11 +45,11 @@ class GemvConfig:
     warps: int = 4    # warps per block
     m_block: int = 1  # activation rows per block (grid.y covers M)
     unroll: int = 4   # K steps unrolled (rows * unroll 128-bit loads per lane written first; ptxas issues
-    # only some early to save registers: 9 of 34 at 4096 x 4096, r2 w8 u4. cuda_mma_gemv.py copies async.)
+    # only some early to save registers: 9 of 34 at 4096 x 4096, r2 w8 u4. mma_gemv_kernel.py copies async.)
     split_k: int = 1  # warps of a block sharing its rows, each over every split_k-th 512-byte K segment
 
 
-MAX_ROWS = 16  # largest static M the GEMV takes; above, the float16 tensor-core GEMM (cuda_weight_only.py)
+MAX_ROWS = 16  # largest static M the GEMV takes; above, the float16 tensor-core GEMM (weight_only_lowering.py)
 
 
 def default_config(m: int | None, n: int, k: int) -> GemvConfig:
@@ -127,7 +127,7 @@ def gemv_prim_func(n: int, k: int, group_size: int, codes: Codes, cfg: GemvConfi
                 part[0] = T.float32(0)
                 part[1] = T.float32(0)
                 for i in T.unroll(C):
-                    # Fused multiply-adds written out: the build compiles without contraction (cuda_build).
+                    # Fused multiply-adds written out: the build compiles without contraction (nvcc_build).
                     part[i % V // 2 * bits % 8 // 4] = fma(xl[mb, i], q[i], part[i % V // 2 * bits % 8 // 4])
                 sums = fma(part[1], T.float32(1 / 16), part[0])
                 acc[mb, r] = fma(fma(sums, T.float32(SUBNORMAL), -T.float32(offset) * xs[mb]), scale, acc[mb, r])

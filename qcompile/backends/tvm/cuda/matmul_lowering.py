@@ -1,5 +1,5 @@
 """`qc.matmul_int` (activation x activation, batched: attention's Q.K^T and P.V) on CUDA targets: a batch
-of GEMMs written so that the tensor-core rule (cuda_gemm.TensorCoreGemm) schedules it like a linear.
+of GEMMs written so that the tensor-core rule (gemm_rule.TensorCoreGemm) schedules it like a linear.
 
 The mma multiplies the stored bytes (uint8 or int8, either operand), so the zero points come out of the
 product:

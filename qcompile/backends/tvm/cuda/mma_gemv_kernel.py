@@ -1,7 +1,7 @@
 """A weight-only GEMV on tensor cores: float16 m16n8k16 mma with int4 or int8 codes dequantized in
 registers, the weight rows as the mma's A (16 rows per fragment), 8 activation rows as its B.
 
-Why: the CUDA-core GEMV (cuda_gemv.py) spends about 4 instructions per code (SASS of the 4096 x 4096
+Why: the CUDA-core GEMV (gemv_kernel.py) spends about 4 instructions per code (SASS of the 4096 x 4096
 int4 kernel: converting, multiplying, adding in float32), enough to share the time with memory on the
 H200 (Nsight Compute: SM 62% busy for 28672 x 8192), and ptxas issues its loads late to save registers,
 so few are in flight. Here a step of 32 codes per lane is about 65 SASS instructions: one lop3 makes a
@@ -10,14 +10,14 @@ makes them the exact codes, and the mma does 256 multiply-adds per instruction w
 accumulation. The loads are cp.async copies into a ring of `stages` shared-memory slots per warp, issued
 `stages` steps ahead: asynchronous, so ptxas cannot delay them, and no registers wait for them.
 
-Layout (cuda_weight_codes.MmaCodes): per 16-row tile and K step (64 values for int4), each lane copies 4
+Layout (weight_codes.MmaCodes): per 16-row tile and K step (64 values for int4), each lane copies 4
 words (16 bytes) of weights; lane 4g + t copies `lane_k` float16 of activation row g (and g + 8), the
 k slots of its fragments (permuted so that a lane's are consecutive); two lanes copy the tile's 16 group
 scales of the step, which are [groups, rows] float16 (the group size a multiple of the step).
 
 Numerics: codes and float16 activations multiply exactly; each step's products are summed by the mma in
 float32, times the row's group scale into a float32 accumulator (a fused multiply-add), so the result
-differs from the float32 reference as cuda_gemv.py's does: by the rounding of x and the scales to float16
+differs from the float32 reference as gemv_kernel.py's does: by the rounding of x and the scales to float16
 and by the summation order.
 
 Work split: a warp owns one 16-row tile over every `split_k`-th step of K; a block is `tiles` x `split_k`
@@ -36,7 +36,7 @@ from .gemv_kernel import WARP, ceil_div, fma
 from .weight_codes import MAGIC_X2, TILE, WORDS_PER_LOAD, MmaCodes, RegisterDecode
 
 MMA_N = 8  # activation rows per mma (B's columns)
-MAX_M_BLOCK = 2 * MMA_N  # activation rows per block: two mma per A fragment (cuda_gemv.MAX_ROWS)
+MAX_M_BLOCK = 2 * MMA_N  # activation rows per block: two mma per A fragment (gemv_kernel.MAX_ROWS)
 FRAGMENT = 8  # float16 values of an A fragment per lane
 COPY = 16  # bytes of one cp.async
 LOP3_AND_OR = 0xEA  # lop3's truth table for (a & b) | c

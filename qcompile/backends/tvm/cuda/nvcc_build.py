@@ -121,7 +121,7 @@ def _compile(source: str, arch: str, directory: Path) -> bytes:
     cu.write_text(_fix_codegen(source))
     compiler = nvcc()
     # --fmad=false: a * b + c stays two roundings, as in the reference backend (float epilogues then match
-    # it bit for bit); kernels that want fused multiply-adds write them (cuda_gemv.py).
+    # it bit for bit); kernels that want fused multiply-adds write them (gemv_kernel.py).
     _run([compiler, "--ptx", f"-arch={arch}", "-O3", "--fmad=false", "-w", "-o", str(ptx), str(cu)], "nvcc")
     report = _run([compiler, "--cubin", f"-arch={arch}", "-O3", "-w", "-Xptxas", "-v", "-o", str(cubin), str(ptx)], "ptxas")
     (directory / "ptxas.log").write_text(report)

@@ -51,14 +51,14 @@ def _load_driver() -> bool:
 
 @functools.cache
 def stand_in_driver() -> ctypes.CDLL:
-    """The driver's stand-in, loaded (its switch: cuda_emulator.emulated_gpu)."""
+    """The driver's stand-in, loaded (its switch: emulator/kernels.emulated_gpu)."""
     if load_runtime():
         raise RuntimeError("this machine has an NVIDIA driver: there is no stand-in to switch")
     return ctypes.CDLL(str(_stand_in("libcuda.so.1", _STAND_INS["libcuda.so.1"])), mode=ctypes.RTLD_GLOBAL)
 
 
 def emulating() -> bool:
-    """Whether CUDA kernels run on this CPU's emulator now (cuda_emulator.emulated_gpu)."""
+    """Whether CUDA kernels run on this CPU's emulator now (emulator/kernels.emulated_gpu)."""
     return not load_runtime() and bool(stand_in_driver().qcompile_emulating())
 
 

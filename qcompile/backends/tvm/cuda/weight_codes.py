@@ -1,4 +1,4 @@
-"""The packed weight format of the CUDA GEMV kernel (cuda_gemv.py, whose docstring describes the layout):
+"""The packed weight format of the CUDA GEMV kernel (gemv_kernel.py, whose docstring describes the layout):
 numpy only, so that a machine with the TVM runtime alone can pack weights for a built kernel."""
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ class RegisterDecode:
 
 @dataclass(frozen=True)
 class MmaCodes(CodeWidth):
-    """Weight codes of `bits` bits laid out as the A fragments of float16 m16n8k16 mma (cuda_mma_gemv.py).
+    """Weight codes of `bits` bits laid out as the A fragments of float16 m16n8k16 mma (mma_gemv_kernel.py).
 
     The weight is cut into 16-row tiles; a tile's K into steps of `step_k` values, one 128-bit load (4
     words) per lane per step, i.e. `tiles_per_step` A fragments of 16 x 16. Fragment register r (a half2:
@@ -230,7 +230,7 @@ class MmaCodes(CodeWidth):
 
 MMA_CODES = {4: MmaCodes(4), 8: MmaCodes(8)}
 
-# The weight layout of each GEMV kernel (cuda_weight_only.GEMV_KERNELS' names).
+# The weight layout of each GEMV kernel (weight_only_lowering.GEMV_KERNELS' names).
 LAYOUTS = {"cuda_cores": CODES, "tensor_cores": MMA_CODES}
 
 

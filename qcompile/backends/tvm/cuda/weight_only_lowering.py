@@ -1,11 +1,11 @@
 """`linear_weight_only` on CUDA targets, with the activations cast to float16 before the kernel (the cast
 fuses into the producer's kernel), group scales in float16 and a float32 result:
 
-- up to cuda_gemv.MAX_ROWS static rows, or a free batch: a GEMV kernel, weights packed at build time
+- up to gemv_kernel.MAX_ROWS static rows, or a free batch: a GEMV kernel, weights packed at build time
   (int4 by their storage bits, else int8 codes). GEMV_KERNELS has two, chosen by the CUDA backend's
-  `gemv` option: on tensor cores (cuda_mma_gemv.py) and on CUDA cores (cuda_gemv.py). The default,
+  `gemv` option: on tensor cores (mma_gemv_kernel.py) and on CUDA cores (gemv_kernel.py). The default,
   "auto", takes the first of GEMV_KERNELS, in order, that takes the layer's K and group size;
-- more static rows (a prefill): a float16 GEMM on tensor cores (cuda_fp16_gemm.py), the weights' codes
+- more static rows (a prefill): a float16 GEMM on tensor cores (fp16_gemm_rule.py), the weights' codes
   (int4 packed 8 to a word in k order, int8 as they are) dequantized to float16 (code * scale, rounded
   once) as they are copied to shared memory. The GEMV would re-read the weights once per block of rows."""
 from __future__ import annotations
@@ -33,7 +33,7 @@ qc = torch.ops.qcompile
 
 
 class CudaCoreGemv:
-    """cuda_gemv.py: weights [N, K / V] words, scales [N, groups]."""
+    """gemv_kernel.py: weights [N, K / V] words, scales [N, groups]."""
 
     def supports(self, bits: int, k: int, group_size: int) -> bool:
         chunk = CODES[bits].chunk
@@ -47,7 +47,7 @@ class CudaCoreGemv:
 
 
 class TensorCoreGemv:
-    """cuda_mma_gemv.py: weights in A-fragment order, scales [groups, rows]."""
+    """mma_gemv_kernel.py: weights in A-fragment order, scales [groups, rows]."""
 
     def supports(self, bits: int, k: int, group_size: int) -> bool:
         step = MMA_CODES[bits].step_k

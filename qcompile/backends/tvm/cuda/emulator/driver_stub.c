@@ -3,10 +3,10 @@
  * TVM's CUDA runtime library (libtvm_runtime_cuda.so) links libcuda.so.1, the driver, which only a machine
  * with an NVIDIA driver has. Loading that runtime is what makes TVM produce real CUDA modules (a cubin
  * compiled at build time) instead of source to compile where the model runs, so a machine without the
- * driver loads this stand-in first (cuda_runtime.load_runtime). Only the symbols the runtime imports exist.
+ * driver loads this stand-in first (runtime.load_runtime). Only the symbols the runtime imports exist.
  *
  * Off (the default), every call fails with "no device". On (qcompile_emulation(1, ...), from
- * cuda_runtime.emulated_gpu), a module is the emulated library of its kernels (cuda_emulator.py: the CUDA
+ * runtime.emulated_gpu), a module is the emulated library of its kernels (kernels.py: the CUDA
  * source compiled for this CPU), registered beforehand by the content of its cubin, and a launch runs the
  * kernel there; a failed launch's reason (a deadlock, say) is what cuGetErrorString answers. */
 #include <dlfcn.h>
@@ -104,7 +104,7 @@ int cuModuleLoadData(void **module, const void *image) {
       if (!*module) return fail(CUDA_ERROR_INVALID_IMAGE, dlerror());
       return CUDA_SUCCESS;
     }
-  return fail(CUDA_ERROR_NOT_FOUND, "no emulated kernels are registered for this cubin (cuda_emulator.register_kernels)");
+  return fail(CUDA_ERROR_NOT_FOUND, "no emulated kernels are registered for this cubin (kernels.register_kernels)");
 }
 
 int cuModuleUnload(void *module) {

@@ -11,7 +11,7 @@ from tvm.s_tir import dlight
 
 from ..pipeline import fuse, group
 from ..relax_lowering import KernelLowering, to_relax
-from . import depthwise_lowering, gemm_lowering, matmul_kernel
+from . import depthwise_lowering, gemm_lowering, matmul_lowering
 from .fused_kernel_rule import FusedIntegerKernel
 from .gemm_lowering import ChooseTiling, default_tiling
 from .tuning import Tuner
@@ -21,7 +21,7 @@ def lowerings(choose_tiling: ChooseTiling = default_tiling) -> tuple[KernelLower
     """The CPU kernels, the GEMM's register tile chosen by `choose_tiling` (the cost model's unless tuning)."""
     return (KernelLowering(gemm_lowering.plan, functools.partial(gemm_lowering.emit, choose_tiling=choose_tiling)),
             KernelLowering(depthwise_lowering.plan, depthwise_lowering.emit),
-            KernelLowering(matmul_kernel.plan, matmul_kernel.emit))
+            KernelLowering(matmul_lowering.plan, matmul_lowering.emit))
 
 
 def lower(gm: fx.GraphModule, target: tvm.target.Target, choose_tiling: ChooseTiling = default_tiling) -> tvm.IRModule:

@@ -9,17 +9,17 @@ from tvm.support import cc
 import qcompile
 from qcompile.backends.tvm.cpu import gemm_kernel as G
 from qcompile.backends.tvm.arm.backend import CROSS_COMPILER, VARIANTS
+from qcompile.backends.tvm.arm.instruction_counts import functions
 from qcompile.backends.tvm.cpu.isa import NEON_DOTPROD, NEON_I8MM, isa_for
 from qcompile.backends.tvm.cpu.tiling import Tiling, ranked_tilings
 from qcompile.backends.tvm.cpu.tiling import choose_tiling
-from tests.backends.tvm.arm.test_backend import _functions
 
 
 pytestmark = pytest.mark.usefixtures("cross_toolchain")
 
 
-def _gemms(functions):
-    return {name: ops for name, ops in functions.items() if name.startswith("gemm_") and name.endswith("_compute_")}
+def _gemms(disassembly):
+    return {name: ops for name, ops in disassembly.items() if name.startswith("gemm_") and name.endswith("_compute_")}
 
 
 def test_variants_pick_their_gemm_isa():
@@ -56,7 +56,7 @@ def test_i8mm_target_runs_every_gemm_on_smmla_and_arm_never(resnet, tmp_path):
     libs = {}
     for target in ("arm-i8mm", "arm"):
         cm = qcompile.compile(model, ex, target=target, calibration=cal, progress=False)
-        libs[target] = _functions(cm.save(tmp_path / target) / "model.so")
+        libs[target] = functions(cm.save(tmp_path / target) / "model.so")
     gemms = _gemms(libs["arm-i8mm"])
     assert len(gemms) == 7  # five ungrouped convs (1x1 and im2col), the stem, the classifier
     assert all("smmla" in ops for ops in gemms.values()), {n: "smmla" in ops for n, ops in gemms.items()}
@@ -97,7 +97,7 @@ def test_i8mm_odd_shapes_are_bit_exact_on_the_device(arm_device, tmp_path):
     ref = qcompile.compile(model, (ex,), target="reference", calibration=cal, progress=False)
     cm = qcompile.compile(model, (ex,), target="arm-i8mm", calibration=cal, progress=False,
                           remote="%s:%d" % arm_device)
-    gemms = _gemms(_functions(cm.save(tmp_path / "odd") / "model.so"))
+    gemms = _gemms(functions(cm.save(tmp_path / "odd") / "model.so"))
     assert len(gemms) == 3 and all("smmla" in ops for ops in gemms.values())
     for x in (ex, torch.randn(1, 5, 7, 7) * 3):
         assert torch.equal(cm(x), ref(x))
@@ -127,7 +127,7 @@ def test_i8mm_gemm_kernel_is_bit_exact_on_the_device(arm_device, tmp_path, m, n,
     lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(VARIANTS["arm-i8mm"]))
     path = tmp_path / "gemm.so"
     lib.export_library(str(path), fcompile=cc.cross_compiler(CROSS_COMPILER))
-    assert "smmla" in _functions(path)["main_compute_"]
+    assert "smmla" in functions(path)["main_compute_"]
 
     remote = rpc.connect(*arm_device)
     remote.upload(str(path))

@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from torch import fx
 
 import qcompile
 from qcompile.backends.tvm.cpu import matmul_kernel
@@ -13,65 +12,30 @@ from qcompile.backends.tvm.x86.backend import X86Backend
 from qcompile.backends.tvm.cpu.isa import host_target
 from qcompile.backends.tvm.cpu.isa import AVX512_VNNI, NEON_DOTPROD
 from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
+from tests.backends.tvm.matmul_cases import CASES, I8, U8, matmul_graph, random_operand
 from tests.models import Attention
 
 qc = torch.ops.qcompile
 
 
-def _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant=None) -> fx.GraphModule:
-    """An integer graph `matmul_int(a, b)`, optionally followed by a requantize (mult, shift, out_zp)."""
-    g, root = fx.Graph(), torch.nn.Module()
-    a, b = g.placeholder("a"), g.placeholder("b")
-    a.meta["val"], b.meta["val"] = torch.zeros(shape_a, dtype=dtype_a), torch.zeros(shape_b, dtype=dtype_b)
-    out = g.call_function(qc.matmul_int.default, (a, b, a_zp, b_zp))
-    out.meta["val"] = qc.matmul_int(a.meta["val"], b.meta["val"], a_zp, b_zp)
-    if requant is not None:
-        mult, shift, out_zp = requant
-        root.register_buffer("mult", torch.tensor([mult], dtype=torch.int32))
-        root.register_buffer("shift", torch.tensor([shift], dtype=torch.int32))
-        acc = out
-        out = g.call_function(qc.requantize_fixed.default,
-                              (acc, 0, g.get_attr("mult"), g.get_attr("shift"), -1, out_zp, 0, 255, torch.uint8))
-        out.meta["val"] = torch.zeros(acc.meta["val"].shape, dtype=torch.uint8)
-    g.output((out,))
-    return fx.GraphModule(root, g)
-
-
-def _random(shape, dtype, gen):
-    lo, hi = (0, 256) if dtype == torch.uint8 else (-128, 128)
-    return torch.randint(lo, hi, shape, generator=gen).to(dtype)
-
-
-U8, I8 = torch.uint8, torch.int8
-CASES = [  # shape a, shape b, dtypes, zero points, requantize
-    ((2, 12, 16, 32), (2, 12, 32, 16), U8, U8, 134, 137, None),  # Q.K^T of MiniLM
-    ((2, 12, 16, 16), (2, 12, 16, 32), U8, U8, 0, 128, (1234567890, 40, 118)),  # P.V + requantize
-    ((2, 3, 5, 7), (2, 3, 7, 9), U8, U8, 3, 200, None),  # M, N odd, K not a multiple of 4
-    ((4, 1, 3, 1), (5, 1, 6), I8, U8, -3, 17, None),  # K = 1, batch broadcast both ways, ranks differ
-    ((3, 5), (2, 5, 13), U8, I8, 255, -128, (1500000000, 38, 9)),  # 2-D a broadcast over b's batch
-    ((1, 33, 8), (3, 8, 1), I8, I8, 0, 0, None),  # N = 1, a broadcast, no zero points
-    ((2, 1, 9, 12), (1, 3, 12, 20), I8, I8, 5, -7, (1073741824, 33, 0)),  # shift 33, ragged N
-]
-
-
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-{c[2]}-{c[3]}" for c in CASES])
 def test_x86_matmul_int_bit_exact_on_odd_shapes(case):
     shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
-    gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
+    gm = matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
     funcs = [gv.name_hint for gv in cpu_pipeline.lower(gm, host_target()).functions]
     if matmul_kernel.supported_isa(host_target()) is not None:  # AVX512-VNNI hosts: the kernel, not the TE reduction
         assert any(f.startswith("matmul_") for f in funcs) and any(f.startswith("pack_b_") for f in funcs), funcs
     runner = X86Backend().build(gm)
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):
-        a, b = _random(shape_a, dtype_a, gen), _random(shape_b, dtype_b, gen)
+        a, b = random_operand(shape_a, dtype_a, gen), random_operand(shape_b, dtype_b, gen)
         want = gm(a, b)[0]  # the graph runs the reference integer ops
         assert torch.equal(runner(a, b)[0], want)
 
 
 def test_extreme_operands_stay_exact():
     """All-255 uint8 against all -128 int8 with zero points at the opposite ends: the largest terms."""
-    gm = _matmul_graph((1, 4, 64), (1, 64, 8), U8, I8, 0, 127)
+    gm = matmul_graph((1, 4, 64), (1, 64, 8), U8, I8, 0, 127)
     a, b = torch.full((1, 4, 64), 255, dtype=U8), torch.full((1, 64, 8), -128, dtype=I8)
     assert torch.equal(X86Backend().build(gm)(a, b)[0], gm(a, b)[0])
 
@@ -93,9 +57,9 @@ def attention():
 
 
 def _arm_functions(cm, path):
-    from tests.backends.tvm.arm.test_backend import _functions
+    from qcompile.backends.tvm.arm.instruction_counts import functions
 
-    return _functions(cm.save(path) / "model.so")
+    return functions(cm.save(path) / "model.so")
 
 
 def test_arm_matmul_kernels_use_sdot_and_a55_never(attention, cross_toolchain, tmp_path):
@@ -114,13 +78,13 @@ def test_arm_matmul_int_bit_exact_on_odd_shapes(case, arm_device, cross_toolchai
     from qcompile.backends.tvm.arm.backend import ArmBackend
 
     shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
-    gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
+    gm = matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
     backend = ArmBackend(remote="%s:%d" % arm_device)
     funcs = [gv.name_hint for gv in cpu_pipeline.lower(gm, backend.target).functions]
     assert any(f.startswith("matmul_") for f in funcs) and any(f.startswith("pack_b_") for f in funcs), funcs
     runner = backend.build(gm)
     gen = torch.Generator().manual_seed(1)
-    a, b = _random(shape_a, dtype_a, gen), _random(shape_b, dtype_b, gen)
+    a, b = random_operand(shape_a, dtype_a, gen), random_operand(shape_b, dtype_b, gen)
     assert torch.equal(runner(a, b)[0], gm(a, b)[0])
 
 

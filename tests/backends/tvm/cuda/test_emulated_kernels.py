@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 
-from qcompile.backends.tvm.cuda import backend, nvcc_build
+from qcompile.backends.tvm.cuda import nvcc_build, pipeline
 from qcompile.backends.tvm.cuda.emulator.kernels import SCHEDULES, EmulatedKernels, launch_dims
 from qcompile.backends.tvm.cuda.gemv_kernel import GemvConfig, default_config, gemv_prim_func
 from qcompile.backends.tvm.cuda.mma_gemv_kernel import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
@@ -20,7 +20,7 @@ GEMV_TOLERANCE = 1e-5  # of the largest output: float32 sums of 1000-odd product
 
 def _emulated(func, directory: Path, source_edit=lambda source: source) -> EmulatedKernels:
     """`func` built by nvcc's path (the cubin too); its CUDA source (after `source_edit`) for the emulator."""
-    _, built = backend.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), directory)
+    _, built = pipeline.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), directory)
     return EmulatedKernels(source_edit(built.source))
 
 
@@ -93,7 +93,7 @@ def test_int8_tensor_core_gemm_emulated_is_exact(m, n, k, tmp_path):
     """ldmatrix, u8 x s8 mma and the cp.async pipeline of the GEMM rule (cuda_gemm.py), with the fused
     requantize epilogue (bench/cuda/gemm.py's)."""
     bench = _gemm_bench()
-    func = backend.apply_rules(tvm.IRModule({"main": bench._gemm_func(m, n, k, True)}), nvcc_build.target())["main"]
+    func = pipeline.apply_rules(tvm.IRModule({"main": bench._gemm_func(m, n, k, True)}), nvcc_build.target())["main"]
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
     w = rng.integers(-128, 128, (n, k), dtype=np.int8)

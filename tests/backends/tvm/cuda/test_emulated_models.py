@@ -1,4 +1,4 @@
-"""GPU cases (gpu_cases.py) compiled for target="cuda" and run here: TVM's own CUDA runtime drives the model,
+"""GPU cases (cases.py) compiled for target="cuda" and run here: TVM's own CUDA runtime drives the model,
 and each kernel of its cubin runs on the CPU emulator (cuda_emulator.py) through the stand-ins for the driver
 and the CUDA runtime; the integer cases bit for bit, the float ones within their GPU bounds. CI runs one case
 per kernel family (about 35 s); `python tools/cuda_emulate_cases.py` runs all of them (about 80 s)."""

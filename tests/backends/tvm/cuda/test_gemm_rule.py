@@ -1,9 +1,9 @@
 """target="cuda": int8 GEMMs (linear, ungrouped conv) on tensor cores, depthwise convs one thread per output.
 
 Without a GPU the tests check what nvcc made of the kernels (PTX instructions, ptxas spills). The `gpu`
-test compares gpu_cases() with target="reference" bit for bit where TVM's compiler and a GPU are both
-present; the lent GPU machine has the TVM runtime only and runs the same cases from the bundle
-(tools/cuda_bundle.py, tests/gpu).
+test compares this family's GPU cases (cases.py: gemm_cases()) with target="reference" bit for bit where
+TVM's compiler and a GPU are both present; the lent GPU machine has the TVM runtime only and runs the same
+cases from the bundle (tools/cuda_bundle.py, tests/gpu).
 """
 import re
 
@@ -12,70 +12,12 @@ import torch
 from torch import nn
 
 import qcompile
+from tests.backends.tvm.cuda.case_models import FeedForward, odd_linear
+from tests.backends.tvm.cuda.cases import gemm_cases
 from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference
-from tests.models import DepthwiseBlocks, TinyResNet
+from tests.models import DepthwiseBlocks
 
 MMA_U8S8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
-
-
-class ConvStack(nn.Module):
-    """Convs of the shapes real models have: 3 input channels (K = 27), 10 output channels, a strided
-    conv, a pointwise one, a residual add and a classifier with 10 outputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 10, 3, padding=1)
-        self.down = nn.Conv2d(10, 24, 3, stride=2, padding=1)
-        self.pw = nn.Conv2d(24, 24, 1)
-        self.fc = nn.Linear(24, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.down(torch.relu(self.stem(x))))
-        x = torch.relu(x + self.pw(x))
-        return self.fc(x.mean((2, 3)))
-
-
-class FeedForward(nn.Module):
-    """A transformer block's MLP on [batch, seq, features]: the second GEMM's epilogue adds the residual
-    in float (its operand dequantized beside the GEMM) before a layer norm."""
-
-    def __init__(self):
-        super().__init__()
-        self.up, self.down, self.norm = nn.Linear(64, 128), nn.Linear(128, 64), nn.LayerNorm(64)
-
-    def forward(self, x):
-        return self.norm(x + self.down(nn.functional.gelu(self.up(x))))
-
-
-def _odd_linear():
-    return nn.Sequential(nn.Linear(27, 10), nn.ReLU(), nn.Linear(10, 37)).eval()
-
-
-# Cases whose output comes out of float ops after the last integer kernel (the feed-forward's LayerNorm):
-# the GPU sums in its own order, so they are compared within this absolute bound, four orders of magnitude
-# below one quantization step of their input: an integer kernel off by one still fails. On the H200 the
-# largest difference was 4.8e-7 (bench/results/cuda/2026-11-26-h200-3).
-FLOAT_TAIL = {"feedforward_free_batch": 1e-5}
-
-
-def gpu_cases() -> list[tuple]:
-    """(name, model, example inputs, calibration, compile options) of every case the gpu tests compare
-    with the reference (the device bundle is built from these)."""
-    torch.manual_seed(0)
-    cases = []
-    x = torch.randn(3, 27)
-    cases.append(("odd_linear", _odd_linear(), (x,), [x, torch.randn(5, 27)], {}))
-    x = torch.randn(2, 3, 32, 32)
-    cases.append(("tiny_resnet", TinyResNet().eval(), (x,), [x], {}))
-    x = torch.randn(2, 3, 20, 20)
-    cases.append(("conv_stack", ConvStack().eval(), (x,), [x], {}))
-    free = {"dynamic_shapes": ({0: torch.export.Dim("batch", max=64)},)}  # scheduled without TVM's region checks
-    cases.append(("conv_stack_free_batch", ConvStack().eval(), (torch.randn(3, 3, 20, 20),), [x], free))
-    x = torch.randn(3, 16, 64)
-    cases.append(("feedforward_free_batch", FeedForward().eval(), (x,), [x], free))
-    x = torch.randn(2, 3, 16, 16)
-    cases.append(("depthwise", DepthwiseBlocks().eval(), (x,), [x], {}))
-    return cases
 
 
 def _build(model, inputs, calibration, **kw):
@@ -115,7 +57,7 @@ def test_odd_linear_with_free_batch_builds_on_tensor_cores():
     """M = 3 (free at run time), K = 27, N = 10 and 37: every size padded to the tile."""
     torch.manual_seed(0)
     x = torch.randn(3, 27)
-    cm = _build(_odd_linear(), (x,), [x], dynamic_shapes={"input": {0: torch.export.Dim("batch", max=4096)}})
+    cm = _build(odd_linear(), (x,), [x], dynamic_shapes={"input": {0: torch.export.Dim("batch", max=4096)}})
     kernels = _kernels(cm)
     gemms = _gemm_kernels(kernels)
     assert len(gemms) == 2
@@ -163,12 +105,16 @@ def test_depthwise_convs_run_one_thread_per_output():
         assert re.search(rf"__launch_bounds__\(256\) {name}\(", source), name
 
 
-@pytest.mark.parametrize("case", [c[0] for c in gpu_cases()])
-def test_the_cuda_lowering_is_bit_exact_on_the_cpu(case):
+def _gemm_case(name):
+    return next(c for c in gemm_cases() if c.name == name)
+
+
+@pytest.mark.parametrize("name", [c.name for c in gemm_cases()])
+def test_the_cuda_lowering_is_bit_exact_on_the_cpu(name):
     """Every GPU case's integer graph through the CUDA lowering (convs with [cout, kh, kw, cin] weights:
     cuda_conv.py), built for this CPU: the arithmetic the GPU kernels schedule, against the reference."""
-    name, model, example, calibration, options = next(c for c in gpu_cases() if c[0] == case)
-    assert_matches_reference(model, example, calibration, options, atol=FLOAT_TAIL.get(case, 0.0))
+    case = _gemm_case(name)
+    assert_matches_reference(case.model, case.example, case.calibration, case.options, atol=case.atol)
 
 
 # ------------------------------------------------------------------ on a GPU
@@ -180,17 +126,19 @@ def _gpu_present() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA GPU (cuda_build.gpu_present() is False)")
-@pytest.mark.parametrize("case", [c[0] for c in gpu_cases()])
-def test_bit_exact_with_reference_on_the_gpu(case):
-    name, model, example, calibration, options = next(c for c in gpu_cases() if c[0] == case)
-    reference = qcompile.compile(model, example, target="reference", calibration=calibration, progress=False, **options)
-    cuda = _build(model, example, calibration, **options)
+@pytest.mark.parametrize("name", [c.name for c in gemm_cases()])
+def test_bit_exact_with_reference_on_the_gpu(name):
+    case = _gemm_case(name)
+    example = case.example
+    reference = qcompile.compile(case.model, example, target="reference", calibration=case.calibration,
+                                 progress=False, **case.options)
+    cuda = _build(case.model, example, case.calibration, **case.options)
     expected, got = reference(*example), cuda(*example)
     for e, g in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
-        if case in FLOAT_TAIL:
-            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=FLOAT_TAIL[case])
+        if case.atol:  # a float tail (cases.FLOAT_TAIL)
+            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=case.atol)
         else:
-            assert torch.equal(e, g.cpu()), case
+            assert torch.equal(e, g.cpu()), case.name
 
 
 # ------------------------------------------------------------------ fragment layouts, against the PTX ISA

@@ -4,22 +4,22 @@ tensor-core GEMMs with the zero points' row and column terms (cuda_matmul.py).
 The kernels' arithmetic is checked here bit for bit by building the CUDA lowering's Relax module for this
 CPU (the same TE definitions, scheduled for LLVM), the schedule by what nvcc made of it (the mma in the
 matmul kernels, the requantize fused into them, no spills); the GPU compares the attention models of
-gpu_cases() with the reference (tools/cuda_bundle.py, tests/gpu)."""
+cases.py's attention_matmul_cases() with the reference (tools/cuda_bundle.py, tests/gpu)."""
 import pytest
 import torch
 
 import qcompile
 from qcompile.backends.tvm.cuda import matmul_lowering
 from qcompile.backends.tvm.cuda.backend import CudaBackend
+from tests.backends.tvm.cuda.cases import attention_matmul_cases
 from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference, built_for_cpu, cuda_lowering
-from tests.backends.tvm.cpu.test_matmul_kernel import CASES, I8, U8, _matmul_graph, _random
-from tests.models import Attention
+from tests.backends.tvm.matmul_cases import CASES, I8, U8, matmul_graph, random_operand
 
 MMA = "mma.sync.aligned.m16n8k32.row.col.s32.{}.{}.s32"
 PTX_TYPE = {U8: "u8", I8: "s8"}
 
-# Beyond the CPU kernel's cases: MiniLM's shapes (head dim 32, sequence 128), an odd K and N above the
-# tensor-core minimum, and each operand dtype pair.
+# Beyond the CPU kernel's cases (matmul_cases.CASES): MiniLM's shapes (head dim 32, sequence 128), an odd K
+# and N above the tensor-core minimum, and each operand dtype pair.
 TENSOR_CORE_CASES = [
     ((1, 12, 128, 32), (1, 12, 32, 128), U8, U8, 131, 126, None),  # Q.K^T
     ((1, 12, 128, 128), (1, 12, 128, 32), U8, U8, 0, 129, (1234567890, 40, 118)),  # P.V + requantize
@@ -44,7 +44,7 @@ def test_cuda_lowering_is_bit_exact(case):
     """Each case through the CUDA lowering, run on this CPU: the batched GEMM and its zero-point terms
     where K and N reach the tensor-core minimum, the TE definition (also for ranks that differ) below it."""
     shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
-    gm = _matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
+    gm = matmul_graph(shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant)
     mod, runner = _cpu_build_of_cuda_lowering(gm)
     funcs = {gv.name_hint for gv in mod.functions}
     if _taken(case):
@@ -54,14 +54,14 @@ def test_cuda_lowering_is_bit_exact(case):
         assert "matmul_int" not in funcs, funcs
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):
-        a, b = _random(shape_a, dtype_a, gen), _random(shape_b, dtype_b, gen)
+        a, b = random_operand(shape_a, dtype_a, gen), random_operand(shape_b, dtype_b, gen)
         assert torch.equal(runner(a, b)[0], gm(a, b)[0])
 
 
 def test_extreme_operands_wrap_like_the_reference():
     """All-255 uint8 against all -128 int8 with zero points at the opposite ends: the raw product and the
     terms are far from the result, which int32 wrap-around makes exact."""
-    gm = _matmul_graph((1, 16, 4096), (1, 4096, 16), U8, I8, 0, 127)
+    gm = matmul_graph((1, 16, 4096), (1, 4096, 16), U8, I8, 0, 127)
     a, b = torch.full((1, 16, 4096), 255, dtype=U8), torch.full((1, 4096, 16), -128, dtype=I8)
     assert torch.equal(_cpu_build_of_cuda_lowering(gm)[1](a, b)[0], gm(a, b)[0])
 
@@ -69,7 +69,7 @@ def test_extreme_operands_wrap_like_the_reference():
 @pytest.mark.parametrize("case", TENSOR_CORE_CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2]}-{c[3]}")
 def test_matmul_kernels_run_on_tensor_cores(case):
     shape_a, shape_b, dtype_a, dtype_b, a_zp, b_zp, requant = case
-    kernels = CudaBackend().build(_matmul_graph(*case)).kernels
+    kernels = CudaBackend().build(matmul_graph(*case)).kernels
     ptx = kernels.kernel_ptx()
     (name,) = [n for n in ptx if "matmul_int" in n]
     assert MMA.format(PTX_TYPE[dtype_a], PTX_TYPE[dtype_b]) in ptx[name]
@@ -77,32 +77,15 @@ def test_matmul_kernels_run_on_tensor_cores(case):
     assert not any(kernels.spills().values())
 
 
-def gpu_cases() -> list[tuple]:
-    """(name, model, example inputs, calibration, compile options): attention with a head dim of 32 (both
-    matmuls on tensor cores), at a fixed and a free batch, at sequence 128 (MiniLM's: Q.K^T on the large
-    tile with a 32-deep K step, P.V on 32 columns), and with a free sequence length."""
-    torch.manual_seed(0)
-    model = Attention(d=64, heads=2).eval()
-    x, long = torch.randn(2, 32, 64), torch.randn(2, 128, 64)
-    free = {"dynamic_shapes": ({0: torch.export.Dim("batch", max=64)},)}
-    free_length = {"dynamic_shapes": ({0: torch.export.Dim("batch", max=64), 1: torch.export.Dim("length", min=2, max=512)},)}
-    return [("attention", model, (x,), [x, torch.randn(2, 32, 64)], {}),
-            ("attention_free_batch", model, (torch.randn(3, 32, 64),), [x], free),
-            ("attention_seq128", model, (long,), [long, torch.randn(2, 128, 64)], {}),
-            # Q.K^T with a free N, P.V with a free K: both padded to the tile at run time
-            ("attention_free_length", model, (torch.randn(2, 40, 64),), [x], free_length)]
-
-
-@pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", attention_matmul_cases(), ids=lambda c: c.name)
 def test_attention_lowering_is_bit_exact_on_the_cpu(case):
-    name, model, example, calibration, options = case
-    assert_matches_reference(model, example, calibration, options)
+    assert_matches_reference(case.model, case.example, case.calibration, case.options, atol=case.atol)
 
 
-@pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", attention_matmul_cases(), ids=lambda c: c.name)
 def test_attention_matmuls_run_on_tensor_cores(case):
-    name, model, example, calibration, options = case
-    cm = qcompile.compile(model, example, target="cuda", calibration=calibration, progress=False, **options)
+    cm = qcompile.compile(case.model, case.example, target="cuda", calibration=case.calibration, progress=False,
+                          **case.options)
     kernels = cm._runner.kernels
     matmuls = {n: ptx for n, ptx in kernels.kernel_ptx().items() if "matmul_int" in n}
     assert len(matmuls) == 2, sorted(kernels.kernel_ptx())

@@ -17,10 +17,10 @@ import tvm
 from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout
 
 import qcompile
-from qcompile.backends.tvm.cuda import backend, nvcc_build
+from qcompile.backends.tvm.cuda import nvcc_build, pipeline
 from qcompile.backends.tvm.cuda.mma_gemv_kernel import MmaGemvConfig, default_mma_config, mma_gemv_prim_func, ring_bytes
 from qcompile.backends.tvm.cuda.weight_codes import MMA_CODES, TILE, WORDS_PER_LOAD
-from tests.backends.tvm.cuda.test_weight_only import MLP
+from tests.backends.tvm.cuda.case_models import MLP
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
 
@@ -122,7 +122,7 @@ def test_kernel_ptx(bits, n, k, cfg, tmp_path):
     one mma per fragment and 8 activation rows."""
     codes = MMA_CODES[bits]
     func = mma_gemv_prim_func(n, k, 128 if bits == 4 else k, codes, cfg)
-    _, kernels = backend.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), tmp_path)
+    _, kernels = pipeline.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), tmp_path)
     (ptx,) = kernels.kernel_ptx().values()
     copies_per_step = 1 + -(-cfg.m_block // 8) * codes.lane_k // 8 + 1
     steps = -(-k // codes.step_k // cfg.split_k)

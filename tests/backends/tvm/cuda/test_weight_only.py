@@ -4,14 +4,9 @@ float16 tensor-core GEMM for larger static batches.
 On any machine: the packing decodes (the kernel's way) to the codes, decode-shaped models build, and the
 PTX has what the kernel is for (128-bit weight loads, no integer-to-float conversions, fp32 FMAs, warp
 shuffles) and ptxas spills nothing. With a GPU and TVM's compiler (marker `gpu`, `pytest -m gpu`):
-results against target="reference" and against float16 torch, within the bound below. A GPU machine
-with the TVM runtime only runs the same checks from a bundle built of `gpu_cases()`.
-
-Tolerance: the kernel rounds the activations and the group scales to float16 (unit roundoff 2^-11
-each) and multiplies and sums exactly enough in float32 that nothing else counts, so for one Linear
-|y - y_ref| <= 2 * 2^-11 * sum_k |x_k| |w_nk| (the weights dequantized), checked with a factor 2 of
-margin for float32 summation and, through a GELU, for the next layer (`error_bound`). The tensor-core
-path for more than MAX_ROWS rows also rounds each dequantized weight to float16: 3 of the 4 units.
+results against target="reference" and against float16 torch, within the float16 roundings' bound
+(case_models.py: error_bound). A GPU machine with the TVM runtime only runs the same checks from a bundle
+built of the GPU cases (cases.py: weight_only_cases()).
 """
 from __future__ import annotations
 
@@ -27,64 +22,14 @@ from qcompile.backends.tvm.cuda import nvcc_build
 from qcompile.backends.tvm.cuda.gemv_kernel import MAX_ROWS
 from qcompile.backends.tvm.cuda.weight_codes import CODES, SUBNORMAL, WORDS_PER_LOAD
 from qcompile.ir.rewrite import constant
+from tests.backends.tvm.cuda.case_models import FP16_ROUNDOFF, MLP, seeded_linear
+from tests.backends.tvm.cuda.cases import weight_only_cases
 from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference
-
-FP16_ROUNDOFF = 2.0**-11
-
-
-class MLP(nn.Module):
-    def __init__(self, d: int, hidden: int, bias: bool = True):
-        super().__init__()
-        self.up, self.down = nn.Linear(d, hidden, bias=bias), nn.Linear(hidden, d, bias=bias)
-
-    def forward(self, x):
-        return self.down(nn.functional.gelu(self.up(x)))
-
-
-def error_bound(model: nn.Module, x: torch.Tensor) -> float:
-    """The largest |y - y_ref| the float16 roundings allow (module docstring), for a Linear or an MLP:
-    each layer adds 2 * 2^-11 * |x| @ |W|.T, and carries its input's bound through |W| (GELU's slope is
-    below 1.13); times 2 for the margin."""
-    layers = [model] if isinstance(model, nn.Linear) else [model.up, model.down]
-    bound = torch.zeros_like(x)
-    with torch.no_grad():
-        for layer in layers:
-            w = layer.weight.abs()
-            bound = 2 * FP16_ROUNDOFF * (x.abs() @ w.T) + (1.13 * bound) @ w.T
-            x = nn.functional.gelu(layer(x))
-    return 2 * float(bound.max())
-
-
-def _linear(k: int, n: int, seed: int, bias: bool = True) -> nn.Linear:
-    torch.manual_seed(seed)
-    return nn.Linear(k, n, bias=bias).eval()
-
-
-def gpu_cases() -> list[tuple]:
-    """(name, model, example_inputs, calibration, compile kwargs, tolerance) for the device bundle: the
-    compiled model's outputs on example_inputs must be within `tolerance` (absolute) of the reference's."""
-    g = torch.Generator().manual_seed(7)
-    cases = []
-
-    def add(name, model, x, **kwargs):
-        cases.append((name, model, (x,), None, kwargs, error_bound(model, x)))
-
-    add("linear_4096_w4_m1", _linear(4096, 4096, 0), torch.randn(1, 4096, generator=g), bits="w4")
-    add("linear_4096_w8_m1", _linear(4096, 4096, 1), torch.randn(1, 4096, generator=g), bits="w8")
-    add("linear_1152x640_w4_m5_nobias", _linear(1152, 640, 2, bias=False), torch.randn(5, 1152, generator=g), bits="w4")
-    add("linear_2048_w4_3d", _linear(2048, 1000, 3), torch.randn(2, 3, 2048, generator=g), bits="w4")
-    add("mlp_1024x4096_w4_m1", MLP(1024, 4096).eval(), torch.randn(1, 1024, generator=g), bits="w4")
-    add("mlp_512x1024_w4_dynamic_batch", MLP(512, 1024).eval(), torch.randn(11, 512, generator=g), bits="w4",
-        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
-    add("mlp_512x1024_w8_m16", MLP(512, 1024).eval(), 8 * torch.randn(16, 512, generator=g), bits="w8")
-    add("mlp_512x1024_w4_m64", MLP(512, 1024).eval(), torch.randn(64, 512, generator=g), bits="w4")  # tensor cores
-    return cases
 
 
 def _prefill(case) -> bool:
-    """Whether a gpu_cases() case has more static rows than the GEMV takes (cuda_weight_only.py)."""
-    name, model, inputs, calibration, kwargs, tolerance = case
-    return "dynamic_shapes" not in kwargs and inputs[0].shape[:-1].numel() > MAX_ROWS
+    """Whether a GPU case has more static rows than the GEMV takes (cuda_weight_only.py)."""
+    return "dynamic_shapes" not in case.options and case.example[0].shape[:-1].numel() > MAX_ROWS
 
 
 # ---------------------------------------------------------------- on any machine
@@ -166,7 +111,7 @@ def test_decode_mlp_builds_a_gemv_with_128_bit_weight_loads(bits):
 def test_the_library_carries_the_weights_at_their_width(bits, weight_bytes, rows, tmp_path):
     """w4 weights reach the GEMV and the prefill GEMM as int4 codes (half the bytes of int8 ones: what
     they read per call)."""
-    _build(_linear(2048, 1000, 0), torch.randn(rows, 2048), bits=bits).save(tmp_path)
+    _build(seeded_linear(2048, 1000, 0), torch.randn(rows, 2048), bits=bits).save(tmp_path)
     size = (tmp_path / "model.so").stat().st_size
     assert weight_bytes < size < weight_bytes + 300_000  # + scales, bias, kernels and host code
 
@@ -184,12 +129,12 @@ def test_each_activation_row_of_a_block_is_loaded(m_block, tmp_path):
     variable once made the codegen reuse the first row's load for all rows: wrong results for M > 1)."""
     import tvm
 
-    from qcompile.backends.tvm.cuda import backend
+    from qcompile.backends.tvm.cuda import pipeline
     from qcompile.backends.tvm.cuda.gemv_kernel import GemvConfig, gemv_prim_func
 
     codes = CODES[4]
     func = gemv_prim_func(64, 32 * codes.chunk, 128, codes, GemvConfig(rows=1, warps=2, m_block=m_block, unroll=1))
-    _, kernels = backend.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), tmp_path)
+    _, kernels = pipeline.compile_module(tvm.IRModule({"main": func}), nvcc_build.target(), tmp_path)
     loads = set(re.findall(r"\*\(uint4\*\)\(X_ptr \+ ([^;]*)\);", kernels.source))
     assert len(loads) == m_block * codes.chunk // 8  # 8 float16 per 128-bit load
 
@@ -199,7 +144,7 @@ def test_a_3d_activation_reshapes_as_views_around_the_gemv_kernels():
     cast and the GEMV. (TVM's own pipeline once re-fused the input reshape with the cast into
     `fused_reshape_cast`, whose reshape loop no rule had bound to GPU threads: compiled for the host, it read
     device memory from the CPU and crashed on the GPU machine.)"""
-    runner = _build(_linear(2048, 1000, 3), torch.randn(2, 3, 2048), bits="w4")._runner
+    runner = _build(seeded_linear(2048, 1000, 3), torch.randn(2, 3, 2048), bits="w4")._runner
     called = set(re.findall(r"call\s+([\w.]+)\s+in:", runner.executable.as_text()))
     kernels = set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+?)_kernel\w*\(", runner.kernels.source))
     assert "vm.builtin.reshape" in called
@@ -223,12 +168,11 @@ def test_large_static_batch_runs_on_tensor_cores(bits):
     assert not any(build.spills().values())
 
 
-@pytest.mark.parametrize("case", [c for c in gpu_cases() if _prefill(c)], ids=lambda c: c[0])
+@pytest.mark.parametrize("case", [c for c in weight_only_cases() if _prefill(c)], ids=lambda c: c.name)
 def test_prefill_lowering_is_within_the_bound_on_the_cpu(case):
     """The tensor-core path's arithmetic (float16 x and w = float16(code * scale), float32 sums) built for
     this CPU: within the same bound as the GEMV, of the reference."""
-    name, model, inputs, calibration, kwargs, tolerance = case
-    assert_matches_reference(model, inputs, calibration, kwargs, atol=tolerance)
+    assert_matches_reference(case.model, case.example, case.calibration, case.options, atol=case.atol)
 
 
 # ---------------------------------------------------------------- with a GPU
@@ -237,13 +181,15 @@ needs_gpu = pytest.mark.skipif(not nvcc_build.gpu_present(), reason="no NVIDIA G
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("case", gpu_cases(), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", weight_only_cases(), ids=lambda c: c.name)
 def test_gpu_matches_reference(case):
-    name, model, inputs, calibration, kwargs, tolerance = case
-    backend = qcompile.compile(model, inputs, target="cuda", calibration=calibration, progress=False, **kwargs)
-    ref = qcompile.compile(model, inputs, target="reference", calibration=calibration, progress=False, **kwargs)
+    inputs, kwargs = case.example, case.options
+    backend = qcompile.compile(case.model, inputs, target="cuda", calibration=case.calibration, progress=False,
+                               **kwargs)
+    ref = qcompile.compile(case.model, inputs, target="reference", calibration=case.calibration, progress=False,
+                           **kwargs)
     got, want = backend(*inputs), ref(*inputs)  # cuda's outputs stay on the GPU
-    assert (got.cpu() - want).abs().max().item() <= tolerance, name
+    assert (got.cpu() - want).abs().max().item() <= case.atol, case.name
 
 
 @pytest.mark.gpu
@@ -251,7 +197,7 @@ def test_gpu_matches_reference(case):
 @pytest.mark.parametrize("bits", ["w4", "w8"])
 def test_gpu_matches_float16_torch(bits):
     """The same dequantized weights in float16 through torch: cuBLAS also rounds x and w to float16."""
-    lin, x = _linear(4096, 4096, 5), torch.randn(3, 4096)
+    lin, x = seeded_linear(4096, 4096, 5), torch.randn(3, 4096)
     backend = qcompile.compile(lin, (x,), target="cuda", bits=bits, progress=False)
     gm = backend.graph_module
     node = next(n for n in gm.graph.nodes if n.target == torch.ops.qcompile.linear_weight_only.default)

@@ -8,10 +8,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import qcompile
+from qcompile.errors import ArtifactError
 from qcompile.ir import meta
 from qcompile.ir.verify import VerificationError, verify
 from qcompile.quant.packing import pack_int4, unpack_int4
-from qcompile.errors import ArtifactError
 
 
 def mlp():

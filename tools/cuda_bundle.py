@@ -145,7 +145,7 @@ def _minilm_cases() -> None:
     gather reads one row per token whatever the table's size, so the time is the full model's."""
     from qcompile.zoo.minilm import load_minilm, model_dir
 
-    # transformers' default attention (sdpa): float, as attention.py lowers it. With BERT's eager attention
+    # transformers' default attention (sdpa): float, as attention_lowering.py lowers it. With BERT's eager attention
     # (Q.K^T and P.V quantized, on tensor cores) the float softmax is quantized, and the reference's and
     # another backend's float rounding put some probabilities on different sides of a quantization step
     # (x86 against the reference: 0.02 apart at sequence 128), so no tight bound would hold; the int8

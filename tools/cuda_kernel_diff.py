@@ -33,7 +33,10 @@ def recorded_calls(cm, example) -> list[tuple[str, list]]:
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu, register_kernels
+    from qcompile.backends.tvm.cuda.emulator.kernels import (
+        emulated_gpu,
+        register_kernels,
+    )
 
     calls = []
 

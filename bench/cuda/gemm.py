@@ -53,15 +53,15 @@ def _gemm_func(m: int, n: int, k: int, requantize: bool):
 def build(out: Path) -> None:
     import tvm
 
-    from qcompile.backends.tvm.cuda import backend, nvcc_build
+    from qcompile.backends.tvm.cuda import nvcc_build, pipeline
     from qcompile.backends.tvm.cuda.gemm_rule import GemmTile
 
     out.mkdir(parents=True, exist_ok=True)
     target, index = nvcc_build.target(), []
 
     def kernel(name: str, m: int, n: int, k: int, requantize: bool, tile: GemmTile | None) -> None:
-        mod = backend.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target, tile)
-        lib, kernels = backend.compile_module(mod, target, out / "sources" / name)
+        mod = pipeline.apply_rules(tvm.IRModule({"main": _gemm_func(m, n, k, requantize)}), target, tile)
+        lib, kernels = pipeline.compile_module(mod, target, out / "sources" / name)
         lib.export_library(str(out / f"{name}.so"))
         mma = sum(body.count("mma.sync.aligned.m16n8k32") for body in kernels.kernel_ptx().values())
         index.append(dict(name=name, m=m, n=n, k=k, requantize=requantize, mma_in_ptx=mma, spills=kernels.spills(),

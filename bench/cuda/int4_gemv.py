@@ -70,7 +70,7 @@ def _problem(m: int, n: int, k: int, bits: int, kernel: str):
 def build(out: Path) -> None:
     import tvm
 
-    from qcompile.backends.tvm.cuda import backend, nvcc_build
+    from qcompile.backends.tvm.cuda import nvcc_build, pipeline
     from qcompile.backends.tvm.cuda.gemv_kernel import default_config, gemv_prim_func
     from qcompile.backends.tvm.cuda.mma_gemv_kernel import (
         MmaGemvConfig,
@@ -93,7 +93,7 @@ def build(out: Path) -> None:
                                 mma == mma_default, mma_gemv_prim_func(n, k, group, MMA_CODES[bits], mma)))
             for suffix, kernel, default, func in kernels:
                 name = f"m{m}_n{n}_k{k}_w{bits}_{suffix}"
-                lib, built = backend.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
+                lib, built = pipeline.compile_module(tvm.IRModule({"main": func}), target, out / "sources" / name)
                 lib.export_library(str(out / f"{name}.so"))
                 index.append(dict(name=name, m=m, n=n, k=k, bits=bits, kernel=kernel, default=default,
                                   group=group, spills=built.spills(), registers=built.registers()))

@@ -1,4 +1,4 @@
-"""Float attention on x86, side by side in one process: qcompile's lowering (attention.py: matmul, softmax,
+"""Float attention on x86, side by side in one process: qcompile's lowering (attention_lowering.py: matmul, softmax,
 matmul) against TVM's importer's one `nn.attention` op, and PyTorch eager, on MiniLM's attention shapes.
 
     python bench/x86/attention.py [--batch 8] [--seq 128] [--rounds 20]

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.backends import Backend, Capability, get_backend, register_backend, registered_backends
+from qcompile.backends import (
+    Backend,
+    Capability,
+    get_backend,
+    register_backend,
+    registered_backends,
+)
 from qcompile.backends.base import RUNNER_PROTOCOLS
 from qcompile.errors import ArtifactError, UsageError
 

@@ -5,7 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.quant.bit_allocation import Choice, InfeasibleBudget, LayerChoices, allocate, budget_bits
+from qcompile.quant.bit_allocation import (
+    Choice,
+    InfeasibleBudget,
+    LayerChoices,
+    allocate,
+    budget_bits,
+)
 
 
 def _layer(name, params, costs):

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qcompile
+from qcompile.ir.qspec import DTYPES, QParams, QSpec
 from qcompile.quant.config import QuantConfig
 from qcompile.quant.math import (
     MULTIPLIER_BITS,
@@ -24,7 +25,6 @@ from qcompile.quant.math import (
     quantize_tensor,
     rounding_shift,
 )
-from qcompile.ir.qspec import DTYPES, QParams, QSpec
 
 qc = torch.ops.qcompile
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -293,7 +293,9 @@ def test_requantize_fixed_within_one_code_of_float_form(scales, accs, x_zp, spec
 def test_shared_shift_multipliers(top, ratios, seed):
     """Per-channel multipliers with one shift per layer: the largest gets the full 31 bits, the others
     are rounded at the same shift; requantizing with them stays within one code of the float form."""
-    from qcompile.quant.math import shared_shift_multipliers  # newer than the rest: fail alone if it goes
+    from qcompile.quant.math import (
+        shared_shift_multipliers,  # newer than the rest: fail alone if it goes
+    )
 
     real = torch.tensor([top] + [top * r for r in ratios], dtype=torch.float64)
     m, s = shared_shift_multipliers(real)

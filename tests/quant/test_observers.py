@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qcompile.ir.qspec import QParams, QSpec
 from qcompile.quant.config import QuantConfig
 from qcompile.quant.math import dequantize_tensor, quantize_tensor
 from qcompile.quant.observers import _MAX_SAMPLES, Observer, weight_qparams
-from qcompile.ir.qspec import QParams, QSpec
 
 OUTLIERS = torch.tensor([25.0, -18.0, 30.0, 22.0, -20.0])
 

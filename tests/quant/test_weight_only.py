@@ -6,10 +6,10 @@ from torch import nn
 
 import qcompile
 from qcompile.errors import UsageError
+from qcompile.ir.qspec import QSpec
 from qcompile.passes.manager import run_pipeline
 from qcompile.quant.math import dequantize_groups, dynamic_qparams, quantize_groups
 from qcompile.quant.observers import weight_qparams
-from qcompile.ir.qspec import QSpec
 from qcompile.serialize import graph_from_json, graph_to_json
 
 qc = torch.ops.qcompile

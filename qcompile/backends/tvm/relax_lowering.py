@@ -20,7 +20,7 @@ from tvm import relax, tirx
 from ...ir import meta
 from ...ir.printer import target_name
 from ...ir.rewrite import constant
-from . import attention, ops_nhwc
+from . import attention_lowering, ops_nhwc
 from .layout import FOLLOWERS, Layouts, nhwc_axis
 from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
 from .var_names import var_name
@@ -101,7 +101,7 @@ def _const(t: torch.Tensor) -> relax.Expr:
 class _FloatIslands:
     """Float ops between dequantize and quantize, lowered by TVM's own PyTorch importer (one shared
     env/BlockBuilder), so every ATen op TVM understands can stay float inside an integer model; attention
-    by attention.py."""
+    by attention_lowering.py."""
 
     def __init__(self):
         from tvm.relax.frontend.torch.exported_program_translator import (
@@ -111,11 +111,11 @@ class _FloatIslands:
         self.importer = ExportedProgramImporter()
 
     def supports(self, node: fx.Node) -> bool:
-        return (node.target is operator.getitem or node.target in attention.CONVERTERS
+        return (node.target is operator.getitem or node.target in attention_lowering.CONVERTERS
                 or getattr(node.target, "__name__", None) in self.importer.convert_map)
 
     def emit(self, bb: relax.BlockBuilder, node: fx.Node, env: dict) -> relax.Expr:
-        own = attention.CONVERTERS.get(node.target)
+        own = attention_lowering.CONVERTERS.get(node.target)
         if own is not None:
             return own(bb, node, env)
         self.importer.block_builder = bb
@@ -160,7 +160,7 @@ def to_relax(gm: fx.GraphModule, target=None, lowerings: tuple[KernelLowering, .
     target's hand-written `lowerings` plans for (on CPUs the GEMM of linears and ungrouped convs, the
     depthwise conv, the activation matmul; on CUDA their tensor-core forms and the weight-only GEMV) are
     lowered to it; everything else to TE definitions; float ops through TVM's PyTorch importer (attention
-    through attention.py)."""
+    through attention_lowering.py)."""
     floats = _FloatIslands()
     missing = unsupported_ops(gm, floats)
     if missing:

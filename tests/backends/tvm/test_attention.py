@@ -1,11 +1,11 @@
 """Float attention (aten.scaled_dot_product_attention between a dequantize and a quantize) lowered as torch
-defines it (attention.py): every form of torch's signature matches the reference backend, which runs the
+defines it (attention_lowering.py): every form of torch's signature matches the reference backend, which runs the
 island in torch, on the x86 build; on CUDA the products are kernels the GPU's matmul rule tiles."""
 import pytest
 import torch
 
 import qcompile
-from qcompile.backends.tvm.attention import AttentionError
+from qcompile.backends.tvm.attention_lowering import AttentionError
 from tests.backends.tvm.cuda.cases import sdpa_cases
 from tests.backends.tvm.sdpa_models import Sdpa, sdpa_variants
 

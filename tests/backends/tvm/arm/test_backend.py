@@ -111,7 +111,7 @@ def test_tiny_resnet_runs_bit_exact_on_the_emulated_device(resnet, arm_device, t
 
 
 def test_mobilenet_v2_on_the_emulated_device_matches_the_reference(mobilenet, arm_device, tmp_path):
-    """Issue 5's Must show: real weights, "arm" on the emulated device, bit-exact with the reference (its
+    """Real weights, "arm" on the emulated device, bit-exact with the reference (its
     float output is a dequantized integer tensor, so equal floats mean equal integers), also reloaded."""
     model, example, calibration, *_ = mobilenet
     remote = "%s:%d" % arm_device

@@ -1,4 +1,4 @@
-"""The emulated aarch64 device of issue 5: the fixture runs the same set-up as `make arm-emulator`
+"""The emulated aarch64 device: the fixture runs the same set-up as `make arm-emulator`
 (tools/arm_emulator.sh: Debian cross toolchain + qemu-user, arm64 sysroot and aarch64 wheels under .arm/),
 starts one TVM RPC server under qemu-aarch64 for the session, and stops it at the end. A library
 cross-compiled here must run there and agree with numpy exactly."""

@@ -7,13 +7,11 @@ import tvm
 from tvm.support import cc
 
 import qcompile
-from qcompile.backends.tvm.cpu import gemm_kernel as G
 from qcompile.backends.tvm.arm.backend import CROSS_COMPILER, VARIANTS
 from qcompile.backends.tvm.arm.instruction_counts import functions
+from qcompile.backends.tvm.cpu import gemm_kernel as G
 from qcompile.backends.tvm.cpu.isa import NEON_DOTPROD, NEON_I8MM, isa_for
-from qcompile.backends.tvm.cpu.tiling import Tiling, ranked_tilings
-from qcompile.backends.tvm.cpu.tiling import choose_tiling
-
+from qcompile.backends.tvm.cpu.tiling import Tiling, choose_tiling, ranked_tilings
 
 pytestmark = pytest.mark.usefixtures("cross_toolchain")
 

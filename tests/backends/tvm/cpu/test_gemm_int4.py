@@ -7,10 +7,15 @@ from torch import nn
 
 import qcompile
 from qcompile.backends.tvm.cpu import gemm_kernel as G
-from qcompile.ir import meta
-from qcompile.backends.tvm.cpu.isa import AVX2, AVX512_VNNI, AVX512_VNNI_EMULATED, host_supports
-from qcompile.backends.tvm.cpu.tiling import Tiling
 from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
+from qcompile.backends.tvm.cpu.isa import (
+    AVX2,
+    AVX512_VNNI,
+    AVX512_VNNI_EMULATED,
+    host_supports,
+)
+from qcompile.backends.tvm.cpu.tiling import Tiling
+from qcompile.ir import meta
 
 VNNI = [AVX512_VNNI_EMULATED] + ([AVX512_VNNI] if host_supports(AVX512_VNNI) else [])
 REQUANTS = [None, G.Requant(shift=38, out_zp=128), G.Requant(shift=31, out_zp=-5, qmin=-128, qmax=127, out_dtype="int8")]

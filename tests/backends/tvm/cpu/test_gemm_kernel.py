@@ -4,9 +4,13 @@ import pytest
 import torch
 
 from qcompile.backends.tvm.cpu import gemm_kernel as G
-from qcompile.backends.tvm.cpu.isa import AVX2, AVX512_VNNI, AVX512_VNNI_EMULATED, host_supports
-from qcompile.backends.tvm.cpu.tiling import Tiling, ranked_tilings
-from qcompile.backends.tvm.cpu.tiling import choose_tiling
+from qcompile.backends.tvm.cpu.isa import (
+    AVX2,
+    AVX512_VNNI,
+    AVX512_VNNI_EMULATED,
+    host_supports,
+)
+from qcompile.backends.tvm.cpu.tiling import Tiling, choose_tiling, ranked_tilings
 
 # The AVX512-VNNI kernel with vpdpbusd spelled out runs on any AVX2 host; the real one where the CPU has it.
 RUNNABLE = [AVX2, AVX512_VNNI_EMULATED] + ([AVX512_VNNI] if host_supports(AVX512_VNNI) else [])

@@ -8,10 +8,9 @@ import torch
 
 import qcompile
 from qcompile.backends.tvm.cpu import matmul_kernel
-from qcompile.backends.tvm.x86.backend import X86Backend
-from qcompile.backends.tvm.cpu.isa import host_target
-from qcompile.backends.tvm.cpu.isa import AVX512_VNNI, NEON_DOTPROD
 from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
+from qcompile.backends.tvm.cpu.isa import AVX512_VNNI, NEON_DOTPROD, host_target
+from qcompile.backends.tvm.x86.backend import X86Backend
 from tests.backends.tvm.matmul_cases import CASES, I8, U8, matmul_graph, random_operand
 from tests.models import Attention
 

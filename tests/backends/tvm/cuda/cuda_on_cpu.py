@@ -6,11 +6,11 @@ import tvm
 from torch import fx
 
 import qcompile
+from qcompile.backends.tvm.cpu.isa import host_target
+from qcompile.backends.tvm.cpu.pipeline import optimize
 from qcompile.backends.tvm.cuda import nvcc_build
 from qcompile.backends.tvm.cuda import pipeline as cuda_pipeline
 from qcompile.backends.tvm.x86.backend import TVMRunner
-from qcompile.backends.tvm.cpu.isa import host_target
-from qcompile.backends.tvm.cpu.pipeline import optimize
 
 
 def cuda_lowering(gm: fx.GraphModule) -> tvm.IRModule:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.ir import meta
 from qcompile.backends.tvm.cuda import nvcc_build, runtime
+from qcompile.ir import meta
 
 needs_no_gpu = pytest.mark.skipif(nvcc_build.gpu_present(), reason="checks the behaviour of a machine without a GPU")
 RUNTIME_FILE = Path(runtime.__file__)
@@ -82,7 +82,7 @@ def test_minilm_builds_with_a_free_batch(minilm, tmp_path):
     # The batch stays a run-time argument of the kernels (none was specialised to the example's 2).
     ids = next(iter(cm.graph_module.graph.find_nodes(op="placeholder")))
     assert re.search(rf"int64_t {meta.input_dims(ids)[0].expr}\b", kernels.source)
-    # Float attention as two products tiled through shared memory and a softmax (attention.py), not TVM's
+    # Float attention as two products tiled through shared memory and a softmax (attention_lowering.py), not TVM's
     # one attention kernel, which only dlight's one-thread-per-score fallback took.
     ptx = kernels.kernel_ptx()
     assert not any("attention" in name for name in ptx)

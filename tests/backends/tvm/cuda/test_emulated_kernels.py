@@ -10,10 +10,26 @@ import pytest
 import tvm
 
 from qcompile.backends.tvm.cuda import nvcc_build, pipeline
-from qcompile.backends.tvm.cuda.emulator.kernels import SCHEDULES, EmulatedKernels, launch_dims
-from qcompile.backends.tvm.cuda.gemv_kernel import GemvConfig, default_config, gemv_prim_func
-from qcompile.backends.tvm.cuda.mma_gemv_kernel import MmaGemvConfig, default_mma_config, mma_gemv_prim_func
-from qcompile.backends.tvm.cuda.weight_codes import CODES, MMA_CODES, random_gemv_problem
+from qcompile.backends.tvm.cuda.emulator.kernels import (
+    SCHEDULES,
+    EmulatedKernels,
+    launch_dims,
+)
+from qcompile.backends.tvm.cuda.gemv_kernel import (
+    GemvConfig,
+    default_config,
+    gemv_prim_func,
+)
+from qcompile.backends.tvm.cuda.mma_gemv_kernel import (
+    MmaGemvConfig,
+    default_mma_config,
+    mma_gemv_prim_func,
+)
+from qcompile.backends.tvm.cuda.weight_codes import (
+    CODES,
+    MMA_CODES,
+    random_gemv_problem,
+)
 
 GEMV_TOLERANCE = 1e-5  # of the largest output: float32 sums of 1000-odd products in another order
 

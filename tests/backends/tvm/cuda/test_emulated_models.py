@@ -6,7 +6,12 @@ import pytest
 
 import qcompile
 from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu
-from tests.backends.tvm.cuda.cases import compiled, emulated_difference, gpu_cases, outputs
+from tests.backends.tvm.cuda.cases import (
+    compiled,
+    emulated_difference,
+    gpu_cases,
+    outputs,
+)
 
 CASES = {case.name: case for case in gpu_cases()}
 # One case per kernel family (the two tests below cover odd-sized int8 GEMMs, implicit-GEMM convs with a

@@ -3,7 +3,15 @@ GPU would, and a kernel with a race, a deadlock or an instruction it does not mo
 import numpy as np
 import pytest
 
-from qcompile.backends.tvm.cuda.emulator.kernels import COPY_MODES, ORDERS, SCHEDULES, EmulatedKernels, EmulationError, emulated_gpu, register_kernels
+from qcompile.backends.tvm.cuda.emulator.kernels import (
+    COPY_MODES,
+    ORDERS,
+    SCHEDULES,
+    EmulatedKernels,
+    EmulationError,
+    emulated_gpu,
+    register_kernels,
+)
 from qcompile.backends.tvm.cuda.runtime import emulating
 
 KERNEL = 'extern "C" __global__ void __launch_bounds__(64) main_kernel(float* __restrict__ x_ptr, float* __restrict__ y_ptr) {\n'

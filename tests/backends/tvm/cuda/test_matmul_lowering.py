@@ -12,7 +12,11 @@ import qcompile
 from qcompile.backends.tvm.cuda import matmul_lowering
 from qcompile.backends.tvm.cuda.backend import CudaBackend
 from tests.backends.tvm.cuda.cases import attention_matmul_cases
-from tests.backends.tvm.cuda.cuda_on_cpu import assert_matches_reference, built_for_cpu, cuda_lowering
+from tests.backends.tvm.cuda.cuda_on_cpu import (
+    assert_matches_reference,
+    built_for_cpu,
+    cuda_lowering,
+)
 from tests.backends.tvm.matmul_cases import CASES, I8, U8, matmul_graph, random_operand
 
 MMA = "mma.sync.aligned.m16n8k32.row.col.s32.{}.{}.s32"

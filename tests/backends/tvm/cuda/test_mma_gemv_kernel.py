@@ -18,7 +18,12 @@ from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout
 
 import qcompile
 from qcompile.backends.tvm.cuda import nvcc_build, pipeline
-from qcompile.backends.tvm.cuda.mma_gemv_kernel import MmaGemvConfig, default_mma_config, mma_gemv_prim_func, ring_bytes
+from qcompile.backends.tvm.cuda.mma_gemv_kernel import (
+    MmaGemvConfig,
+    default_mma_config,
+    mma_gemv_prim_func,
+    ring_bytes,
+)
 from qcompile.backends.tvm.cuda.weight_codes import MMA_CODES, TILE, WORDS_PER_LOAD
 from tests.backends.tvm.cuda.case_models import MLP
 

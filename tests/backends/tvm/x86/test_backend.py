@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import qcompile
-from qcompile.backends.tvm.cpu.isa import host_target
 from qcompile.backends.tvm.cpu import pipeline as cpu_pipeline
+from qcompile.backends.tvm.cpu.isa import host_target
 from tests.models import ConvBnRelu, OpZoo, TinyResNet
 
 

@@ -73,13 +73,16 @@ def hashes(target: str, model, example, calibration) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", default=TARGETS, choices=TARGETS)
+    parser.add_argument("targets", nargs="*", help=f"some of {', '.join(TARGETS)} (default: all)")
     args = parser.parse_args()
+    unknown = sorted(set(args.targets) - set(TARGETS))
+    if unknown:  # (argparse's choices= rejects an empty list with nargs="*" on Python 3.11)
+        parser.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
     torch.manual_seed(0)
     model = mobilenet_v2().eval()
     example = (torch.randn(1, 3, 224, 224),)
     calibration = [torch.randn(1, 3, 224, 224) for _ in range(2)]
-    for target in args.targets:
+    for target in args.targets or TARGETS:
         for line in hashes(target, model, example, calibration):
             print(line, flush=True)
 

@@ -82,9 +82,6 @@ class Backend(Protocol):
         those layers kept float (QuantConfig.float_layers)."""
         return {}
 
-    def supports(self, capability: Capability) -> bool:
-        return capability in self.capabilities
-
 
 _BACKENDS: dict[str, Callable[..., Backend]] = {}
 

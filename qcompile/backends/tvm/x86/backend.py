@@ -3,6 +3,7 @@ schedule (../cpu/), tuned per kernel with tune=True (cpu/tuning.py)."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -25,14 +26,26 @@ os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 
 class TVMRunner:
-    """Calls a built Relax VM function with torch tensors (zero-copy through DLPack)."""
+    """Calls a built Relax VM function with torch tensors (zero-copy through DLPack).
+
+    A Relax VirtualMachine keeps its registers and call frames in the object, so two threads calling one
+    VM corrupt each other's state (a crash). Each calling thread gets its own VM of the same executable,
+    made on its first call: the kernels and constants are shared, the frames and memory pools are not."""
 
     def __init__(self, executable, sites: list[profile.CallSite], device=None, tuning: dict | None = None):
         self.executable = executable
         self.sites = sites
         self.device = device or tvm.cpu()
-        self.vm = relax.VirtualMachine(executable, self.device)
         self.tuning = tuning  # with tune=True: kernels measured / reused from the records, seconds, records file
+        self._per_thread = threading.local()
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        """This thread's VM."""
+        vm = getattr(self._per_thread, "vm", None)
+        if vm is None:
+            vm = self._per_thread.vm = relax.VirtualMachine(self.executable, self.device)
+        return vm
 
     def __call__(self, *inputs: torch.Tensor):
         args = [tvm.runtime.from_dlpack(t.contiguous()) for t in inputs]

@@ -133,7 +133,9 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
         ) from exc
     finally:
         model.train(was_training)
-    gm = ep.module()
+    # The exported module holds the user's own parameters and buffers: copied, so that neither later edits
+    # of the float model nor the compiled model's state updates reach the other.
+    gm = copy.deepcopy(ep.module())
     in_spec, out_spec = _strip_pytree_codegen(gm)
     normalize(gm)
     record_input_dims(gm, ep.range_constraints)

@@ -6,6 +6,7 @@ arbitrary Python code.
 from __future__ import annotations
 
 import json
+import keyword
 import math
 import operator
 from pathlib import Path
@@ -25,6 +26,8 @@ FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _NAMESPACES = ("aten", "qcompile", "quantized_decomposed")
 _PYTHON_TARGETS = {"operator.getitem": operator.getitem}
+# Ops that touch the world outside their tensors (files, stdout) although their schemas mutate nothing.
+_SIDE_EFFECT_OPS = frozenset({"aten::from_file", "aten::_print"})
 _DTYPES = {str(d).replace("torch.", ""): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.int16,
     torch.int32, torch.int64, torch.bool,
@@ -48,9 +51,23 @@ def _resolve_target(name: str):
     if ns not in _NAMESPACES or not op:
         raise ArtifactError(f"artifact names op {name!r} outside the allowed namespaces {_NAMESPACES}")
     try:
-        return getattr(getattr(getattr(torch.ops, ns), op), overload)
+        target = getattr(getattr(getattr(torch.ops, ns), op), overload)
     except AttributeError as exc:
         raise ArtifactError(f"artifact names unknown op {name!r}") from exc
+    # A graph computes tensors from its inputs and constants: an op that writes its arguments (in-place,
+    # out=) could overwrite a caller's tensor, and one with side effects could read or write files.
+    if target._schema.is_mutable or target._schema.name in _SIDE_EFFECT_OPS:
+        raise ArtifactError(f"artifact names op {name!r}, which writes its arguments or has side effects: "
+                            "not allowed in a qcompile graph")
+    return target
+
+
+def _identifier(name, what: str) -> str:
+    """`name` if it is a plain Python identifier: fx turns node names and targets into the source of the
+    module's forward, so anything else could inject code."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
+        raise ArtifactError(f"artifact has an invalid {what} {name!r} (a Python identifier is required)")
+    return name
 
 
 def _enc(a):
@@ -207,21 +224,22 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
         for e in doc["nodes"]:
             op = e["op"]
             args = _dec(e["args"], nodes)
-            kwargs = {k: _dec(v, nodes) for k, v in e["kwargs"].items()}
+            kwargs = {_identifier(k, "keyword argument"): _dec(v, nodes) for k, v in e["kwargs"].items()}
             if op == "placeholder":
-                node = graph.placeholder(e["target"])
+                node = graph.placeholder(_identifier(e["target"], "input name"))
             elif op == "get_attr":
                 if e["target"] not in tensors:
                     raise ArtifactError(f"weights file lacks tensor {e['target']!r}")
-                root.register_buffer(e["target"].replace(".", "__"), _unpack(e, tensors))
-                node = graph.get_attr(e["target"].replace(".", "__"))
+                attr = _identifier(e["target"].replace(".", "__"), "constant name")
+                root.register_buffer(attr, _unpack(e, tensors))
+                node = graph.get_attr(attr)
             elif op == "call_function":
                 node = graph.call_function(_resolve_target(e["target"]), args, kwargs)
             elif op == "output":
                 node = graph.output(args[0])
             else:
                 raise ArtifactError(f"unknown node kind {op!r}")
-            node.name = e["name"]
+            node.name = _identifier(e["name"], "node name")
             _dec_meta(node, e["meta"], tensors)
             nodes[e["name"]] = node
     except ArtifactError:

@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import safetensors.torch
 import torch
 
 import qcompile
@@ -104,6 +105,47 @@ def test_load_never_resolves_arbitrary_callables(artifact):
     call["target"] = "os::system.default"
     (artifact / "graph.json").write_text(json.dumps(doc))
     with pytest.raises(qcompile.ArtifactError, match="outside the allowed namespaces"):
+        qcompile.load(artifact)
+
+
+INJECTED = "x=__import__('pathlib').Path('{marker}').touch() or x"
+
+
+@pytest.mark.parametrize("field", ["placeholder target", "node name", "get_attr target", "keyword"])
+def test_load_never_runs_code_from_names_in_the_graph(artifact, tmp_path, field):
+    """fx turns node names and targets into the Python source of forward(): an edited name must not run."""
+    marker = tmp_path / "ran"
+    doc = json.loads((artifact / "graph.json").read_text())
+    injected = INJECTED.format(marker=marker)
+    placeholder = next(n for n in doc["nodes"] if n["op"] == "placeholder")
+    if field == "placeholder target":
+        placeholder["target"] = injected
+    elif field == "node name":
+        next(n for n in doc["nodes"] if n["op"] == "call_function")["name"] = injected
+    elif field == "get_attr target":
+        constant = next(n for n in doc["nodes"] if n["op"] == "get_attr")
+        tensors = safetensors.torch.load_file(str(artifact / "weights.safetensors"))
+        tensors[injected] = tensors[constant["target"]].clone()
+        safetensors.torch.save_file(tensors, str(artifact / "weights.safetensors"))
+        constant["target"] = injected
+    else:
+        next(n for n in doc["nodes"] if n["op"] == "call_function")["kwargs"][injected] = 1
+    (artifact / "graph.json").write_text(json.dumps(doc))
+    with pytest.raises(qcompile.ArtifactError, match="invalid .*a Python identifier is required"):
+        qcompile.load(artifact)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("op, message", [
+    ("aten::from_file.default", "side effects"),  # reads any file into the output
+    ("aten::add_.Tensor", "writes its arguments"),  # in place on an input
+    ("aten::add.out", "writes its arguments"),
+])
+def test_load_rejects_ops_that_touch_files_or_write_their_arguments(artifact, op, message):
+    doc = json.loads((artifact / "graph.json").read_text())
+    next(n for n in doc["nodes"] if n["op"] == "call_function")["target"] = op
+    (artifact / "graph.json").write_text(json.dumps(doc))
+    with pytest.raises(qcompile.ArtifactError, match=message):
         qcompile.load(artifact)
 
 

@@ -23,9 +23,13 @@ from .passes.instruments import Instruments
 from .passes.manager import DEFAULT_PIPELINE, run_pipeline
 from .quant.config import MIXED, QuantConfig
 from .report import Report, build_report, model_bytes
-from .serialize import load_graph, save_graph
+from .serialize import check_digests, file_digests, load_graph, save_graph
 
 ARTIFACT_FORMAT = "qcompile-artifact"
+MANIFEST = "manifest.json"
+# 2: the manifest lists every file's SHA-256 ("files"), checked before anything is read. Artifacts of
+# version 1 (no digests) still load.
+MANIFEST_VERSION = 2
 
 
 class CompiledModel:
@@ -114,17 +118,19 @@ class CompiledModel:
         if Capability.SAVE in self._capabilities:
             self._runner.save(path)
         manifest = {
-            "format": ARTIFACT_FORMAT, "version": 1, "backend": self.backend,
+            "format": ARTIFACT_FORMAT, "version": MANIFEST_VERSION, "backend": self.backend,
             "in_spec": pytree.treespec_dumps(self._in_spec), "out_spec": pytree.treespec_dumps(self._out_spec),
-            "inputs": self._signature, "report": self._report.to_json(),
+            "inputs": self._signature, "report": self._report.to_json(), "files": file_digests(path, MANIFEST),
         }
-        (path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
         return path
 
 
-def load(path, **backend_options) -> CompiledModel:
-    """Load a saved artifact. Only JSON and safetensors are read (and, for the TVM targets, the library
-    the artifact was built into). backend_options as for compile(), e.g. an ARM artifact with
+def load(path, *, trust_native_code: bool = False, **backend_options) -> CompiledModel:
+    """Load a saved artifact. Every file is first checked against its SHA-256 in the manifest; then only
+    JSON and safetensors are read. An artifact of a TVM target holds a native library (model.so), and
+    loading it runs its code: that needs trust_native_code=True (CLI --trust-native-code), given only for
+    artifacts from a trusted source. backend_options as for compile(), e.g. an ARM artifact with
     remote="host:port" or tracker="host:port", key="rk3588" to say where it runs."""
     path = Path(path)
     if not path.is_dir():
@@ -137,16 +143,24 @@ def load(path, **backend_options) -> CompiledModel:
         raise ArtifactError(f"{path}/manifest.json is corrupt: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(f"{path} is not a qcompile artifact (manifest format is not {ARTIFACT_FORMAT!r})")
+    if manifest.get("version") != 1:
+        check_digests(path, manifest.get("files"))
+    backend_name = manifest.get("backend")
+    if not isinstance(backend_name, str):
+        raise ArtifactError(f"{path}/manifest.json is malformed: no backend name")
+    backend = get_backend(backend_name, **backend_options)  # a bad option is the caller's error, not the file's
+    if Capability.NATIVE_LIBRARY in backend.capabilities and not trust_native_code:
+        raise ArtifactError(
+            f"{path} holds native code (a library built for target {backend_name!r}); loading it runs that code. "
+            "Pass trust_native_code=True (CLI: --trust-native-code) only if you trust where the artifact came from")
     gm, _ = load_graph(path)
     try:
         in_spec = pytree.treespec_loads(manifest["in_spec"])
         out_spec = pytree.treespec_loads(manifest["out_spec"])
         report = Report.from_json(manifest["report"])
-        backend_name = manifest["backend"]
         signature = manifest["inputs"]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc
-    backend = get_backend(backend_name, **backend_options)  # a bad option is the caller's error, not the file's
     return CompiledModel(gm, backend.load(path, gm), backend, in_spec, out_spec, signature, report)
 
 

@@ -70,6 +70,8 @@ def inspect(
     path: Path = typer.Argument(..., help="an artifact directory or a dump directory"),
     graph: bool = typer.Option(False, help="also print the graph"),
     pass_name: Optional[str] = typer.Option(None, "--pass", help="dump dir: print the graph after this pass"),
+    trust_native_code: bool = typer.Option(False, "--trust-native-code",
+                                           help="load a TVM target's library (runs its code): trusted artifacts only"),
 ):
     """Show an artifact's report (and graph), or a dump folder's passes."""
     import qcompile
@@ -77,7 +79,11 @@ def inspect(
     from .ir.printer import graph_text
 
     if (path / "manifest.json").is_file():
-        cm = qcompile.load(path)
+        try:
+            cm = qcompile.load(path, trust_native_code=trust_native_code)
+        except qcompile.ArtifactError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2)
         typer.echo(f"artifact for backend {cm.backend!r}")
         typer.echo(str(cm.report()))
         if graph:
@@ -110,14 +116,16 @@ def benchmark(
     key: Optional[str] = typer.Option(None, help="ARM: the device key at the tracker"),
     number: int = typer.Option(10, help="calls per measurement"),
     repeat: int = typer.Option(5, help="measurements"),
+    trust_native_code: bool = typer.Option(False, "--trust-native-code",
+                                           help="load a TVM target's library (runs its code): trusted artifacts only"),
 ):
     """Time whole calls of an artifact where it runs (ARM: on the device, over TVM RPC), on zero inputs."""
     import qcompile
 
     where = {k: v for k, v in {"remote": remote, "tracker": tracker, "key": key}.items() if v is not None}
     try:
-        result = qcompile.load(path, **where).benchmark(number=number, repeat=repeat)
-    except qcompile.UsageError as exc:
+        result = qcompile.load(path, trust_native_code=trust_native_code, **where).benchmark(number=number, repeat=repeat)
+    except (qcompile.UsageError, qcompile.ArtifactError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2)
     typer.echo(str(result))

@@ -5,6 +5,7 @@ arbitrary Python code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import keyword
 import math
@@ -248,6 +249,28 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
         raise ArtifactError(f"graph.json is malformed: {exc!r}") from exc
     gm = fx.GraphModule(root, graph)
     return gm
+
+
+def file_digests(directory: Path, skip: str) -> dict[str, str]:
+    """SHA-256 of every file under `directory` but `skip`, by path relative to it."""
+    directory = Path(directory)
+    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != skip}
+
+
+def check_digests(directory: Path, digests) -> None:
+    """Every file `digests` lists is inside `directory` and has its recorded SHA-256: checked before any
+    of them is read, so that a truncated, edited or swapped file is an ArtifactError, never a crash."""
+    directory = Path(directory).resolve()
+    if not isinstance(digests, dict) or not digests:
+        raise ArtifactError(f"{directory}/manifest.json lists no file digests")
+    for name, digest in digests.items():
+        path = (directory / str(name)).resolve()
+        if not path.is_relative_to(directory) or not path.is_file():
+            raise ArtifactError(f"{directory}: {name!r}, listed in manifest.json, is missing or outside the artifact")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ArtifactError(f"{directory}/{name} does not match its SHA-256 in manifest.json: "
+                                "the file was edited, truncated or swapped after the artifact was saved")
 
 
 def save_graph(gm: fx.GraphModule, directory: Path, extra: dict | None = None) -> None:

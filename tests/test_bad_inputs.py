@@ -6,6 +6,7 @@ import safetensors.torch
 import torch
 
 import qcompile
+from tests.artifacts import rerecord_digests
 from tests.models import ConvBnRelu
 
 
@@ -89,7 +90,30 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
 def test_load_rejects_corrupt_weights(artifact):
     data = (artifact / "weights.safetensors").read_bytes()
     (artifact / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(qcompile.ArtifactError, match="weights.safetensors does not match its SHA-256"):
+        qcompile.load(artifact)
+    rerecord_digests(artifact)  # digests that match the truncated file: safetensors' own check catches it
     with pytest.raises(qcompile.ArtifactError, match="weights.safetensors is corrupt"):
+        qcompile.load(artifact)
+
+
+@pytest.mark.parametrize("change", ["flip a byte", "swap graph.json", "list a file outside", "drop the digests"])
+def test_load_checks_every_file_against_the_manifest_first(artifact, model, tmp_path, change):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    if change == "flip a byte":
+        data = bytearray((artifact / "graph.json").read_bytes())
+        data[len(data) // 2] ^= 1
+        (artifact / "graph.json").write_bytes(bytes(data))
+    elif change == "swap graph.json":  # another model's graph beside this model's weights and report
+        x = torch.randn(1, 4)
+        other = qcompile.compile(torch.nn.Linear(4, 2).eval(), (x,), calibration=[x], progress=False)
+        (artifact / "graph.json").write_text((other.save(tmp_path / "other") / "graph.json").read_text())
+    elif change == "list a file outside":
+        manifest["files"]["../outside"] = "0" * 64
+    else:
+        manifest["files"] = {}
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(qcompile.ArtifactError, match="SHA-256|outside the artifact|no file digests"):
         qcompile.load(artifact)
 
 
@@ -104,6 +128,7 @@ def test_load_never_resolves_arbitrary_callables(artifact):
     call = next(n for n in doc["nodes"] if n["op"] == "call_function")
     call["target"] = "os::system.default"
     (artifact / "graph.json").write_text(json.dumps(doc))
+    rerecord_digests(artifact)
     with pytest.raises(qcompile.ArtifactError, match="outside the allowed namespaces"):
         qcompile.load(artifact)
 
@@ -131,6 +156,7 @@ def test_load_never_runs_code_from_names_in_the_graph(artifact, tmp_path, field)
     else:
         next(n for n in doc["nodes"] if n["op"] == "call_function")["kwargs"][injected] = 1
     (artifact / "graph.json").write_text(json.dumps(doc))
+    rerecord_digests(artifact)
     with pytest.raises(qcompile.ArtifactError, match="invalid .*a Python identifier is required"):
         qcompile.load(artifact)
     assert not marker.exists()
@@ -145,6 +171,7 @@ def test_load_rejects_ops_that_touch_files_or_write_their_arguments(artifact, op
     doc = json.loads((artifact / "graph.json").read_text())
     next(n for n in doc["nodes"] if n["op"] == "call_function")["target"] = op
     (artifact / "graph.json").write_text(json.dumps(doc))
+    rerecord_digests(artifact)
     with pytest.raises(qcompile.ArtifactError, match=message):
         qcompile.load(artifact)
 

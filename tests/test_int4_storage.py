@@ -12,6 +12,7 @@ from qcompile.errors import ArtifactError
 from qcompile.ir import meta
 from qcompile.ir.verify import VerificationError, verify
 from qcompile.quant.packing import pack_int4, unpack_int4
+from tests.artifacts import rerecord_digests
 
 
 def mlp():
@@ -92,6 +93,7 @@ def _corrupt(directory, change):
     tensors = load_file(str(path))
     change(tensors)
     save_file(tensors, str(path))
+    rerecord_digests(directory)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -113,6 +115,7 @@ def _edit_graph(directory, change):
     doc = json.loads(path.read_text())
     change(doc)
     path.write_text(json.dumps(doc))
+    rerecord_digests(directory)
 
 
 def _packed_entry(doc):

@@ -25,6 +25,7 @@ class Capability(enum.Enum):
     TUNE = "tune"  # runner.tuning: what a tuned build measured and reused, or None (Tuned)
     DYNAMIC_SHAPES = "dynamic_shapes"  # dims torch.export leaves free stay free in the built model
     REMOTE = "remote"  # the model runs on another device (a board or an emulator, through RPC)
+    NATIVE_LIBRARY = "native_library"  # a saved model is native code: loading it runs that code
 
 
 class Runner(Protocol):

@@ -38,7 +38,8 @@ class ArmBackend(LibraryBackend, Backend):
     """target="arm"; the variants below differ only in the CPU they build for."""
 
     name = "arm"
-    capabilities = frozenset({Capability.BENCHMARK, Capability.SAVE, Capability.DYNAMIC_SHAPES, Capability.REMOTE})
+    capabilities = frozenset({Capability.BENCHMARK, Capability.SAVE, Capability.DYNAMIC_SHAPES, Capability.REMOTE,
+                              Capability.NATIVE_LIBRARY})
 
     def __init__(self, *, target: dict | None = None, remote: str | None = None, tracker: str | None = None,
                  key: str | None = None, connect_timeout: float = 60.0):

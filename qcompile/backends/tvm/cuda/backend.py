@@ -66,7 +66,8 @@ class CudaRunner:
 
 class CudaBackend(LibraryBackend, Backend):
     name = "cuda"
-    capabilities = frozenset({Capability.PROFILE, Capability.BENCHMARK, Capability.SAVE, Capability.DYNAMIC_SHAPES})
+    capabilities = frozenset({Capability.PROFILE, Capability.BENCHMARK, Capability.SAVE, Capability.DYNAMIC_SHAPES,
+                              Capability.NATIVE_LIBRARY})
 
     def __init__(self, *, arch: str = nvcc_build.DEFAULT_ARCH, gemv: str = weight_only_lowering.DEFAULT_GEMV):
         """arch: the GPU architecture the cubin is for ('sm_90a': H100/H200; 'sm_80': A100; ...).

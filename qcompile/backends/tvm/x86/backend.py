@@ -68,7 +68,7 @@ class X86Backend(LibraryBackend, Backend):
     name = "x86"
     # dims that torch.export leaves free stay symbolic in the module
     capabilities = frozenset({Capability.PROFILE, Capability.BENCHMARK, Capability.SAVE, Capability.TUNE,
-                              Capability.DYNAMIC_SHAPES})
+                              Capability.DYNAMIC_SHAPES, Capability.NATIVE_LIBRARY})
 
     def __init__(self, target: tvm.target.Target | None = None, *, float_fallback: bool = False, min_speedup: float = 1.0,
                  tune: bool = False, tune_trials: int | None = None, tune_cache: str | os.PathLike | None = None):

@@ -119,7 +119,7 @@ def test_mobilenet_v2_on_the_emulated_device_matches_the_reference(mobilenet, ar
     cm = qcompile.compile(model, example, target="arm", calibration=calibration, progress=False, remote=remote)
     assert torch.equal(cm(*example), want)
     saved = cm.save(tmp_path / "mnv2-arm")
-    assert torch.equal(qcompile.load(saved, remote=remote)(*example), want)
+    assert torch.equal(qcompile.load(saved, remote=remote, trust_native_code=True)(*example), want)
     funcs = _functions(saved / "model.so")
     gemms = {n: ops for n, ops in funcs.items() if n.startswith("gemm_") and n.endswith("_compute_")}
     assert len(gemms) >= 35 and all("sdot" in ops for ops in gemms.values())
@@ -157,9 +157,9 @@ def test_cli_benchmarks_a_saved_artifact_on_the_device(resnet, arm_device, tmp_p
 
     _, cm = _reference_and(resnet, "arm")
     saved = cm.save(tmp_path / "tiny-arm")
-    result = CliRunner().invoke(app, ["benchmark", str(saved), "--remote", "%s:%d" % arm_device, "--number", "2",
+    result = CliRunner().invoke(app, ["benchmark", str(saved), "--trust-native-code", "--remote", "%s:%d" % arm_device, "--number", "2",
                                       "--repeat", "2"])
     assert result.exit_code == 0, result.output
     assert "ms median" in result.output and "emulated device" in result.output
-    result = CliRunner().invoke(app, ["benchmark", str(saved), "--tracker", "127.0.0.1:1"])
+    result = CliRunner().invoke(app, ["benchmark", str(saved), "--trust-native-code", "--tracker", "127.0.0.1:1"])
     assert result.exit_code == 2 and "tracker= needs key=" in result.output

@@ -111,7 +111,7 @@ def test_bits4_models_bit_exact_against_reference(make, shape, tmp_path):
     x86 = qcompile.compile(model, (x,), target="x86", calibration=calibration, bits=4, progress=False)
     probe = torch.randn(shape)
     assert torch.equal(x86(probe), ref(probe))
-    assert torch.equal(qcompile.load(x86.save(tmp_path / "x86"))(probe), ref(probe))
+    assert torch.equal(qcompile.load(x86.save(tmp_path / "x86"), trust_native_code=True)(probe), ref(probe))
 
 
 def test_int4_layers_get_the_int4_kernel_and_int8_layers_keep_theirs():

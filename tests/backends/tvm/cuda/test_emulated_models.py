@@ -39,7 +39,7 @@ def test_a_saved_cuda_model_loads_and_runs_emulated(tmp_path):
     under the schedule that delays copies and lets the last warp run ahead."""
     case = CASES["conv_stack_free_batch"]
     expected = outputs(compiled(case, "reference")(*case.example))
-    loaded = qcompile.load(compiled(case, "cuda").save(tmp_path / "model"))
+    loaded = qcompile.load(compiled(case, "cuda").save(tmp_path / "model"), trust_native_code=True)
     with emulated_gpu(copies="lazy", order="descending"):
         got = outputs(loaded(*case.example))
     assert len(got) == len(expected) and all(g.equal(e) for g, e in zip(got, expected))

@@ -100,7 +100,7 @@ def test_mobilenet_v2_bit_exact_and_reloads_in_a_fresh_process(mobilenet, tmp_pa
     torch.save(outs[:1].clone(), tmp_path / "expected.pt")
     script = (
         "import sys, torch, qcompile\n"
-        "cm = qcompile.load(sys.argv[1] + '/mnv2')\n"
+        "cm = qcompile.load(sys.argv[1] + '/mnv2', trust_native_code=True)\n"
         "x = torch.load(sys.argv[1] + '/input.pt'); want = torch.load(sys.argv[1] + '/expected.pt')\n"
         "assert cm.backend == 'x86' and torch.equal(cm(x), want)\n"
         "print('ok')\n"
@@ -116,7 +116,25 @@ def test_x86_artifact_without_library_is_rejected(tmp_path):
     cm.save(tmp_path / "a")
     (tmp_path / "a" / "model.so").unlink()
     with pytest.raises(qcompile.ArtifactError, match="model.so"):
+        qcompile.load(tmp_path / "a", trust_native_code=True)
+
+
+def test_x86_artifact_loads_its_library_only_with_consent_and_intact(tmp_path):
+    model = ConvBnRelu().eval()
+    x = torch.randn(2, 3, 8, 8)
+    cm = qcompile.compile(model, (x,), target="x86", calibration=[x], progress=False)
+    cm.save(tmp_path / "a")
+    with pytest.raises(qcompile.ArtifactError, match="holds native code .* trust_native_code=True"):
         qcompile.load(tmp_path / "a")
+    library = tmp_path / "a" / "model.so"
+    data = bytearray(library.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte: without the digest check, dlopen may crash the process
+    library.write_bytes(bytes(data))
+    with pytest.raises(qcompile.ArtifactError, match="model.so does not match its SHA-256"):
+        qcompile.load(tmp_path / "a", trust_native_code=True)
+    library.write_bytes(library.read_bytes()[: len(data) // 3])  # truncated
+    with pytest.raises(qcompile.ArtifactError, match="model.so does not match its SHA-256"):
+        qcompile.load(tmp_path / "a", trust_native_code=True)
 
 
 def test_minilm_bit_exact(minilm):
@@ -179,7 +197,7 @@ def test_minilm_with_dynamic_batch_and_length_is_compiled_once(minilm, tmp_path)
         x86(_sentences(1, 6, 0)[0], _sentences(1, 7, 0)[1])
 
     x86.save(tmp_path / "minilm")
-    loaded = qcompile.load(tmp_path / "minilm")
+    loaded = qcompile.load(tmp_path / "minilm", trust_native_code=True)
     for i, ((b, n), out) in enumerate(zip(shapes, outs)):
         assert torch.equal(loaded(*_sentences(b, n, i)), out)
     with pytest.raises(ValueError, match="outside the range"):
@@ -224,11 +242,11 @@ def test_report_profiles_every_kernel_and_names_its_layers(tmp_path):
     convs = [k for k in kernels if "conv2d" in k["kernel"]]
     assert any("im2col" in k["kernel"] for k in convs) and all(k["layers"] for k in convs)
     cm.save(tmp_path / "a")
-    loaded = qcompile.load(tmp_path / "a")
+    loaded = qcompile.load(tmp_path / "a", trust_native_code=True)
     assert [k["layers"] for k in loaded.report().kernels] == [k["layers"] for k in kernels]
     (tmp_path / "a" / "manifest.json").write_text(
         (tmp_path / "a" / "manifest.json").read_text().replace('"kernels"', '"dropped"'))
-    reprofiled = qcompile.load(tmp_path / "a").report().kernels  # recomputed from the saved library
+    reprofiled = qcompile.load(tmp_path / "a", trust_native_code=True).report().kernels  # recomputed from the saved library
     assert [k["layers"] for k in reprofiled] == [k["layers"] for k in kernels]
 
 

@@ -159,8 +159,9 @@ def load(path, *, trust_native_code: bool = False, **backend_options) -> Compile
         out_spec = pytree.treespec_loads(manifest["out_spec"])
         report = Report.from_json(manifest["report"])
         signature = manifest["inputs"]
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}/manifest.json is malformed: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError, json.JSONDecodeError) as exc:
+        # (pytree raises NotImplementedError for a type name it does not know)
+        raise ArtifactError(f"{path}/manifest.json is malformed: {exc!r}") from exc
     return CompiledModel(gm, backend.load(path, gm), backend, in_spec, out_spec, signature, report)
 
 

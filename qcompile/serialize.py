@@ -245,7 +245,9 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
             nodes[e["name"]] = node
     except ArtifactError:
         raise
-    except (KeyError, TypeError, IndexError, ValueError) as exc:  # ValueError: e.g. metadata on the wrong node kind
+    # ValueError: e.g. metadata on the wrong node kind; AttributeError / AssertionError: a field of the wrong
+    # type reaching fx (args that are not a tuple, kwargs that are not a mapping)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, AssertionError) as exc:
         raise ArtifactError(f"graph.json is malformed: {exc!r}") from exc
     gm = fx.GraphModule(root, graph)
     return gm

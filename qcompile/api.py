@@ -158,11 +158,24 @@ def load(path, *, trust_native_code: bool = False, **backend_options) -> Compile
         in_spec = pytree.treespec_loads(manifest["in_spec"])
         out_spec = pytree.treespec_loads(manifest["out_spec"])
         report = Report.from_json(manifest["report"])
-        signature = manifest["inputs"]
+        signature = _checked_signature(manifest["inputs"])
     except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError, json.JSONDecodeError) as exc:
         # (pytree raises NotImplementedError for a type name it does not know)
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc!r}") from exc
     return CompiledModel(gm, backend.load(path, gm), backend, in_spec, out_spec, signature, report)
+
+
+def _checked_signature(signature) -> list[dict]:
+    """The manifest's input signature, if it has the form calls are checked against; else ValueError."""
+    ok = isinstance(signature, list) and all(
+        isinstance(s, dict) and isinstance(s.get("shape"), list) and isinstance(s.get("dtype"), str)
+        and isinstance(getattr(torch, s["dtype"], None), torch.dtype)
+        and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in s["shape"])
+        and isinstance(s.get("free", []), list)
+        for s in signature)
+    if not ok:
+        raise ValueError("its input signature is not a list of {shape, dtype} entries")
+    return signature
 
 
 @dataclass

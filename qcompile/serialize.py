@@ -247,7 +247,8 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
         raise
     # ValueError: e.g. metadata on the wrong node kind; AttributeError / AssertionError: a field of the wrong
     # type reaching fx (args that are not a tuple, kwargs that are not a mapping)
-    except (KeyError, TypeError, IndexError, ValueError, AttributeError, AssertionError) as exc:
+    # RuntimeError: torch refusing a recorded shape (a negative size)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError, AssertionError, RuntimeError) as exc:
         raise ArtifactError(f"graph.json is malformed: {exc!r}") from exc
     gm = fx.GraphModule(root, graph)
     return gm

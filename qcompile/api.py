@@ -136,7 +136,7 @@ def load(path, *, trust_native_code: bool = False, **backend_options) -> Compile
     if not path.is_dir():
         raise ArtifactError(f"{path} is not a qcompile artifact (expected a directory written by CompiledModel.save)")
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path} is not a qcompile artifact: no manifest.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -254,10 +254,14 @@ def graph_from_json(doc: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModu
     return gm
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def file_digests(directory: Path, skip: str) -> dict[str, str]:
     """SHA-256 of every file under `directory` but `skip`, by path relative to it."""
     directory = Path(directory)
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {p.relative_to(directory).as_posix(): _sha256(p)
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != skip}
 
 
@@ -271,7 +275,7 @@ def check_digests(directory: Path, digests) -> None:
         path = (directory / str(name)).resolve()
         if not path.is_relative_to(directory) or not path.is_file():
             raise ArtifactError(f"{directory}: {name!r}, listed in manifest.json, is missing or outside the artifact")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if _sha256(path) != digest:
             raise ArtifactError(f"{directory}/{name} does not match its SHA-256 in manifest.json: "
                                 "the file was edited, truncated or swapped after the artifact was saved")
 

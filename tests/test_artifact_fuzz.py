@@ -29,7 +29,6 @@ ODD = st.one_of(
                                                                st.integers(-1, 3), max_size=2),
 )
 ERRORS = (qcompile.ArtifactError, qcompile.UsageError)
-seen = {"loaded": 0, "rejected": 0}
 
 
 class Model(torch.nn.Module):
@@ -108,6 +107,7 @@ def test_mutated_artifacts_load_or_raise_a_clear_error(saved, tmp_path_factory, 
     original, x = saved
     work = tmp_path_factory.mktemp("mutated")
     monkeypatch.chdir(work)  # an injected Path(MARKER).touch() would land here
+    seen = {"loaded": 0, "rejected": 0}
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -13,15 +14,16 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from .backends import Backend, Capability, get_backend
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, FloatWeightsWarning, UsageError
+from .frontend import signature
 from .frontend.capture import Captured, capture
 from .passes import PassContext, as_passes
-from .passes.base import place
-from .passes.calibrate import validate_calibration
+from .passes.base import check_order, place
 from .passes.choose_bitwidth import ChooseBitwidthPass
 from .passes.instruments import Instruments
 from .passes.manager import DEFAULT_PIPELINE, run_pipeline
 from .quant.config import MIXED, QuantConfig
+from .quant.coverage import coverage, describe_float, float_weights
 from .report import Report, build_report, model_bytes
 from .serialize import check_digests, file_digests, load_graph, save_graph
 
@@ -46,41 +48,34 @@ class CompiledModel:
         self._report = report
 
     def _check_inputs(self, flat: list, spec) -> None:
-        want = self._signature
-        if spec != self._in_spec or len(flat) != len(want):
-            raise TypeError(f"expected {len(want)} input tensor(s) {self._describe(want)}, got {len(flat)}")
-        for i, (t, w) in enumerate(zip(flat, want)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"input {i}: expected a tensor {self._describe([w])}, got {type(t).__name__}")
-            got = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-            fits = len(got["shape"]) == len(w["shape"]) and all(
-                want_d is None or want_d == d for d, want_d in zip(got["shape"], w["shape"])
-            )
-            if not fits or got["dtype"] != w["dtype"]:
-                raise ValueError(f"input {i}: expected {self._describe([w])}, got {self._describe([got])}")
-        self._check_free_dims(flat)
-
-    def _check_free_dims(self, flat: list) -> None:
-        """Sizes of dynamic dims within the ranges declared in dynamic_shapes, and equal where they share
-        a symbol: what torch.export's own guards check, and what a compiled backend relies on."""
-        seen: dict[str, tuple[int, int, int]] = {}
+        if spec != self._in_spec:
+            signature.check_count(flat, self._signature)
+            raise TypeError(f"inputs structured as {spec}, but the model was compiled for {self._in_spec}")
+        signature.check_count(flat, self._signature)
         for i, (t, w) in enumerate(zip(flat, self._signature)):
-            for axis, expr, lo, hi in w.get("free", []):  # artifacts saved before "free" existed have none
-                size = t.shape[axis]
-                if size < lo or (hi is not None and size > hi):
-                    raise ValueError(f"input {i}: dimension {axis} is {size}, outside the range "
-                                     f"[{lo}, {'inf' if hi is None else hi}] declared in dynamic_shapes")
-                j, other_axis, other = seen.setdefault(expr, (i, axis, size))
-                if other != size:
-                    raise ValueError(f"input {i}: dimension {axis} is {size} but input {j} dimension {other_axis} "
-                                     f"is {other}; dynamic_shapes declares them the same size")
+            signature.check_tensor(t, w, signature.label(i, w))
+        signature.check_free_dims(flat, self._signature)
+        signature.check_no_nan(flat, self._signature)
 
-    @staticmethod
-    def _describe(sig: list[dict]) -> str:
-        dims = lambda s: "[" + ", ".join("*" if d is None else str(d) for d in s["shape"]) + "]"  # noqa: E731
-        return ", ".join(f"{s['dtype']}{dims(s)}" for s in sig)
+    def _positional(self, args: tuple, kwargs: dict) -> tuple:
+        """Keyword arguments bound to the model's positional inputs by name (cm(x=x) for forward(self, x))."""
+        names = [s.get("name") for s in self._signature]
+        plain = pytree.tree_structure((tuple(range(len(names))), {}))
+        if not kwargs or self._in_spec != plain or not all(names):
+            return args
+        bound = list(args)
+        for name in names[len(args):]:
+            if name not in kwargs:
+                raise TypeError(f"missing input {name!r}; the model takes ({signature.describe_all(self._signature)})")
+            bound.append(kwargs.pop(name))
+        if kwargs:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(kwargs))}; the model takes "
+                            f"({signature.describe_all(self._signature)})")
+        return tuple(bound)
 
     def __call__(self, *args, **kwargs):
+        kwargs = dict(kwargs)
+        args = self._positional(args, kwargs)
         flat, spec = pytree.tree_flatten((args, kwargs))
         self._check_inputs(flat, spec)
         with torch.no_grad():
@@ -155,14 +150,40 @@ def load(path, *, trust_native_code: bool = False, **backend_options) -> Compile
             "Pass trust_native_code=True (CLI: --trust-native-code) only if you trust where the artifact came from")
     gm, _ = load_graph(path)
     try:
-        in_spec = pytree.treespec_loads(manifest["in_spec"])
-        out_spec = pytree.treespec_loads(manifest["out_spec"])
+        in_spec = _treespec(manifest["in_spec"], path, "inputs")
+        out_spec = _treespec(manifest["out_spec"], path, "outputs")
         report = Report.from_json(manifest["report"])
         signature = _checked_signature(manifest["inputs"])
+    except ArtifactError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError, json.JSONDecodeError) as exc:
         # (pytree raises NotImplementedError for a type name it does not know)
         raise ArtifactError(f"{path}/manifest.json is malformed: {exc!r}") from exc
     return CompiledModel(gm, backend.load(path, gm), backend, in_spec, out_spec, signature, report)
+
+
+def _treespec(text: str, path: Path, what: str) -> pytree.TreeSpec:
+    """The saved structure of the inputs or outputs. A container type that another package registers with
+    torch's pytree (transformers' ModelOutput classes) loads once that package is imported; qcompile
+    never imports a module because an artifact names it."""
+    try:
+        return pytree.treespec_loads(text)
+    except NotImplementedError:
+        unknown = sorted(_type_names(json.loads(text)) - set(pytree.SERIALIZED_TYPE_TO_PYTHON_TYPE))
+        if not unknown:
+            raise
+        module = unknown[0].rpartition(".")[0]
+        raise ArtifactError(f"{path}: the model's {what} are {unknown[0]}, a container type its package registers "
+                            f"with torch when imported: `import {module}` before qcompile.load") from None
+
+
+def _type_names(tree) -> set[str]:
+    if isinstance(tree, list):
+        return set().union(*map(_type_names, tree)) if tree else set()
+    if isinstance(tree, dict):
+        own = {tree["type"]} if isinstance(tree.get("type"), str) else set()
+        return own.union(*map(_type_names, tree.values()))
+    return set()
 
 
 def _checked_signature(signature) -> list[dict]:
@@ -171,7 +192,7 @@ def _checked_signature(signature) -> list[dict]:
         isinstance(s, dict) and isinstance(s.get("shape"), list) and isinstance(s.get("dtype"), str)
         and isinstance(getattr(torch, s["dtype"], None), torch.dtype)
         and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in s["shape"])
-        and isinstance(s.get("free", []), list)
+        and isinstance(s.get("free", []), list) and isinstance(s.get("name", ""), str)
         for s in signature)
     if not ok:
         raise ValueError("its input signature is not a list of {shape, dtype} entries")
@@ -185,17 +206,17 @@ class Session:
     captured: Captured
     ctx: PassContext
     float_bytes: int
+    captured_weights: int  # float constant elements of the captured graph: what coverage counts against
 
     @classmethod
     def start(cls, model: nn.Module, example_inputs, calibration, config: QuantConfig, dynamic_shapes=None) -> "Session":
         if isinstance(example_inputs, torch.Tensor):
             example_inputs = (example_inputs,)
         example_inputs = tuple(example_inputs)
-        # Validate the data before any work, so that a bad input changes nothing.
-        batches = validate_calibration(calibration) if calibration is not None else None
-        captured = capture(model, example_inputs, dynamic_shapes)
+        captured = capture(model, example_inputs, dynamic_shapes)  # changes nothing in the user's model
+        batches = signature.calibration_batches(calibration, captured.signature, captured.gm) if calibration is not None else None
         ctx = PassContext(example_inputs, config, batches, copy.deepcopy(captured.gm))
-        return cls(captured, ctx, model_bytes(model))
+        return cls(captured, ctx, model_bytes(model), float_weights(captured.gm))
 
     def run(self, gm: fx.GraphModule, passes: list, instruments: Instruments, progress: bool = True) -> fx.GraphModule:
         if not progress:
@@ -209,6 +230,7 @@ class Session:
         report.extra["timings_ms"] = dict(instruments.timings)
         report.extra["stats"] = {k: dict(v) for k, v in ctx.stats.items()}
         report.extra.update(ctx.records)
+        report.extra["coverage"] = coverage(gm, ctx.config, self.captured_weights)
         c = self.captured
         runner = backend.build(gm)
         if Capability.TUNE in backend.capabilities and runner.tuning:  # what a tuned build measured and reused
@@ -232,6 +254,7 @@ def compile(
     progress: bool = True,
     dynamic_shapes=None,
     budget: float | None = None,
+    strict: bool = False,
     **backend_options,
 ) -> CompiledModel:
     """Quantize and compile `model` for `target`.
@@ -245,6 +268,9 @@ def compile(
         in qcompile.at(p, before="fuse-qdq") / at(p, after=...) to place it inside the pipeline.
     dynamic_shapes: as for torch.export (e.g. {"x": {0: torch.export.Dim("batch")}}): those dimensions
         stay free in the compiled model.
+    strict: raise if a weighted layer (linear, conv, embedding, recurrent ...) stays float for lack of an
+        integer lowering; without it such layers give a FloatWeightsWarning. Layers the config keeps float
+        (float_layers, layer_bits, the bit-width chooser) never count.
     backend_options: passed to the target's backend, e.g. target="x86", float_fallback=True
         (see qcompile/backends/tvm/x86/backend.py); an option the backend does not take is an error.
     """
@@ -254,6 +280,7 @@ def compile(
         raise UsageError(f"target {backend.name!r} builds for the example input shapes; dynamic_shapes is "
                          "supported by target='reference' for now")
     pass_list = place(as_passes(pipeline if pipeline is not None else DEFAULT_PIPELINE), passes)
+    check_order(pass_list)
     if config.bits == MIXED and ChooseBitwidthPass.name not in {p.name for p in pass_list}:
         raise UsageError(f'bits="mixed" needs the {ChooseBitwidthPass.name!r} pass in the pipeline, before calibrate')
 
@@ -266,7 +293,24 @@ def compile(
     cm = attempt(config)
     slower = backend.slower_than_float(cm.graph_module, cm._runner)
     # One more round only: layers that stay integer after it are not re-measured.
-    return attempt(config.with_float_layers(slower)) if slower else cm
+    if slower:
+        cm = attempt(config.with_float_layers(slower))
+    _check_coverage(cm._report, strict)  # (report() would profile an x86 model)
+    return cm
+
+
+def _check_coverage(report: Report, strict: bool) -> None:
+    """Weighted layers left float for lack of a lowering: an error under strict, else a warning."""
+    cov = report.extra["coverage"]
+    missed = [r for r in cov["float_layers"] if not r["chosen"]]
+    if not missed:
+        return
+    share = sum(r["params"] for r in missed) / max(cov["weights"], 1)
+    message = (f"{len(missed)} weighted layer(s) stay float, {share:.1%} of the model's weights: "
+               f"{describe_float(missed)}")
+    if strict:
+        raise UsageError(f"strict=True: {message}")
+    warnings.warn(message, FloatWeightsWarning, stacklevel=3)
 
 
 def _quiet(p):

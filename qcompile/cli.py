@@ -149,19 +149,27 @@ def reproduce(path: Path = typer.Argument(..., help="a reproducer folder written
     from safetensors.torch import load_file
 
     from .passes import PassContext, as_passes
+    from .quant.config import QuantConfig
     from .serialize import load_graph
 
     info = json.loads((path / "info.json").read_text())
     gm, _ = load_graph(path / "graph")
-    inputs = load_file(str(path / "inputs.safetensors"))
-    example = tuple(inputs[k] for k in sorted(inputs, key=lambda k: int(k.split("_")[1])))
+    example = _numbered(load_file(str(path / "inputs.safetensors")), "input")
+    config = QuantConfig.from_json(json.loads((path / "config.json").read_text()))
+    batches = load_file(str(path / "calibration.safetensors"))
+    calibration = [_numbered(batches, f"batch_{b}_input") for b in range(len({k.split("_input")[0] for k in batches}))]
     (p,) = [p for p in as_passes(info["pipeline"]) if p.name == info["pass"]][:1]
     try:
-        p.run(gm, PassContext(example, calibration=[example]))
+        p.run(gm, PassContext(example, config, calibration))
     except Exception as exc:  # the point of a reproducer: show the error again
         typer.echo(f"pass {p.name!r} raised again: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(1)
     typer.echo(f"pass {p.name!r} ran without error on the saved graph")
+
+
+def _numbered(tensors: dict, prefix: str) -> tuple:
+    """tensors["<prefix>_0"], tensors["<prefix>_1"], ... in order."""
+    return tuple(tensors[f"{prefix}_{i}"] for i in range(sum(k.rsplit("_", 1)[0] == prefix for k in tensors)))
 
 
 def main() -> None:  # pragma: no cover

@@ -7,3 +7,7 @@ class UsageError(ValueError):
 
 class ArtifactError(ValueError):
     """The file is not a (valid) qcompile artifact."""
+
+
+class FloatWeightsWarning(UserWarning):
+    """Weighted layers of the compiled model stay float (see compile(strict=True))."""

@@ -19,7 +19,7 @@ from .backends import get_backend
 from .errors import UsageError
 from .ir import meta
 from .ir.rewrite import Rewriter, constant
-from .passes.base import as_passes, place
+from .passes.base import as_passes, check_order, place
 from .passes.instruments import Instruments
 from .quant.config import QuantConfig
 from .quant.qdq import insert_dequantize, insert_quantize, is_quantize, parse_quantize
@@ -27,6 +27,7 @@ from .quant.qdq import insert_dequantize, insert_quantize, is_quantize, parse_qu
 aten = torch.ops.aten
 PREPARE_PIPELINE = "fold-batch-norm,choose-bitwidth,calibrate,insert-qdq"
 CONVERT_PIPELINE = "fuse-qdq,fold-scales"
+TRAINED_FACTS = frozenset({"qparams", "qdq"})  # what convert_qat's graph holds when its pipeline starts
 
 
 class QATModel(nn.Module):
@@ -115,7 +116,9 @@ def convert_qat(qat: QATModel, target="reference", passes=(), dump_dir=None, *, 
         fq.replace_all_uses_with(insert_dequantize(rw, q, qp, fq))
     gm = rw.finish()
     instruments = Instruments.from_env(dump_dir=dump_dir, verify_each=verify_each)
-    gm = session.run(gm, place(as_passes(CONVERT_PIPELINE), passes), instruments)
+    pipeline = place(as_passes(CONVERT_PIPELINE), passes)
+    check_order(pipeline, TRAINED_FACTS)
+    gm = session.run(gm, pipeline, instruments)
     return session.finish(gm, get_backend(target), instruments)
 
 

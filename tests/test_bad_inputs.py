@@ -1,5 +1,7 @@
 """Bad input gets a clear error and changes nothing."""
 import json
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -28,7 +30,7 @@ def test_nonfinite_calibration_names_input_and_batch(model, bad):
     before = _state(model)
     poisoned = X.clone()
     poisoned[1, 2, 3, 4] = bad
-    with pytest.raises(ValueError, match=r"calibration batch 2, input 0 contains (NaN|Inf)"):
+    with pytest.raises(ValueError, match=r"calibration batch 2, input 0 \(x\) contains (NaN|Inf)"):
         qcompile.compile(model, (X,), calibration=[X, X, poisoned], progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not model.training
@@ -52,9 +54,9 @@ def test_uncapturable_model_carries_exporter_reason():
 
 def test_compiled_model_checks_inputs(model):
     cm = qcompile.compile(model, (X,), calibration=[X], progress=False)
-    with pytest.raises(TypeError, match=r"expected 1 input tensor\(s\) float32\[2, 3, 8, 8\], got 2"):
+    with pytest.raises(TypeError, match=r"expected 1 input tensor\(s\) \(x: float32\[2, 3, 8, 8\]\), got 2"):
         cm(X, X)
-    with pytest.raises(ValueError, match=r"input 0: expected float32\[2, 3, 8, 8\], got float32\[1, 3, 8, 8\]"):
+    with pytest.raises(ValueError, match=r"input 0 \(x\): expected float32\[2, 3, 8, 8\], got float32\[1, 3, 8, 8\]"):
         cm(X[:1])
     with pytest.raises(ValueError, match=r"expected float32\[2, 3, 8, 8\], got float64\[2, 3, 8, 8\]"):
         cm(X.double())
@@ -185,3 +187,48 @@ def test_unknown_target_and_pipeline_errors(model):
         qcompile.compile(model, (X,), calibration=[X], pipeline="calibrate{bins=3}")
     with pytest.raises(ValueError, match="method must be one of"):
         qcompile.compile(model, (X,), calibration=[X], pipeline="calibrate{method=magic},insert-qdq", progress=False)
+
+
+def test_keyword_inputs_bind_by_the_forward_s_names(model):
+    cm = qcompile.compile(model, (X,), calibration=[X], progress=False)
+    assert torch.equal(cm(x=X), cm(X))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) y; the model takes \(x: float32\[2, 3, 8, 8\]\)"):
+        cm(X, y=X)
+    with pytest.raises(TypeError, match=r"missing input 'x'"):
+        cm(y=X)
+
+
+def test_nan_inputs_are_refused_at_call_time(model):
+    cm = qcompile.compile(model, (X,), calibration=[X], progress=False)
+    poisoned = X.clone()
+    poisoned[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"input 0 \(x\) contains NaN, which a quantized model cannot represent"):
+        cm(poisoned)
+    assert torch.isfinite(cm(X.clamp(-1, 1) * float("inf"))).all()  # infinities saturate, as quantize defines
+
+
+class ReturnsModelOutput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        # imported (so registered with torch's pytree) by the test before capture
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return BaseModelOutput(last_hidden_state=self.fc(x))
+
+
+def test_outputs_of_a_type_another_package_registers_name_the_module_to_import(tmp_path):
+    import transformers.modeling_outputs  # noqa: F401  (registers ModelOutput classes with torch's pytree)
+
+    x = torch.randn(2, 4)
+    path = qcompile.compile(ReturnsModelOutput().eval(), (x,), calibration=[x], progress=False).save(tmp_path / "art")
+    load = f"import qcompile; qcompile.load({str(path)!r})"
+    fresh = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)  # transformers not imported
+    assert "ArtifactError" in fresh.stderr
+    assert ("the model's outputs are transformers.modeling_outputs.BaseModelOutput, a container type its package "
+            "registers with torch when imported: `import transformers.modeling_outputs` before qcompile.load") in fresh.stderr
+    after_import = subprocess.run([sys.executable, "-c", f"import transformers.modeling_outputs; {load}"],
+                                  capture_output=True, text=True)
+    assert after_import.returncode == 0, after_import.stderr

@@ -40,13 +40,14 @@ def _free_dim(size: torch.SymInt, declared: dict) -> meta.FreeDim:
 
 
 def input_signature(gm: fx.GraphModule) -> list[dict]:
-    """Shapes and dtypes the graph accepts; symbolic dims -> None in "shape", and [axis, expr, min, max]
-    in "free" (dims with the same expr must agree)."""
+    """Names, shapes and dtypes the graph accepts; symbolic dims -> None in "shape", and [axis, expr, min,
+    max] in "free" (dims with the same expr must agree). Checked by frontend/signature.py."""
     sig = []
     for node in gm.graph.find_nodes(op="placeholder"):
         dims = meta.input_dims(node)
         free = [[axis, str(d.expr), d.min, d.max] for axis, d in enumerate(dims) if isinstance(d, meta.FreeDim)]
         sig.append({
+            "name": node.name,
             "shape": [d if isinstance(d, int) else None for d in dims],
             "dtype": str(node.meta["val"].dtype).replace("torch.", ""),
             "free": free,

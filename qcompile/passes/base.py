@@ -36,9 +36,19 @@ class PassContext:
 
 
 class Pass:
-    """Base of all passes: a frozen dataclass whose fields are its options."""
+    """Base of all passes: a frozen dataclass whose fields are its options.
+
+    A pass declares what it needs and what it establishes as named facts about the graph ("qparams",
+    "qdq", ...): `requires` must hold before it runs, `provides` hold after it, `invalidates` no longer
+    hold after it (e.g. changing weights invalidates their qparams). `repeatable = False` refuses a second
+    run in one pipeline. check_order() checks a pipeline against these before anything runs.
+    """
 
     name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+    invalidates: ClassVar[frozenset[str]] = frozenset()
+    repeatable: ClassVar[bool] = True
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -179,6 +189,32 @@ def place(pipeline: list[Pass], extras: Iterable[Pass | str | Placement]) -> lis
         i = names.index(anchor) + (1 if item.after else 0)
         out.insert(i, item.pass_)
     return out
+
+
+def check_order(passes: list[Pass], given: frozenset[str] = frozenset()) -> None:
+    """UsageError unless every pass's requirements hold where it runs and no unrepeatable pass runs twice.
+    `given`: facts that hold on the graph the pipeline starts from."""
+    if not passes:
+        raise UsageError("the pipeline is empty: nothing would be quantized. Leave pipeline= out for the default "
+                         f"pipeline, or name passes (registered: {', '.join(sorted(registered_passes()))})")
+    holds, lost_by, seen = set(given), {}, set()
+    for p in passes:
+        if p.name in seen and not p.repeatable:
+            raise UsageError(f"pass {p.name!r} appears twice in the pipeline {pipeline_string(passes)!r}; it runs once")
+        seen.add(p.name)
+        missing = sorted(p.requires - holds)
+        if missing:
+            raise UsageError(_missing(p, missing[0], lost_by.get(missing[0]), passes))
+        holds |= p.provides
+        holds -= p.invalidates
+        lost_by.update({fact: p.name for fact in p.invalidates})
+
+
+def _missing(p: Pass, fact: str, lost_by: str | None, passes: list[Pass]) -> str:
+    makers = sorted(name for name, cls in registered_passes().items() if fact in cls.provides)
+    where = f"; {lost_by!r} runs after it and invalidates them" if lost_by else ""
+    return (f"pass {p.name!r} needs {fact} ({' or '.join(map(repr, makers)) or 'no registered pass'} "
+            f"before it) in the pipeline {pipeline_string(passes)!r}{where}")
 
 
 def pipeline_string(passes: Iterable[Pass]) -> str:

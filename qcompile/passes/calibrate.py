@@ -68,6 +68,14 @@ def _check_calibration(ctx: PassContext, observers: dict, grams: dict) -> None:
         )
 
 
+def _observed(n: fx.Node, observer: Observer):
+    try:
+        return observer.qparams()
+    except UsageError as exc:
+        src = meta.source(n)
+        raise UsageError(f"{meta.origin(n) or n.name}{f' ({src.short()})' if src else ''}: {exc}") from None
+
+
 def as_batch(batch) -> tuple:
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
@@ -89,6 +97,8 @@ def validate_calibration(batches) -> list[tuple]:
 @dataclass(frozen=True)
 class CalibratePass(Pass):
     name = "calibrate"
+    provides = frozenset({"qparams"})
+    repeatable = False
     method: str = ""  # activation observer; empty: the compile config's
     percentile: float = 0.0  # 0: the compile config's
     progress: bool = True
@@ -114,7 +124,7 @@ class CalibratePass(Pass):
                     interp.run(*batch)
         for n in gm.graph.nodes:
             if n in observers:
-                meta.set_qparams(n, observers[n].qparams())
+                meta.set_qparams(n, _observed(n, observers[n]))
             elif n.op == "get_attr" and meta.qspec(n) is not None and n not in gptq_weights:
                 meta.set_qparams(n, weight_qparams(constant(gm, n).detach(), meta.qspec(n)))
         if gptq_weights:

@@ -41,6 +41,9 @@ def _samples(batches: list[tuple], wanted: int) -> list[tuple]:
 @dataclass(frozen=True)
 class ChooseBitwidthPass(Pass):
     name = "choose-bitwidth"
+    provides = frozenset({"bit-widths"})
+    invalidates = frozenset({"qparams"})  # calibrate annotates by the widths chosen here
+    repeatable = False
     budget: float = 0.0  # average bits per weight; 0: the config's
     budget_bytes: int = 0  # total weight bytes instead; 0: the config's
     metric: str = ""  # sensitivity estimator (quant/sensitivity.py); empty: the config's

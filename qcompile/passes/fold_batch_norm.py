@@ -41,6 +41,7 @@ def fold(w: torch.Tensor, b: torch.Tensor | None, gamma, beta, mean, var, eps: f
 @dataclass(frozen=True)
 class FoldBatchNormPass(Pass):
     name = "fold-batch-norm"
+    invalidates = frozenset({"qparams"})  # the folded weights are new tensors
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         rw = Rewriter(gm, self.name)

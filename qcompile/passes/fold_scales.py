@@ -86,6 +86,7 @@ _FIXED_FORMS = {
 @dataclass(frozen=True)
 class FoldScalesPass(Pass):
     name = "fold-scales"
+    requires = frozenset({"integer-ops"})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         rw = Rewriter(gm, self.name)

@@ -88,6 +88,8 @@ def _match(gm, op, act, q, out: QParams | None) -> tuple[OpRule, Match] | None:
 @dataclass(frozen=True)
 class FuseQdqPass(Pass):
     name = "fuse-qdq"
+    requires = frozenset({"qdq"})
+    provides = frozenset({"integer-ops"})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         rw = Rewriter(gm, self.name)

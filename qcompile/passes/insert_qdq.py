@@ -24,6 +24,9 @@ def _above_inputs(graph: fx.Graph) -> set[fx.Node]:
 @dataclass(frozen=True)
 class InsertQdqPass(Pass):
     name = "insert-qdq"
+    requires = frozenset({"qparams"})
+    provides = frozenset({"qdq"})
+    repeatable = False  # a second run would quantize the quantized tensors again
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         rw = Rewriter(gm, self.name)

@@ -16,6 +16,7 @@ from ..ir.dump import DumpWriter
 from ..ir.printer import graph_text
 from ..ir.verify import verify
 from ..serialize import save_graph
+from .base import PassContext
 
 
 @dataclass
@@ -52,19 +53,24 @@ class Instruments:
         if self._dump is not None:
             self._dump.write(gm, name, changed, ms, ", ".join(f"{k}={v}" for k, v in stats.items()))
 
-    def failed(self, name: str, gm_before: fx.GraphModule, pipeline: str, exc: BaseException, inputs: tuple = ()) -> Path:
-        """Write a reproducer: the input graph of the failing pass, the pipeline and the error."""
+    def failed(self, name: str, gm_before: fx.GraphModule, pipeline: str, exc: BaseException, ctx: PassContext) -> Path:
+        """Write a reproducer: the input graph of the failing pass, the pipeline, the error, and what the pass
+        was given (example inputs, calibration batches, the quantization config)."""
         base = self.reproducer_dir or self.dump_dir or os.environ.get("QCOMPILE_REPRO_DIR") or tempfile.mkdtemp(prefix="qcompile-")
         path = Path(base) / f"reproducer-{name}"
         path.mkdir(parents=True, exist_ok=True)
         save_graph(gm_before, path / "graph")
-        save_file({f"input_{i}": t.contiguous() for i, t in enumerate(inputs)}, str(path / "inputs.safetensors"))
+        save_file({f"input_{i}": t.contiguous() for i, t in enumerate(ctx.example_inputs)}, str(path / "inputs.safetensors"))
+        save_file({f"batch_{b}_input_{i}": t.contiguous() for b, batch in enumerate(ctx.calibration or [])
+                   for i, t in enumerate(batch)}, str(path / "calibration.safetensors"))
+        (path / "config.json").write_text(json.dumps(ctx.config.to_json()))
         (path / "pipeline.txt").write_text(pipeline + "\n")
         (path / "error.txt").write_text("".join(traceback.format_exception(exc)))
         (path / "README.txt").write_text(
             f"Pass {name!r} raised. Reproduce with:\n"
             f"  qcompile reproduce {path}\n"
-            "which loads graph/ (the graph the pass received) and re-runs the pass.\n"
+            "which loads graph/ (the graph the pass received) and re-runs the pass with the saved example inputs,\n"
+            "calibration batches and quantization config.\n"
         )
         (path / "info.json").write_text(json.dumps({"pass": name, "pipeline": pipeline}))
         return path

@@ -97,6 +97,13 @@ class QuantConfig:
         if self.sensitivity not in SENSITIVITY_METRICS:
             raise UsageError(f"sensitivity must be one of {SENSITIVITY_METRICS}, got {self.sensitivity!r}")
 
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict) -> "QuantConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
     @property
     def default_weight_bits(self) -> int:
         """The width of a layer nobody chose for: 8 under "mixed" until the chooser decides."""

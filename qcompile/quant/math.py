@@ -6,6 +6,8 @@ arithmetic right shift) and is the bit-exact contract every backend implements; 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import UsageError
@@ -38,8 +40,13 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> QPara
             zp = torch.full_like(scale, (qmin + qmax + 1) // 2, dtype=torch.int32)
     else:
         scale = (hi - lo) / float(qmax - qmin)
+        # hi - lo can overflow float32 where the scale itself does not (a range near +-3.4e38)
+        scale = torch.where(torch.isfinite(scale), scale, ((hi.double() - lo.double()) / float(qmax - qmin)).float())
         zp = None
     scale = torch.clamp(scale, min=_EPS).to(torch.float32)
+    if not bool(torch.isfinite(scale).all()):
+        raise UsageError(f"value range [{float(lo.min()):.4g}, {float(hi.max()):.4g}] is not finite: the values "
+                         "overflowed float32")
     if zp is None:
         zp = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
     return QParams(scale=scale, zero_point=zp, spec=spec)
@@ -49,6 +56,10 @@ def choose_qparams(x: torch.Tensor, dtype: str = "uint8", symmetric: bool = Fals
     """Min-max scale and zero point for `x`; per-tensor gives Python numbers, per-channel tensors."""
     x = torch.as_tensor(x, dtype=torch.float32)
     check_finite(x, "choose_qparams input")
+    if x.numel() == 0:
+        raise UsageError("choose_qparams input is empty")
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim()):
+        raise UsageError(f"axis {axis!r} is not a dimension of a {x.dim()}-D tensor")
     spec = QSpec(dtype=dtype, symmetric=symmetric, axis=axis)
     if axis is None:
         qp = qparams_from_range(x.min(), x.max(), spec)
@@ -113,13 +124,39 @@ def dynamic_qparams(x: torch.Tensor) -> QParams:
 
 
 def quantize(x, scale, zero_point, dtype: str = "uint8") -> torch.Tensor:
-    """q = clamp(round(x / scale) + zero_point) in `dtype`'s range; out-of-range values saturate."""
+    """q = clamp(round(x / scale) + zero_point) in `dtype`'s range; out-of-range values saturate. NaN has
+    no code and is refused."""
     spec = QSpec(dtype=dtype)
+    scale, zero_point = _checked_qparams(scale, zero_point, spec)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if bool(torch.isnan(x).any()):
+        raise UsageError("quantize input contains NaN, which has no integer code")
     return quantize_tensor(x, scale, zero_point, spec.qmin, spec.qmax, spec.torch_dtype)
 
 
 def dequantize(q, scale, zero_point) -> torch.Tensor:
+    """(q - zero_point) * scale for integer codes q (uint8 or int8)."""
+    q = torch.as_tensor(q)
+    dtype = {torch.uint8: "uint8", torch.int8: "int8"}.get(q.dtype)
+    if dtype is None:
+        raise UsageError(f"dequantize takes uint8 or int8 codes, got a {q.dtype} tensor")
+    scale, zero_point = _checked_qparams(scale, zero_point, QSpec(dtype=dtype))
     return dequantize_tensor(q, scale, zero_point)
+
+
+def _checked_qparams(scale, zero_point, spec: QSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scale (finite, > 0) and one integer zero point inside the dtype's range, as 0-d tensors."""
+    scale_t, zp_t = torch.as_tensor(scale, dtype=torch.float64), torch.as_tensor(zero_point)
+    if scale_t.numel() != 1 or zp_t.numel() != 1:
+        raise UsageError(f"per-tensor quantize takes one scale and one zero point, got {scale_t.numel()} and "
+                         f"{zp_t.numel()} values")
+    s = float(scale_t)
+    if not (math.isfinite(s) and 0 < s <= torch.finfo(torch.float32).max):
+        raise UsageError(f"scale must be a positive finite float32, got {s!r}")
+    z = float(zp_t)
+    if isinstance(zero_point, bool) or not z.is_integer() or not spec.qmin <= z <= spec.qmax:
+        raise UsageError(f"zero_point must be an integer in [{spec.qmin}, {spec.qmax}] for {spec.dtype}, got {zero_point!r}")
+    return torch.tensor(s, dtype=torch.float32), torch.tensor(int(z), dtype=torch.int32)
 
 
 def fixed_point_multiplier(real: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -485,3 +485,79 @@ def test_invalid_qparams_and_config_raise():
         QuantConfig(bits=3)
     with pytest.raises(ValueError, match="method"):
         QuantConfig(method="avg")
+
+
+# ------------------------------------------------------------------------------------------ argument checks
+@pytest.mark.parametrize("scale, zero_point, dtype, message", [
+    (0.0, 0, "uint8", r"scale must be a positive finite float32, got 0.0"),
+    (-0.1, 0, "uint8", r"scale must be a positive finite float32, got -0.1"),
+    (float("nan"), 0, "uint8", r"scale must be a positive finite float32, got nan"),
+    (float("inf"), 0, "uint8", r"scale must be a positive finite float32, got inf"),
+    (1e39, 0, "uint8", r"scale must be a positive finite float32"),  # not a float32
+    (0.1, 300, "uint8", r"zero_point must be an integer in \[0, 255\] for uint8, got 300"),
+    (0.1, -1, "uint8", r"zero_point must be an integer in \[0, 255\]"),
+    (0.1, 1.5, "uint8", r"zero_point must be an integer .* got 1.5"),
+    (0.1, True, "uint8", r"zero_point must be an integer .* got True"),
+    (0.1, 8, "int4", r"zero_point must be an integer in \[-8, 7\] for int4, got 8"),
+    (torch.tensor([0.1, 0.2]), 0, "uint8", r"per-tensor quantize takes one scale and one zero point, got 2 and 1"),
+    (0.1, 0, "int3", r"QSpec dtype must be one of"),
+])
+def test_quantize_refuses_bad_qparams(scale, zero_point, dtype, message):
+    with pytest.raises(qcompile.UsageError, match=message):
+        qcompile.quantize(torch.randn(4), scale, zero_point, dtype)
+
+
+def test_quantize_and_dequantize_refuse_what_has_no_code():
+    with pytest.raises(qcompile.UsageError, match="quantize input contains NaN"):
+        qcompile.quantize(torch.tensor([0.0, float("nan")]), 0.1, 0)
+    with pytest.raises(qcompile.UsageError, match="dequantize takes uint8 or int8 codes, got a torch.float32 tensor"):
+        qcompile.dequantize(torch.randn(3), 0.1, 0)
+    with pytest.raises(qcompile.UsageError, match=r"zero_point must be an integer in \[-128, 127\] for int8"):
+        qcompile.dequantize(torch.zeros(3, dtype=torch.int8), 0.1, 200)
+
+
+@pytest.mark.parametrize("axis", [2, -3, 1.0, True])
+def test_choose_qparams_refuses_an_axis_the_tensor_lacks(axis):
+    with pytest.raises(qcompile.UsageError, match=r"axis .* is not a dimension of a 2-D tensor"):
+        qcompile.choose_qparams(torch.randn(3, 4), axis=axis)
+
+
+def test_a_range_near_the_float32_limits_has_a_finite_scale():
+    x = torch.tensor([-3e38, 0.0, 3e38])
+    scale, zp = qcompile.choose_qparams(x)
+    assert math.isfinite(scale) and scale == pytest.approx(6e38 / 255, rel=1e-6) and zp == 128
+    assert qcompile.quantize(x, scale, zp).tolist() == [0, 128, 255]
+
+
+ODD_FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-45, 3.5e38, 1e39]))
+ODD_ZERO_POINTS = st.one_of(st.integers(-300, 300), st.floats(-300, 300), st.booleans(), st.sampled_from([2**31, -2**40]))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(ODD_FLOATS, min_size=1, max_size=8), scale=ODD_FLOATS, zero_point=ODD_ZERO_POINTS,
+       dtype=st.sampled_from(["uint8", "int8", "uint4", "int4", "int16", "float32"]))
+def test_fuzzed_quantize_arguments_give_codes_in_range_or_a_usage_error(values, scale, zero_point, dtype):
+    try:
+        q = qcompile.quantize(torch.tensor(values), scale, zero_point, dtype)
+    except qcompile.UsageError:
+        return
+    storage, qmin, qmax = DTYPES[dtype]
+    assert q.dtype == storage and q.shape == (len(values),)
+    assert int(q.min()) >= qmin and int(q.max()) <= qmax
+    back = qcompile.dequantize(q.to(torch.int8 if qmin < 0 else torch.uint8), scale, zero_point)
+    assert torch.isfinite(back).all()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(ODD_FLOATS, min_size=0, max_size=12), axis=st.one_of(st.none(), st.integers(-3, 3)),
+       symmetric=st.booleans(), dtype=st.sampled_from(["uint8", "int8", "int4"]))
+def test_fuzzed_choose_qparams_gives_usable_qparams_or_a_usage_error(values, axis, symmetric, dtype):
+    x = torch.tensor(values, dtype=torch.float32).reshape(-1, 2) if len(values) % 2 == 0 else torch.tensor(values)
+    try:
+        scale, zp = qcompile.choose_qparams(x, dtype=dtype, symmetric=symmetric, axis=axis)
+    except qcompile.UsageError:
+        return
+    scales, zps = torch.as_tensor(scale).reshape(-1), torch.as_tensor(zp).reshape(-1)
+    _, qmin, qmax = DTYPES[dtype]
+    assert torch.isfinite(scales).all() and (scales > 0).all()
+    assert int(zps.min()) >= qmin and int(zps.max()) <= qmax

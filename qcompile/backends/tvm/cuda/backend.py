@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -20,13 +21,15 @@ KERNEL_SOURCES = "cuda"  # the artifact's folder with the kernels' CUDA source, 
 
 class CudaRunner:
     """Calls a built model on the GPU (inputs from any device, outputs on the GPU); built or loaded
-    without one, calling it says so."""
+    without one, calling it says so. Calls from several threads take turns (a lock): the kernels of all
+    calls run one after another on the device's stream anyway, and one VM's frames are not safe to share."""
 
     def __init__(self, executable, sites: list[profile.CallSite], kernels: nvcc_build.KernelBuild | None):
         self.executable = executable
         self.sites = sites
         self.kernels = kernels
         self._gpu: runtime.GpuModel | None = None
+        self._lock = threading.RLock()
 
     def _model(self) -> runtime.GpuModel:
         emulated = runtime.emulating()
@@ -45,17 +48,21 @@ class CudaRunner:
         register_kernels(self.kernels.directory)
 
     def __call__(self, *inputs: torch.Tensor):
-        return self._model()(*inputs)
+        with self._lock:
+            return self._model()(*inputs)
 
     def profile(self, *inputs: torch.Tensor) -> list[dict]:
         """Median µs of every kernel call of one run, with the layers each computes (see profile.py); none
         on a machine without a GPU (the report then has no times)."""
         if not nvcc_build.gpu_present():
             return []
-        return profile.profile(self._model().vm, self.sites, [t.cuda() for t in inputs], sync=tvm.cuda(0).sync)
+        with self._lock:
+            return profile.profile(self._model().vm, self.sites, [t.cuda() for t in inputs], sync=tvm.cuda(0).sync)
 
     def benchmark(self, *inputs: torch.Tensor, number: int, repeat: int) -> profile.BenchmarkResult:
-        return profile.BenchmarkResult.of("the GPU", self._model().time(*inputs, number=number, repeat=repeat), number)
+        with self._lock:
+            times = self._model().time(*inputs, number=number, repeat=repeat)
+        return profile.BenchmarkResult.of("the GPU", times, number)
 
     def save(self, directory: Path) -> None:
         self.executable.export_library(str(Path(directory) / LIBRARY))

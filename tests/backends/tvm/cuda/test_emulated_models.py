@@ -2,6 +2,8 @@
 and each kernel of its cubin runs on the CPU emulator (cuda_emulator.py) through the stand-ins for the driver
 and the CUDA runtime; the integer cases bit for bit, the float ones within their GPU bounds. CI runs one case
 per kernel family (about 35 s); `python tools/cuda_emulate_cases.py` runs all of them (about 80 s)."""
+import threading
+
 import pytest
 
 import qcompile
@@ -55,3 +57,28 @@ def test_outside_the_emulator_a_cuda_model_still_says_it_needs_a_gpu():
     assert len(got) == len(expected) and all(g.equal(e) for g, e in zip(got, expected))
     with pytest.raises(qcompile.UsageError, match="needs an NVIDIA GPU"):
         gpu(*case.example)
+
+
+def test_threads_calling_one_cuda_model_each_get_the_reference_results():
+    """Calls from several threads take turns on the model's one VM (its frames are not safe to share)."""
+    case = CASES["odd_linear"]
+    gpu = compiled(case, "cuda")
+    expected = outputs(compiled(case, "reference")(*case.example))
+    failures: list = []
+
+    def calls() -> None:
+        try:
+            for _ in range(5):
+                got = outputs(gpu(*case.example))
+                if not all(g.equal(e) for g, e in zip(got, expected)):
+                    failures.append("wrong result")
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            failures.append(repr(exc))
+
+    with emulated_gpu():
+        threads = [threading.Thread(target=calls) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []

@@ -8,6 +8,7 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
+from ..errors import UsageError
 from ..ir import meta
 
 aten = torch.ops.aten
@@ -113,6 +114,31 @@ def _is_exported(model: nn.Module) -> bool:
     return isinstance(model, fx.GraphModule) and isinstance(model.graph._codegen, fx.graph._PyTreeCodeGen)
 
 
+def _written_buffers(ep: torch.export.ExportedProgram, gm: fx.GraphModule) -> list[str]:
+    """Buffers the forward writes: listed by export's signature, or (as torch 2.13 leaves them in the
+    module) in-place ops whose written argument is one of the module's own tensors."""
+    found = set(ep.graph_signature.buffers_to_mutate.values())
+    for node in gm.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None:
+            continue
+        for arg, value in zip(schema.arguments, node.args):
+            if arg.alias_info is not None and arg.alias_info.is_write and isinstance(value, fx.Node) and value.op == "get_attr":
+                found.add(value.target)
+    return sorted(found)
+
+
+def _refuse_state_updates(written: list[str], model: str) -> None:
+    """A compiled model is a function of its inputs: a forward that updates its own buffers (a call
+    counter, running statistics) has no stateless integer form, and the backends and artifacts would
+    each treat the update differently."""
+    if written:
+        raise UsageError(
+            f"{model}.forward updates its buffer(s) {', '.join(written)} in place (e.g. self.{written[0]} += 1); "
+            "a compiled model is stateless: keep such state outside the model (pass it in, return the new "
+            "value) or leave the update out of the inference forward")
+
+
 def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Captured:
     if _is_exported(model):
         gm = copy.deepcopy(model)  # never modify the user's graph
@@ -137,6 +163,7 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
     # The exported module holds the user's own parameters and buffers: copied, so that neither later edits
     # of the float model nor the compiled model's state updates reach the other.
     gm = copy.deepcopy(ep.module())
+    _refuse_state_updates(_written_buffers(ep, gm), type(model).__name__)
     in_spec, out_spec = _strip_pytree_codegen(gm)
     normalize(gm)
     record_input_dims(gm, ep.range_constraints)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,6 +31,28 @@ def _pairs(layers, default_reason: str) -> tuple:
     return tuple(sorted(pairs, key=lambda p: p[0]))
 
 
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _names(v) -> bool:  # layer names, or (name, value) pairs, or a mapping
+    return isinstance(v, Mapping) or (isinstance(v, (list, tuple)) and all(isinstance(p, (str, list, tuple)) for p in v))
+
+
+_FIELD_TYPES = (
+    ("per_channel", lambda v: isinstance(v, bool), "True or False"),
+    ("symmetric_activations", lambda v: isinstance(v, bool), "True or False"),
+    ("percentile", lambda v: _real(v) and 50 < v <= 100, "a number in (50, 100]"),
+    ("budget", lambda v: v is None or _real(v), "a number of bits or None"),
+    ("budget_bytes", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0), "a positive int or None"),
+    ("widths", lambda v: isinstance(v, (list, tuple)), f"a sequence of widths from {LAYER_WIDTHS}"),
+    ("float_layers", _names, "layer names or a mapping of layer name to reason"),
+    ("layer_bits", lambda v: isinstance(v, Mapping) or (isinstance(v, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in v)),
+     "a mapping of layer name to width"),
+    *((name, lambda v: isinstance(v, str), "a string") for name in ("method", "weight_method", "activations", "first_last", "sensitivity")),
+)
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int | str = 8  # 8, 4, or "mixed"
@@ -54,6 +77,7 @@ class QuantConfig:
     sensitivity: str = "sqnr"  # bits="mixed": how a layer's sensitivity is measured (see quant/sensitivity.py)
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "float_layers", _pairs(self.float_layers, "kept float by QuantConfig.float_layers"))
         object.__setattr__(self, "layer_bits", _pairs(self.layer_bits, ""))
         self._validate_widths()
@@ -61,6 +85,12 @@ class QuantConfig:
             if m not in allowed:
                 raise UsageError(f"{what} must be one of {allowed}, got {m!r}")
         self._check_weight_only()
+
+    def _check_types(self) -> None:
+        """Fields of the wrong type are UsageErrors here, not TypeErrors deep in a pass (found by fuzzing)."""
+        for name, ok, want in _FIELD_TYPES:
+            if not ok(getattr(self, name)):
+                raise UsageError(f"QuantConfig.{name} must be {want}, got {getattr(self, name)!r}")
 
     def _check_weight_only(self) -> None:
         if self.activations not in ACTIVATIONS:

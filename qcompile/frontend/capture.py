@@ -10,6 +10,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import UsageError
 from ..ir import meta
+from .canonical import canonicalize
 
 aten = torch.ops.aten
 
@@ -101,6 +102,7 @@ def normalize(gm: fx.GraphModule) -> None:
             delattr(gm, name)
     g.eliminate_dead_code()
     gm.recompile()
+    canonicalize(gm)
 
 
 def _strip_pytree_codegen(gm: fx.GraphModule) -> tuple[pytree.TreeSpec, pytree.TreeSpec]:

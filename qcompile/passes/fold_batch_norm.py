@@ -1,4 +1,5 @@
-"""fold-batch-norm: conv2d -> batch_norm (inference) becomes one conv2d with folded weight and bias."""
+"""fold-batch-norm: conv2d (or a [batch, features] linear) -> batch_norm (inference) becomes one conv2d (linear)
+with folded weight and bias."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,15 @@ from .base import Pass, PassContext, PassResult, register_pass
 aten = torch.ops.aten
 
 
+def _normalizes_out_channels(layer: fx.Node) -> bool:
+    """batch_norm normalizes dim 1: a conv2d's output channels, and a linear's out features only where its
+    output is [batch, features] (BatchNorm1d after Linear, as in LeViT)."""
+    if layer.target == aten.conv2d.default:
+        return True
+    val = layer.meta.get("val")
+    return layer.target == aten.linear.default and val is not None and val.dim() == 2
+
+
 def _foldable(bn: fx.Node) -> bool:
     if bn.target != aten.batch_norm.default:
         return False
@@ -20,7 +30,7 @@ def _foldable(bn: fx.Node) -> bool:
     return (
         not training
         and isinstance(conv, fx.Node)
-        and conv.target == aten.conv2d.default
+        and _normalizes_out_channels(conv)
         and len(conv.users) == 1
         and conv.args[1].op == "get_attr"
         and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in bn.args[1:5] if a is not None)
@@ -60,7 +70,7 @@ class FoldBatchNormPass(Pass):
             new_w = rw.const(w_f, f"{w_node.target}_folded", conv)
             new_b = rw.const(b_f, f"{w_node.target}_folded_bias", conv)
             args = (x, new_w, new_b, *conv.args[3:])
-            folded = rw.call(aten.conv2d.default, args, conv, represents=bn)
+            folded = rw.call(conv.target, args, conv, represents=bn)
             folded.meta.update({k: v for k, v in bn.meta.items() if k == "val"})
             bn.replace_all_uses_with(folded)
             ctx.count(self.name, "folded")

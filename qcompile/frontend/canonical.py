@@ -1,0 +1,95 @@
+"""Canonical spellings of weighted ops, so that each has one integer lowering to match.
+
+Users and libraries write the same layer many ways: GPT-2's `Conv1D` is `addmm(bias, x, W)` with W stored
+[in, out]; a hand-written projection is `x @ W` or `torch.mm`; Wav2Vec2's feature extractor is `conv1d`.
+Each is rewritten here, at capture, into the form the quantization rules know (`linear` with a [out, in]
+weight, `conv2d` with a height of 1), with new constants holding the re-laid-out weights, so that every
+backend quantizes and lowers them without a rule of its own. A rewrite applies only where it is exact:
+a constant 2-D weight, unit alpha/beta, integer padding.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import fx
+
+from ..ir.rewrite import Rewriter, constant
+
+aten = torch.ops.aten
+STAGE = "capture"  # the provenance name of the nodes created here
+
+
+def _const_2d(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        t = constant(gm, node)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() == 2:
+            return t
+    return None
+
+
+def _bias_of(gm: fx.GraphModule, node, out_features: int) -> bool:
+    """A constant [out] bias (what addmm's `input` is for a Linear-like layer)."""
+    if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+        return False
+    t = constant(gm, node)
+    return t.is_floating_point() and tuple(t.shape) == (out_features,)
+
+
+def _as_linear(rw: Rewriter, node: fx.Node, x: fx.Node, weight_in_out: torch.Tensor, w_node: fx.Node, bias) -> fx.Node:
+    w = rw.const(weight_in_out.t().contiguous(), f"{w_node.target}_out_in", node)
+    return rw.call(aten.linear.default, (x, w, bias), node, represents=node)
+
+
+def _addmm(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    bias, x, w_node = node.args[:3]
+    w = _const_2d(rw.gm, w_node)
+    unit = node.kwargs.get("beta", 1) == 1 and node.kwargs.get("alpha", 1) == 1
+    if w is None or not unit or not _bias_of(rw.gm, bias, w.shape[1]):
+        return None
+    return _as_linear(rw, node, x, w, w_node, bias)
+
+
+def _mm(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """x @ W with a constant W: `mm`, and `matmul` with any leading dims on x (linear's own semantics)."""
+    x, w_node = node.args[:2]
+    w = _const_2d(rw.gm, w_node)
+    x_rank = getattr(x.meta.get("val"), "ndim", 0) if isinstance(x, fx.Node) else 0
+    if w is None or x_rank < 2:
+        return None
+    return _as_linear(rw, node, x, w, w_node, None)
+
+
+def _conv1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """conv1d as a conv2d of height 1: the input and weight get a unit dim 2, the output loses it."""
+    x, w_node, bias, stride, padding, dilation, groups = (*node.args, *[None] * (7 - len(node.args)))
+    if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or isinstance(padding, str):
+        return None  # padding="same" / "valid" (aten.conv1d.padding) keeps its own op
+    w = rw.const(constant(rw.gm, w_node).unsqueeze(2), f"{w_node.target}_2d", node)
+    x2 = rw.call(aten.unsqueeze.default, (x, 2), node)
+    conv = rw.call(aten.conv2d.default, (x2, w, bias, [1, *(stride or [1])], [0, *(padding or [0])],
+                                         [1, *(dilation or [1])], groups or 1), node, represents=node)
+    return rw.call(aten.squeeze.dim, (conv, 2), node)
+
+
+CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
+    aten.addmm.default: _addmm,
+    aten.mm.default: _mm,
+    aten.matmul.default: _mm,
+    aten.conv1d.default: _conv1d,
+}
+
+
+def canonicalize(gm: fx.GraphModule) -> int:
+    """Rewrite every op of CANONICAL that has an exact canonical form; returns how many were."""
+    rw = Rewriter(gm, STAGE)
+    done = 0
+    for node in list(gm.graph.nodes):
+        fn = CANONICAL.get(node.target) if node.op == "call_function" else None
+        new = fn(rw, node) if fn else None
+        if new is not None:
+            node.replace_all_uses_with(new)
+            done += 1
+    if done:
+        rw.finish()
+    return done

@@ -1,7 +1,9 @@
 """Capture with torch.export and normalise to the op set the passes expect."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +40,8 @@ def record_input_dims(gm: fx.GraphModule, declared: dict) -> None:
 def _free_dim(size: torch.SymInt, declared: dict) -> meta.FreeDim:
     expr = size.node.expr
     rng = declared.get(expr) or size.node.shape_env.bound_sympy(expr)
-    return meta.FreeDim(expr, int(rng.lower), int(rng.upper) if rng.upper.is_finite else None)
+    # (torch's int_oo says is_finite; it is not an Integer)
+    return meta.FreeDim(expr, int(rng.lower), int(rng.upper) if rng.upper.is_Integer else None)
 
 
 def input_signature(gm: fx.GraphModule) -> list[dict]:
@@ -141,6 +144,63 @@ def _refuse_state_updates(written: list[str], model: str) -> None:
             "value) or leave the update out of the inference forward")
 
 
+@contextlib.contextmanager
+def _cache_off(model: nn.Module):
+    """transformers' causal LMs return a KV cache object (DynamicCache) by default, which is no tensor
+    tree torch.export can output: captured with `config.use_cache` off (and restored), they return logits
+    only. (Decoding with a cache is a separate entry point.)"""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", None) is not True:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = True
+
+
+_ADVICE = {
+    ("data-dependent", "GuardOnDataDependentSymNode", "Could not guard on data-dependent"):
+        "a Python `if` (or int(), .item(), a shape) on a tensor's value: torch.export traces one path. Write "
+        "it with torch.where, torch.cond or masking, or move it out of forward",
+    ("specialized it to be a constant",):
+        "a dimension declared dynamic became a constant: the model's code fixes its size (a view to a "
+        "literal shape, a check against a number); dims of size 1 in the example are already traced at 2",
+}
+
+
+def _advice(exc: Exception) -> str:
+    text = str(exc)
+    hints = [hint for keys, hint in _ADVICE.items() if any(k in text for k in keys)]
+    return "".join(f"\nqcompile: this is usually {hint}" for hint in hints)
+
+
+def _export_examples(model: nn.Module, example_inputs: tuple, dynamic_shapes) -> tuple:
+    """The examples torch.export traces. It specializes a dimension of size 1 (and then refuses it as
+    dynamic), but a batch of 1 is the example users have: a dimension declared dynamic that has size 1
+    is traced on the example repeated to size 2 along it."""
+    if dynamic_shapes is None:
+        return example_inputs
+    if isinstance(dynamic_shapes, dict):
+        try:
+            bound = inspect.signature(model.forward).bind(*example_inputs).arguments
+        except TypeError:
+            return example_inputs  # torch.export reports the mismatch itself
+        specs = [dynamic_shapes.get(name) for name in bound]
+    else:
+        specs = list(dynamic_shapes)
+    return tuple(_widened(x, spec) for x, spec in zip(example_inputs, specs)) + example_inputs[len(specs):]
+
+
+def _widened(x, spec):
+    axes = spec.items() if isinstance(spec, dict) else enumerate(spec) if isinstance(spec, (list, tuple)) else ()
+    for axis, dim in axes:
+        if dim is not None and isinstance(x, torch.Tensor) and x.shape[axis] == 1:
+            x = torch.cat([x, x], dim=axis)
+    return x
+
+
 def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Captured:
     if _is_exported(model):
         gm = copy.deepcopy(model)  # never modify the user's graph
@@ -155,10 +215,12 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
     was_training = model.training
     model.eval()  # restored below: the user's model is never left modified
     try:
-        ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes)
+        with _cache_off(model):
+            ep = torch.export.export(model, _export_examples(model, example_inputs, dynamic_shapes),
+                                     dynamic_shapes=dynamic_shapes)
     except Exception as exc:
         raise CaptureError(
-            f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: {exc}"
+            f"torch.export could not capture {type(model).__name__}: {type(exc).__name__}: {exc}{_advice(exc)}"
         ) from exc
     finally:
         model.train(was_training)

@@ -1,0 +1,96 @@
+"""Capture of models as users bring them: the many spellings of a weighted layer become integer, causal LMs
+capture with their default config, a batch-1 example serves a dynamic batch, and what torch.export cannot
+capture comes with advice."""
+import pytest
+import torch
+from torch import nn
+from torch.export import Dim
+
+import qcompile
+from qcompile.ir.printer import target_name
+
+
+class Spellings(nn.Module):
+    """One layer in each spelling: conv1d (strided, grouped, dilated), addmm with an [in, out] weight
+    (GPT-2's Conv1D), matmul and mm with a constant weight, Linear + BatchNorm1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 5, stride=2, padding=1)
+        self.grouped = nn.Conv1d(8, 8, 3, groups=4, dilation=2)
+        self.conv1d_weight = nn.Parameter(torch.randn(8, 12) * 0.3)  # GPT-2 Conv1D: [in, out]
+        self.conv1d_bias = nn.Parameter(torch.randn(12) * 0.1)
+        self.proj = nn.Parameter(torch.randn(12, 6) * 0.3)
+        self.head = nn.Parameter(torch.randn(6 * 7, 5) * 0.1)
+        self.fc = nn.Linear(5, 7)
+        self.bn = nn.BatchNorm1d(7)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        y = torch.relu(self.grouped(torch.relu(self.conv(x)))).transpose(1, 2)  # [b, 7, 8]
+        y = torch.addmm(self.conv1d_bias, y.reshape(-1, 8), self.conv1d_weight).view(x.shape[0], -1, 12)
+        y = torch.relu(torch.matmul(y, self.proj))  # [b, 7, 6]
+        y = torch.mm(y.reshape(x.shape[0], -1), self.head)
+        return self.bn(self.fc(y))
+
+
+@pytest.fixture(scope="module")
+def spellings():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 24)
+    calibration = [torch.randn(2, 4, 24) for _ in range(4)]
+    return Spellings().eval(), x, calibration
+
+
+def test_every_spelling_of_a_weighted_layer_is_integer(spellings):
+    model, x, calibration = spellings
+    cm = qcompile.compile(model, (x,), calibration=calibration, progress=False, strict=True)
+    ops = {target_name(n) for n in cm.graph_module.graph.nodes if n.op == "call_function"}
+    assert {"qcompile.conv2d_int", "qcompile.linear_int"} <= ops
+    assert not ops & {"aten.addmm", "aten.mm", "aten.matmul", "aten.conv1d", "aten.batch_norm", "aten.linear"}
+    assert cm.report().coverage_line().startswith("coverage: 100.0%")
+    assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+def test_the_spellings_run_bit_exact_on_x86(spellings):
+    model, x, calibration = spellings
+    reference = qcompile.compile(model, (x,), calibration=calibration, progress=False)
+    x86 = qcompile.compile(model, (x,), calibration=calibration, progress=False, target="x86")
+    assert torch.equal(x86(x), reference(x))
+
+
+def test_causal_lms_capture_with_their_default_config():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    assert model.config.use_cache  # the default, whose DynamicCache torch.export cannot output
+    ids = torch.randint(0, 100, (1, 8))
+    cm = qcompile.compile(model, (ids,), calibration=[torch.randint(0, 100, (1, 8)) for _ in range(2)], progress=False)
+    assert model.config.use_cache  # restored
+    logits = cm(ids).logits
+    expected = model(ids, use_cache=False).logits
+    assert logits.shape == expected.shape and (logits - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+@pytest.mark.parametrize("batch", [Dim("batch", max=16), Dim("batch")])  # bounded, and unbounded (once a crash)
+def test_a_batch_1_example_serves_a_dynamic_batch(batch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    cm = qcompile.compile(model, (torch.randn(1, 8),), calibration=[torch.randn(4, 8)], progress=False,
+                          dynamic_shapes={"input": {0: batch}})
+    rows = torch.randn(5, 8)
+    assert torch.equal(cm(rows), torch.cat([cm(r[None]) for r in rows]))
+
+
+def test_data_dependent_control_flow_comes_with_advice():
+    class Branches(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    with pytest.raises(qcompile.CaptureError, match=r"(?s)could not capture Branches.*qcompile: this is usually a "
+                       r"Python `if` .* on a tensor's value.*torch.where, torch.cond"):
+        qcompile.compile(Branches(), (torch.randn(2),), calibration=[torch.randn(2)], progress=False)

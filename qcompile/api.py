@@ -55,6 +55,7 @@ class CompiledModel:
         for i, (t, w) in enumerate(zip(flat, self._signature)):
             signature.check_tensor(t, w, signature.label(i, w))
         signature.check_free_dims(flat, self._signature)
+        signature.check_indices(flat, self._signature)
         signature.check_no_nan(flat, self._signature)
 
     def _positional(self, args: tuple, kwargs: dict) -> tuple:
@@ -193,6 +194,7 @@ def _checked_signature(signature) -> list[dict]:
         and isinstance(getattr(torch, s["dtype"], None), torch.dtype)
         and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in s["shape"])
         and isinstance(s.get("free", []), list) and isinstance(s.get("name", ""), str)
+        and isinstance(s.get("index_bound", 0), int) and not isinstance(s.get("index_bound", 0), bool)
         for s in signature)
     if not ok:
         raise ValueError("its input signature is not a list of {shape, dtype} entries")

@@ -232,3 +232,24 @@ def test_outputs_of_a_type_another_package_registers_name_the_module_to_import(t
     after_import = subprocess.run([sys.executable, "-c", f"import transformers.modeling_outputs; {load}"],
                                   capture_output=True, text=True)
     assert after_import.returncode == 0, after_import.stderr
+
+
+class Embeds(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(50, 8)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.fc(self.table(ids))
+
+
+def test_indices_outside_an_embedding_table_are_refused_before_any_gather():
+    """A compiled gather reads memory at the index unchecked (TVM's take): calls and calibration check."""
+    ids = torch.randint(0, 50, (1, 6))
+    cm = qcompile.compile(Embeds().eval(), (ids,), calibration=[ids], progress=False)
+    for bad, shown in ((50, 50), (-1, -1), (500000, 500000)):
+        with pytest.raises(ValueError, match=rf"input 0 \(ids\) holds the index {shown}, outside the embedding table's 50 rows"):
+            cm(torch.tensor([[1, 2, 3, 4, 5, bad]]))
+    with pytest.raises(qcompile.UsageError, match=r"calibration batch 0, input 0 \(ids\) holds the index 77"):
+        qcompile.compile(Embeds().eval(), (ids,), calibration=[torch.tensor([[1, 2, 3, 4, 5, 77]])], progress=False)

@@ -12,6 +12,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import UsageError
 from ..ir import meta
+from ..ir.rewrite import constant
 from .canonical import canonicalize
 
 aten = torch.ops.aten
@@ -51,13 +52,25 @@ def input_signature(gm: fx.GraphModule) -> list[dict]:
     for node in gm.graph.find_nodes(op="placeholder"):
         dims = meta.input_dims(node)
         free = [[axis, str(d.expr), d.min, d.max] for axis, d in enumerate(dims) if isinstance(d, meta.FreeDim)]
-        sig.append({
+        entry = {
             "name": node.name,
             "shape": [d if isinstance(d, int) else None for d in dims],
             "dtype": str(node.meta["val"].dtype).replace("torch.", ""),
             "free": free,
-        })
+        }
+        rows = _table_rows(gm, node)
+        if rows is not None:
+            entry["index_bound"] = rows
+        sig.append(entry)
     return sig
+
+
+def _table_rows(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """The rows of the smallest embedding table this input indexes directly: compiled gathers read
+    memory at the index without a bounds check, so calls check the indices against it."""
+    rows = [constant(gm, u.args[0]).shape[0] for u in node.users
+            if u.target == aten.embedding.default and u.args[1] is node and u.args[0].op == "get_attr"]
+    return min(rows) if rows else None
 
 
 # In-place and alias variants that export emits, mapped to the one functional op the passes match.

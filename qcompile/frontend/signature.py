@@ -14,7 +14,7 @@ from torch import fx
 from ..errors import UsageError
 from ..ir import shapes
 
-Signature = list[dict]
+Signature = list[dict]  # with "index_bound": rows of the embedding table an input indexes, if it does
 
 
 def describe(entry: dict) -> str:
@@ -69,6 +69,15 @@ def check_count(flat: list, signature: Signature, prefix: str = "", error: type[
         raise error(f"{prefix}expected {len(signature)} input tensor(s) ({describe_all(signature)}), got {len(flat)}")
 
 
+def check_indices(flat: list[torch.Tensor], signature: Signature, prefix: str = "") -> None:
+    """Inputs that index an embedding table stay inside it (a compiled gather does not check)."""
+    for i, (t, w) in enumerate(zip(flat, signature)):
+        rows = w.get("index_bound")
+        if rows is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= rows):
+            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+            raise ValueError(f"{prefix}{label(i, w)} holds the index {bad}, outside the embedding table's {rows} rows")
+
+
 def check_no_nan(flat: list[torch.Tensor], signature: Signature, prefix: str = "") -> None:
     """NaN has no integer code: quantizing it would give a finite, meaningless result."""
     for i, (t, w) in enumerate(zip(flat, signature)):
@@ -98,6 +107,7 @@ def calibration_batches(calibration, signature: Signature, gm: fx.GraphModule | 
         tensors = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
         for piece in _pieces(tensors, signature, gm, f"calibration batch {b}, "):
             check_free_dims(list(piece), signature, f"calibration batch {b}, ")
+            _as_usage_error(check_indices, list(piece), signature, f"calibration batch {b}, ")
             _check_finite(piece, signature, b)
             out.append(piece)
     return out
@@ -144,6 +154,13 @@ def _scales_with_batch(gm: fx.GraphModule, tensors: tuple, signature: Signature,
         return False
     return all(b[1:] == e[1:] and b[:1] == ([batch] if e[:1] == [example_batch] else e[:1])
                for e, b in zip(at_example, at_batch))
+
+
+def _as_usage_error(check, *args) -> None:
+    try:
+        check(*args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_finite(tensors: tuple, signature: Signature, b: int) -> None:

@@ -57,7 +57,7 @@ class Match:
 # (rule kind, input form) -> lowering. The form is "static" (calibrated integer inputs), "dynamic" (float
 # inputs quantized at run time) or "float" (weight-only): the values of QuantConfig.activations.
 LOWERINGS: dict[tuple[str, str], Callable[[Rewriter, Match], fx.Node | None]] = {}
-FLOAT_OUTPUT_KINDS = {"conv2d", "linear", "matmul", "mul"}  # kinds whose lowering also handles Match.out = None
+FLOAT_OUTPUT_KINDS = {"conv2d", "linear", "matmul", "mul", "embedding"}  # kinds whose lowering also handles Match.out = None
 
 
 def lowering(kind: str, inputs: str = "static"):
@@ -341,11 +341,17 @@ def _cat(rw: Rewriter, m: Match):
 
 @lowering("embedding")
 def _embedding(rw: Rewriter, m: Match):
+    """Rows gathered from the integer table; where the next op is float (LayerNorm in transformers'
+    embeddings), they are dequantized after the gather: the table is stored as integers either way."""
     _, wq = m.weights[0]
-    if wq.per_channel or not wq.same_as(m.out):
+    if wq.per_channel or (m.out is not None and not wq.same_as(m.out)):
         return None
     w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
     _weight_layer(m, "embedding")
     out = rw.call(aten.embedding.default, (w_node, *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
+    if m.out is None:
+        meta.set_qparams(out, wq)  # gathered rows keep the table's qparams
+        scale, zero_point = wq.scalar()
+        out = rw.call(qc.dequantize_per_tensor.default, (out, scale, zero_point), m.anchor, like=m.op, represents=m.op)
     meta.set_layer(out, meta.layer(m.op))
     return out

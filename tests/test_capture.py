@@ -94,3 +94,30 @@ def test_data_dependent_control_flow_comes_with_advice():
     with pytest.raises(qcompile.CaptureError, match=r"(?s)could not capture Branches.*qcompile: this is usually a "
                        r"Python `if` .* on a tensor's value.*torch.where, torch.cond"):
         qcompile.compile(Branches(), (torch.randn(2),), calibration=[torch.randn(2)], progress=False)
+
+
+class SamePadding(nn.Module):
+    """TensorFlow-style "same" padding: an asymmetric F.pad before a strided conv, then a padded value."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(nn.functional.pad(x, (0, 1, 0, 1))))
+        return self.head(nn.functional.pad(y, (1, 1, 1, 1), value=0.25))
+
+
+def test_constant_padding_stays_integer_and_runs_bit_exact_on_x86():
+    torch.manual_seed(0)
+    model = SamePadding().eval()
+    x = torch.randn(1, 3, 9, 9)
+    calibration = [torch.randn(1, 3, 9, 9) for _ in range(4)]
+    cm = qcompile.compile(model, (x,), calibration=calibration, progress=False, strict=True)
+    integer_pads = [n for n in cm.graph_module.graph.nodes if target_name(n) == "aten.constant_pad_nd"
+                    and not n.args[0].meta["val"].is_floating_point()]
+    assert len(integer_pads) == 1  # the one between the convs (the model input's pad runs before its quantize)
+    assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+    x86 = qcompile.compile(model, (x,), calibration=calibration, progress=False, target="x86")
+    assert torch.equal(x86(x), cm(x))

@@ -251,6 +251,19 @@ def _passthrough(rw: Rewriter, m: Match):
     return rw.call(m.op.target, (m.inputs[0][0], *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
 
 
+@lowering("pad")
+def _pad(rw: Rewriter, m: Match):
+    """Constant padding of the codes: the pad value's own code (0.0 -> the zero point), so the padded
+    tensor is exactly the quantized padded float tensor."""
+    if not _same_params(m):
+        return None
+    (x, xq), op = m.inputs[0], m.op
+    value = _arg(op, 3 if op.target == aten.pad.default else 2, None) or op.kwargs.get("value") or 0.0
+    scale, zero_point = xq.scalar()
+    code = min(max(round(value / scale) + zero_point, xq.spec.qmin), xq.spec.qmax)
+    return rw.call(aten.constant_pad_nd.default, (x, list(op.args[1]), code), m.anchor, like=op, represents=op)
+
+
 @lowering("clamp")
 def _clamp(rw: Rewriter, m: Match):
     if not _same_params(m):

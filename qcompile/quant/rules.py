@@ -86,6 +86,12 @@ def _activation_bounds_check(node: fx.Node) -> str | None:
     return None
 
 
+def _pad_check(node: fx.Node) -> str | None:
+    """Constant padding only (TF-style "same" padding before a conv); reflect/replicate stay float."""
+    mode = _arg(node, 2, "mode", "constant") if node.target == aten.pad.default else "constant"
+    return None if mode == "constant" else f"pad mode {mode!r} has no integer kernel; runs in float"
+
+
 def _adaptive_pool_check(node: fx.Node) -> str | None:
     size = list(node.args[1])
     v = node.args[0].meta.get("val")
@@ -126,6 +132,7 @@ register_rule(
     aten.slice.Tensor, aten.select.int, aten.expand.default, aten.t.default, aten.flatten.using_ints,
 )
 register_rule(OpRule("cat", output=NEW, list_arg=True), aten.cat.default)
+register_rule(OpRule("pad", output=SHARE, check=_pad_check), aten.pad.default, aten.constant_pad_nd.default)
 register_rule(OpRule("embedding", act_args=(), weight_args=((0, None),), output=SHARE), aten.embedding.default)
 
 # Activations that a preceding conv/linear/matmul/add absorbs into its requantize clamp.

@@ -121,3 +121,27 @@ def test_constant_padding_stays_integer_and_runs_bit_exact_on_x86():
     assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
     x86 = qcompile.compile(model, (x,), calibration=calibration, progress=False, target="x86")
     assert torch.equal(x86(x), cm(x))
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn = cell(8, 16, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.fc(y[:, -1])  # the last step: a negative select, once read out of bounds on x86
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_layers_unroll_into_integer_gate_linears_bit_exact_on_x86(cell):
+    torch.manual_seed(0)
+    model = Recurrent(cell).eval()
+    x = torch.randn(2, 5, 8)
+    calibration = [torch.randn(2, 5, 8) for _ in range(8)]
+    cm = qcompile.compile(model, (x,), calibration=calibration, progress=False, strict=True)
+    assert cm.report().coverage_line().startswith("coverage: 100.0%")
+    assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+    x86 = qcompile.compile(model, (x,), calibration=calibration, progress=False, target="x86")
+    assert torch.equal(x86(x), cm(x))

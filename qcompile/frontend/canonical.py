@@ -72,11 +72,22 @@ def _conv1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     return rw.call(aten.squeeze.dim, (conv, 2), node)
 
 
+def _select(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """select with a negative index counted from the front (TVM's gather reads a negative index out of
+    bounds, without a check)."""
+    x, dim, index = node.args
+    size = x.meta["val"].shape[dim] if isinstance(x, fx.Node) and "val" in x.meta else None
+    if not isinstance(index, int) or index >= 0 or not isinstance(size, int):
+        return None
+    return rw.call(aten.select.int, (x, dim, index + size), node, represents=node)
+
+
 CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
     aten.addmm.default: _addmm,
     aten.mm.default: _mm,
     aten.matmul.default: _mm,
     aten.conv1d.default: _conv1d,
+    aten.select.int: _select,
 }
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+from torch._decomp import decomposition_table
 from torch.utils import _pytree as pytree
 
 from ..errors import UsageError
@@ -189,6 +190,18 @@ def _advice(exc: Exception) -> str:
     return "".join(f"\nqcompile: this is usually {hint}" for hint in hints)
 
 
+# Recurrent layers, one op each in the export, unrolled by PyTorch's own decompositions into per-step
+# linears (the gate projections, which then quantize like any linear) and the cell's elementwise math.
+_RECURRENT = (aten.lstm.input, aten.gru.input, aten.rnn_tanh.input, aten.rnn_relu.input)
+
+
+def _unrolled_recurrent_layers(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    present = {n.target for n in ep.graph.nodes if n.op == "call_function"} & set(_RECURRENT)
+    if not present:
+        return ep
+    return ep.run_decompositions({op: decomposition_table[op] for op in present})
+
+
 def _export_examples(model: nn.Module, example_inputs: tuple, dynamic_shapes) -> tuple:
     """The examples torch.export traces. It specializes a dimension of size 1 (and then refuses it as
     dynamic), but a batch of 1 is the example users have: a dimension declared dynamic that has size 1
@@ -237,6 +250,7 @@ def capture(model: nn.Module, example_inputs: tuple, dynamic_shapes=None) -> Cap
         ) from exc
     finally:
         model.train(was_training)
+    ep = _unrolled_recurrent_layers(ep)
     # The exported module holds the user's own parameters and buffers: copied, so that neither later edits
     # of the float model nor the compiled model's state updates reach the other.
     gm = copy.deepcopy(ep.module())

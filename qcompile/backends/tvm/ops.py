@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 import tvm
+import tvm_ffi
 from torch import fx
 from tvm import te, topi
 from tvm import tirx as tir
@@ -284,13 +285,34 @@ SCALAR_CONSTANTS = {qc.requantize_fixed.default: (3,)}
 
 @converter(qc.add_fixed.default)
 def _add_fixed(node, a, a_zp, a_mult, b, b_zp, b_mult, shift, out_zp, qmin, qmax, dtype):
+    same = tvm_ffi.structural_equal(list(a.shape), list(b.shape))
+    shape = a.shape if same else broadcast_shape(a.shape, b.shape)
+
     def body(*i):
-        va = (a(*i).astype("int64") - tir.const(a_zp, "int64")) * tir.const(a_mult, "int64")
-        vb = (b(*i).astype("int64") - tir.const(b_zp, "int64")) * tir.const(b_mult, "int64")
+        ai, bi = (a(*i), b(*i)) if same else (broadcast_read(a, i), broadcast_read(b, i))
+        va = (ai.astype("int64") - tir.const(a_zp, "int64")) * tir.const(a_mult, "int64")
+        vb = (bi.astype("int64") - tir.const(b_zp, "int64")) * tir.const(b_mult, "int64")
         acc = va + vb + tir.const(1 << (shift - 1), "int64")
         return _clamp_cast(tir.shift_right(acc, tir.const(shift, "int64")) + tir.const(out_zp, "int64"), qmin, qmax, dtype)
 
-    return te.compute(a.shape, body, name="add_fixed")
+    return te.compute(shape, body, name="add_fixed")
+
+
+def _is_one(d) -> bool:
+    return isinstance(d, (int, tir.IntImm)) and int(d) == 1
+
+
+def broadcast_shape(a: list, b: list) -> list:
+    """NumPy broadcasting of two static or symbolic shapes (a 1 stretches; otherwise the sizes agree)."""
+    nd = max(len(a), len(b))
+    pa, pb = [1] * (nd - len(a)) + list(a), [1] * (nd - len(b)) + list(b)
+    return [y if _is_one(x) else x for x, y in zip(pa, pb)]
+
+
+def broadcast_read(t: te.Tensor, i: tuple):
+    """t at output index i under broadcasting: leading dims dropped, size-1 dims read at 0."""
+    offset = len(i) - len(t.shape)
+    return t(*[0 if _is_one(d) else i[offset + k] for k, d in enumerate(t.shape)])
 
 
 @converter(qc.lut.default)

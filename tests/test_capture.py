@@ -7,6 +7,7 @@ from torch import nn
 from torch.export import Dim
 
 import qcompile
+import qcompile.frontend.capture
 from qcompile.ir.printer import target_name
 
 
@@ -145,3 +146,32 @@ def test_recurrent_layers_unroll_into_integer_gate_linears_bit_exact_on_x86(cell
     assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
     x86 = qcompile.compile(model, (x,), calibration=calibration, progress=False, target="x86")
     assert torch.equal(x86(x), cm(x))
+
+
+class Upsampling(nn.Module):
+    """Transposed convolutions: strided with padding, output padding and groups; 2x2/2 (a U-Net's up step); 1-D."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.up2 = nn.ConvTranspose2d(6, 2, 2, stride=2)
+        self.up1d = nn.ConvTranspose1d(4, 4, 4, stride=2)
+
+    def forward(self, x, y):
+        return self.up2(torch.relu(self.up(x))), self.up1d(y)
+
+
+def test_transposed_convs_become_direct_integer_convs_bit_exact_on_x86():
+    torch.manual_seed(0)
+    model = Upsampling().eval()
+    example = (torch.randn(1, 4, 5, 5), torch.randn(1, 4, 7))
+    calibration = [(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 7)) for _ in range(6)]
+    captured = qcompile.frontend.capture.capture(model, example)
+    for canonical, original in zip(captured.gm(*example), model(*example)):  # the rewrite is exact in float
+        torch.testing.assert_close(canonical, original, atol=1e-6, rtol=0)
+    cm = qcompile.compile(model, example, calibration=calibration, progress=False, strict=True)
+    assert cm.report().coverage_line().startswith("coverage: 100.0%")
+    for got, want in zip(cm(*example), model(*example)):
+        assert (got - want).abs().max() < 0.05 * want.abs().max()
+    x86 = qcompile.compile(model, example, calibration=calibration, progress=False, target="x86")
+    assert all(torch.equal(a, b) for a, b in zip(x86(*example), cm(*example)))

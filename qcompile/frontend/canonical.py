@@ -72,6 +72,65 @@ def _conv1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     return rw.call(aten.squeeze.dim, (conv, 2), node)
 
 
+def _transposed_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed conv's [in, out/g, kh, kw] weight as the [out, in/g, kh, kw] weight of the direct conv
+    computing it: channels swapped within each group, taps flipped."""
+    cin, cout_g, kh, kw = w.shape
+    w = w.reshape(groups, cin // groups, cout_g, kh, kw).transpose(1, 2).reshape(groups * cout_g, cin // groups, kh, kw)
+    return w.flip(2, 3).contiguous()
+
+
+def _zero_inserted(rw: Rewriter, node: fx.Node, x: fx.Node, shape: list[int], stride: list[int]) -> fx.Node:
+    """x [n, c, h, w] with stride-1 zeros between its pixels: [n, c, (h-1)*sh+1, (w-1)*sw+1]. Built from
+    unsqueeze, pad, reshape and slice, which all stay integer (the zeros become the zero point's code)."""
+    _, c, h, w = shape
+    sh, sw = stride
+    y = rw.call(aten.unsqueeze.default, (rw.call(aten.unsqueeze.default, (x, 3), node), 5), node)
+    y = rw.call(aten.constant_pad_nd.default, (y, [0, sw - 1, 0, 0, 0, sh - 1], 0.0), node)
+    y = rw.call(aten.reshape.default, (y, [-1, c, h * sh, w * sw]), node)
+    y = rw.call(aten.slice.Tensor, (y, 2, 0, (h - 1) * sh + 1), node)
+    return rw.call(aten.slice.Tensor, (y, 3, 0, (w - 1) * sw + 1), node)
+
+
+def _as_direct_conv(rw: Rewriter, node: fx.Node, x: fx.Node, shape: list[int], w_node: fx.Node, bias,
+                    stride, padding, output_padding, groups, dilation) -> fx.Node | None:
+    """conv_transpose2d as conv2d over the zero-inserted input, padded by dilation*(k-1)-padding
+    (+output_padding at the end), with the transposed weight."""
+    w = constant(rw.gm, w_node)
+    kh, kw = w.shape[2:]
+    before = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
+    if min(before) < 0 or any(not isinstance(v, int) for v in shape):
+        return None  # a padding larger than the kernel crops: left to the float op
+    y = _zero_inserted(rw, node, x, shape, stride)
+    pads = [before[1], before[1] + output_padding[1], before[0], before[0] + output_padding[0]]
+    y = rw.call(aten.constant_pad_nd.default, (y, pads, 0.0), node)
+    direct = rw.const(_transposed_weight(w, groups), f"{w_node.target}_direct", node)
+    return rw.call(aten.conv2d.default, (y, direct, bias, [1, 1], [0, 0], list(dilation), groups), node, represents=node)
+
+
+def _conv_transpose2d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    x, w_node, bias, stride, padding, output_padding, groups, dilation = (*node.args, *[None] * (8 - len(node.args)))
+    if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or "val" not in x.meta:
+        return None
+    pair = lambda v, d: list(v) * (2 // len(v)) if isinstance(v, (list, tuple)) else [v if v is not None else d] * 2  # noqa: E731
+    return _as_direct_conv(rw, node, x, list(x.meta["val"].shape), w_node, bias, pair(stride, 1), pair(padding, 0),
+                           pair(output_padding, 0), groups or 1, pair(dilation, 1))
+
+
+def _conv_transpose1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """conv_transpose1d as the 2-D form of height 1 (then as a direct conv2d)."""
+    x, w_node, bias, stride, padding, output_padding, groups, dilation = (*node.args, *[None] * (8 - len(node.args)))
+    if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or "val" not in x.meta:
+        return None
+    one = lambda v, d: [1 if d == 1 else 0, (list(v) if isinstance(v, (list, tuple)) else [v if v is not None else d])[0]]  # noqa: E731
+    n, c, length = x.meta["val"].shape
+    w2 = rw.const(constant(rw.gm, w_node).unsqueeze(2), f"{w_node.target}_2d", node)
+    x2 = rw.call(aten.unsqueeze.default, (x, 2), node)
+    conv = _as_direct_conv(rw, node, x2, [n, c, 1, length], w2, bias, one(stride, 1), one(padding, 0),
+                           one(output_padding, 0), groups or 1, one(dilation, 1))
+    return None if conv is None else rw.call(aten.squeeze.dim, (conv, 2), node)
+
+
 def _select(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     """select with a negative index counted from the front (TVM's gather reads a negative index out of
     bounds, without a check)."""
@@ -88,6 +147,8 @@ CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
     aten.matmul.default: _mm,
     aten.conv1d.default: _conv1d,
     aten.select.int: _select,
+    aten.conv_transpose2d.input: _conv_transpose2d,
+    aten.conv_transpose1d.default: _conv_transpose1d,
 }
 
 

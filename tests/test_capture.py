@@ -175,3 +175,34 @@ def test_transposed_convs_become_direct_integer_convs_bit_exact_on_x86():
         assert (got - want).abs().max() < 0.05 * want.abs().max()
     x86 = qcompile.compile(model, example, calibration=calibration, progress=False, target="x86")
     assert all(torch.equal(a, b) for a, b in zip(x86(*example), cm(*example)))
+
+
+class EinsumAndConv1dBn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3)
+        self.bn = nn.BatchNorm1d(8)
+        self.w_in_out = nn.Parameter(torch.randn(8, 6) * 0.3)
+        self.w_out_in = nn.Parameter(torch.randn(5, 6) * 0.3)
+        self.mix = nn.Parameter(torch.randn(5, 5))
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x))).transpose(1, 2)  # [b, l, 8]
+        h = torch.relu(torch.einsum("bld,de->ble", h, self.w_in_out))
+        h = torch.einsum("ble,fe->blf", h, self.w_out_in)
+        return torch.einsum("blf,fg->bgl", h, self.mix)  # output permuted: no linear, stays einsum
+
+
+def test_einsum_with_a_weight_and_batchnorm_after_conv1d_are_integer():
+    torch.manual_seed(0)
+    model = EinsumAndConv1dBn().eval()
+    x = torch.randn(2, 4, 12)
+    with pytest.warns(qcompile.FloatWeightsWarning, match=r"1 weighted layer\(s\) stay float.*einsum"):
+        cm = qcompile.compile(model, (x,), calibration=[torch.randn(2, 4, 12) for _ in range(4)], progress=False)
+    ops = [target_name(n) for n in cm.graph_module.graph.nodes if n.op == "call_function"]
+    assert ops.count("qcompile.linear_int") == 2 and ops.count("aten.einsum") == 1 and "aten.batch_norm" not in ops
+    assert cm.report().extra["stats"]["fold-batch-norm"]["folded"] == 1
+    assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()

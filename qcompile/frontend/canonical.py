@@ -72,6 +72,24 @@ def _conv1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     return rw.call(aten.squeeze.dim, (conv, 2), node)
 
 
+def _einsum(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """einsum of an activation with a constant matrix that contracts the activation's last index and puts
+    the matrix's other index last ("bld,de->ble", "...k,nk->...n"): a linear."""
+    equation, operands = node.args[0], node.args[1]
+    if len(operands) != 2 or "->" not in equation:
+        return None
+    inputs, out = equation.replace(" ", "").split("->")
+    (a, b), (x, w_node) = inputs.split(","), operands
+    w = _const_2d(rw.gm, w_node)
+    if w is None or len(b) != 2 or not a or a[-1] not in b or a[-1] in out or set(a) & set(b) != {a[-1]}:
+        return None
+    other = b.replace(a[-1], "")
+    if out != a[:-1] + other:
+        return None
+    in_out = w if b[0] == a[-1] else w.t()  # [k, n]
+    return _as_linear(rw, node, x, in_out, w_node, None)
+
+
 def _transposed_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
     """A transposed conv's [in, out/g, kh, kw] weight as the [out, in/g, kh, kw] weight of the direct conv
     computing it: channels swapped within each group, taps flipped."""
@@ -147,6 +165,7 @@ CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
     aten.matmul.default: _mm,
     aten.conv1d.default: _conv1d,
     aten.select.int: _select,
+    aten.einsum.default: _einsum,
     aten.conv_transpose2d.input: _conv_transpose2d,
     aten.conv_transpose1d.default: _conv_transpose1d,
 }

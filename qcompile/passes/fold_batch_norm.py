@@ -1,5 +1,5 @@
-"""fold-batch-norm: conv2d (or a [batch, features] linear) -> batch_norm (inference) becomes one conv2d (linear)
-with folded weight and bias."""
+"""fold-batch-norm: conv2d (conv1d, or a [batch, features] linear) -> batch_norm (inference) becomes one conv2d
+(linear) with folded weight and bias."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,17 +22,26 @@ def _normalizes_out_channels(layer: fx.Node) -> bool:
     return layer.target == aten.linear.default and val is not None and val.dim() == 2
 
 
+def _layer_of(bn: fx.Node) -> tuple[fx.Node, fx.Node | None] | None:
+    """(the layer batch_norm normalizes, the squeeze between them or None): conv1d is a conv2d of height
+    1 followed by a squeeze of dim 2 (frontend/canonical.py), and BatchNorm1d after it folds the same way."""
+    layer, squeeze = bn.args[0], None
+    if isinstance(layer, fx.Node) and layer.target == aten.squeeze.dim and layer.args[1] == 2 and len(layer.users) == 1:
+        layer, squeeze = layer.args[0], layer
+    if not isinstance(layer, fx.Node) or len(layer.users) != 1:
+        return None
+    if squeeze is not None and layer.target != aten.conv2d.default:
+        return None
+    return (layer, squeeze) if squeeze is not None or _normalizes_out_channels(layer) else None
+
+
 def _foldable(bn: fx.Node) -> bool:
-    if bn.target != aten.batch_norm.default:
+    if bn.target != aten.batch_norm.default or bn.args[5]:  # training
         return False
-    conv = bn.args[0]
-    training = bn.args[5]
+    found = _layer_of(bn)
     return (
-        not training
-        and isinstance(conv, fx.Node)
-        and _normalizes_out_channels(conv)
-        and len(conv.users) == 1
-        and conv.args[1].op == "get_attr"
+        found is not None
+        and found[0].args[1].op == "get_attr"
         and all(isinstance(a, fx.Node) and a.op == "get_attr" for a in bn.args[1:5] if a is not None)
     )
 
@@ -59,7 +68,7 @@ class FoldBatchNormPass(Pass):
         for bn in list(gm.graph.nodes):
             if bn.op != "call_function" or not _foldable(bn):
                 continue
-            conv = bn.args[0]
+            conv, squeeze = _layer_of(bn)
             x, w_node = conv.args[0], conv.args[1]
             b_node = conv.args[2] if len(conv.args) > 2 else None
             tensors = [constant(gm, a) if a is not None else None for a in bn.args[1:5]]
@@ -71,6 +80,8 @@ class FoldBatchNormPass(Pass):
             new_b = rw.const(b_f, f"{w_node.target}_folded_bias", conv)
             args = (x, new_w, new_b, *conv.args[3:])
             folded = rw.call(conv.target, args, conv, represents=bn)
+            if squeeze is not None:
+                folded = rw.call(aten.squeeze.dim, (folded, 2), squeeze)
             folded.meta.update({k: v for k, v in bn.meta.items() if k == "val"})
             bn.replace_all_uses_with(folded)
             ctx.count(self.name, "folded")

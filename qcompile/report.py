@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,9 @@ class Report:
             f"weights: {self.weight_bytes:,} bytes stored vs {self.float_bytes:,} bytes fp32 "
             f"({self.compression:.2f}x smaller); {len(self.float_layers)} op(s) left in float"
         )
+        moves = self.extra.get("data_movement")
+        if moves:
+            summary += " (and data movement: " + ", ".join(f"{op} x{n}" for op, n in sorted(moves.items())) + ")"
         if self.kernels:
             summary += f"; {len(self.kernels)} kernel calls, {sum(k['us'] for k in self.kernels):,.0f} µs in all"
         return console.export_text() + summary + "\n" + self.coverage_line()
@@ -174,11 +178,29 @@ def _is_layer(node: fx.Node) -> bool:
     return meta.qparams(node) is not None and meta.origin(node) is not None and getattr(v, "dtype", None) in (torch.int8, torch.uint8)
 
 
+# Ops that move or make data without arithmetic: float or not, they are no layer of the report (they are
+# counted on the summary line instead, so a table of real layers is not drowned in them).
+DATA_MOVEMENT = frozenset({
+    "getitem", "_to_copy", "to", "unbind", "split", "split_with_sizes", "chunk", "zeros", "ones", "full", "arange",
+    "zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "scalar_tensor", "alias", "expand", "repeat",
+    "stack", "cat", "slice", "select", "view", "reshape", "permute", "transpose", "t", "clone", "contiguous",
+    "squeeze", "unsqueeze", "flatten", "index_select", "gather", "detach", "lift_fresh_copy", "sym_size",
+})
+
+
+def _op_name(node: fx.Node) -> str:
+    name = target_name(node)
+    return name.split(".")[1] if "." in name else name
+
+
 def build_report(gm: fx.GraphModule, float_gm: fx.GraphModule | None, inputs: tuple, float_bytes: int, backend: str) -> Report:
     sqnr = per_node_sqnr(float_gm, gm, inputs) if float_gm is not None else {}
-    rows = []
+    rows, moves = [], Counter()
     for node in gm.graph.nodes:
         if not _is_layer(node):
+            continue
+        if meta.layer(node) is None and _op_name(node) in DATA_MOVEMENT:
+            moves[_op_name(node)] += 1
             continue
         src = meta.source(node)
         layer = meta.layer(node)
@@ -186,7 +208,7 @@ def build_report(gm: fx.GraphModule, float_gm: fx.GraphModule | None, inputs: tu
         qp = meta.qparams(node)
         rows.append(LayerRow(
             name=meta.origin(node) or node.name,
-            op=layer.kind if layer else target_name(node).split(".")[1] if "." in target_name(node) else target_name(node),
+            op=layer.kind if layer else _op_name(node),
             bits="float" if reason else str(layer.bits if layer else qp.spec.bits),
             scale=qp.describe() if qp is not None else ("float out" if layer else ""),
             sqnr_db=sqnr.get(node.name),
@@ -194,4 +216,4 @@ def build_report(gm: fx.GraphModule, float_gm: fx.GraphModule | None, inputs: tu
             source=src.short() if src else "",
             note=reason or "",
         ))
-    return Report(rows, stored_bytes(gm), float_bytes, backend)
+    return Report(rows, stored_bytes(gm), float_bytes, backend, {"data_movement": dict(moves)})

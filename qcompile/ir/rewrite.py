@@ -1,6 +1,7 @@
 """The one small rewrite helper passes use: create constants and nodes with provenance, replace uses."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 import torch
@@ -16,19 +17,31 @@ class Rewriter:
         self.gm = gm
         self.graph = gm.graph
         self.pass_name = pass_name
+        self._shared: dict[tuple, str] = {}
 
-    def const(self, tensor: torch.Tensor, hint: str, anchor: fx.Node) -> fx.Node:
-        """Register `tensor` as a buffer and return a get_attr node for it, placed before `anchor`."""
+    def const(self, tensor: torch.Tensor, hint: str, anchor: fx.Node, share: bool = False) -> fx.Node:
+        """Register `tensor` as a buffer and return a get_attr node for it, placed before `anchor`. With
+        `share`, a tensor equal to one registered before by this rewriter with `share` reuses its buffer
+        (a weight used at every step of an unrolled recurrent layer is stored once)."""
+        key = (tensor.dtype, tuple(tensor.shape), _digest(tensor)) if share else None
+        name = self._shared.get(key) if share else None
+        if name is None:
+            name = self._register(tensor, hint)
+            if share:
+                self._shared[key] = name
+        with self.graph.inserting_before(anchor):
+            node = self.graph.get_attr(name)
+        meta.inherit(node, anchor, self.pass_name)
+        return node
+
+    def _register(self, tensor: torch.Tensor, hint: str) -> str:
         base = re.sub(r"\W", "_", hint) or "const"
         name, i = base, 0
         while hasattr(self.gm, name):
             i += 1
             name = f"{base}_{i}"
         self.gm.register_buffer(name, tensor.detach().clone())
-        with self.graph.inserting_before(anchor):
-            node = self.graph.get_attr(name)
-        meta.inherit(node, anchor, self.pass_name)
-        return node
+        return name
 
     def call(
         self, target, args: tuple, anchor: fx.Node, represents: fx.Node | None = None,
@@ -48,6 +61,10 @@ class Rewriter:
         self.graph.lint()
         self.gm.recompile()
         return self.gm
+
+
+def _digest(tensor: torch.Tensor) -> bytes:
+    return hashlib.sha256(tensor.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes()).digest()
 
 
 def constant(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:

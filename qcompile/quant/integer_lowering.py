@@ -98,7 +98,7 @@ def _bias_int32(rw: Rewriter, m: Match, acc_scale: torch.Tensor, index: int) -> 
 def _weight_const(rw: Rewriter, m: Match, hint: str) -> fx.Node:
     """The integer weight as a constant that records its bit width (int4 values sit in int8 elements)."""
     w, wq = m.weights[0]
-    node = rw.const(w, hint, m.anchor)
+    node = rw.const(w, hint, m.anchor, share=True)
     meta.set_storage_bits(node, wq.spec.bits)
     return node
 

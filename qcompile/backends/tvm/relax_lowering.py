@@ -175,11 +175,12 @@ def to_relax(gm: fx.GraphModule, target=None, lowerings: tuple[KernelLowering, .
     layouts = Layouts(bb, env)
     kernels = {result: (lowering, acc) for lowering in lowerings for result, acc in lowering.plan(gm, target).items()}
     absorbed = {acc for result, (_, acc) in kernels.items() if result is not acc}
+    consts: dict[str, relax.Expr] = {}
     with bb.function("main", params, attrs=symbols.bounds()):
         with bb.dataflow():
             for node in gm.graph.nodes:
-                if node.op == "get_attr":
-                    env[node] = _const(constant(gm, node))
+                if node.op == "get_attr":  # one Relax constant per tensor, however many nodes read it
+                    env[node] = consts.setdefault(node.target, _const(constant(gm, node)))
                 elif node in absorbed:
                     continue  # emitted together with its requantize
                 elif node in kernels:

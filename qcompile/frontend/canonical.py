@@ -171,10 +171,42 @@ CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
 }
 
 
+_GATHERS = frozenset({aten.embedding.default, aten.index_select.default, aten.gather.default})
+
+
+def _foldable(node: fx.Node) -> bool:
+    """A pure ATen op computing from the module's constants only (weight_norm's g * v / |v|, a transpose of
+    a weight): its result is a constant too, which the quantization rules then see as a weight. Gathers
+    from a table (position embeddings at fixed positions) are left alone: the table quantizes as a table."""
+    schema = getattr(node.target, "_schema", None)
+    inputs = node.all_input_nodes
+    return (
+        node.op == "call_function" and schema is not None and bool(inputs) and node.target not in _GATHERS
+        and all(n.op == "get_attr" for n in inputs) and not schema.is_mutable
+        and torch.Tag.nondeterministic_seeded not in getattr(node.target, "tags", ())
+    )
+
+
+def _fold_constants(rw: Rewriter) -> int:
+    folded = 0
+    for node in list(rw.graph.nodes):
+        if not _foldable(node):
+            continue
+        with torch.no_grad():
+            value = node.target(*fx.node.map_arg(node.args, lambda n: constant(rw.gm, n)),
+                                **fx.node.map_arg(node.kwargs, lambda n: constant(rw.gm, n)))
+        inputs = sum(constant(rw.gm, n).numel() for n in node.all_input_nodes)
+        if isinstance(value, torch.Tensor) and value.numel() <= 4 * inputs:  # never materialise a broadcast
+            node.replace_all_uses_with(rw.const(value, node.name, node))
+            folded += 1
+    return folded
+
+
 def canonicalize(gm: fx.GraphModule) -> int:
-    """Rewrite every op of CANONICAL that has an exact canonical form; returns how many were."""
+    """Fold computations on constants, then rewrite every op of CANONICAL that has an exact canonical form;
+    returns how many nodes changed."""
     rw = Rewriter(gm, STAGE)
-    done = 0
+    done = _fold_constants(rw)
     for node in list(gm.graph.nodes):
         fn = CANONICAL.get(node.target) if node.op == "call_function" else None
         new = fn(rw, node) if fn else None

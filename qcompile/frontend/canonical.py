@@ -90,6 +90,56 @@ def _einsum(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     return _as_linear(rw, node, x, in_out, w_node, None)
 
 
+def _diff(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """diff (transformers' mask code) as the difference of two slices, after prepend/append: ops every
+    backend has. Booleans differ where they are unequal, as torch.diff defines for them."""
+    x, n, dim, prepend, append = (*node.args, *[None] * (5 - len(node.args)))
+    n, dim = n if n is not None else 1, dim if dim is not None else -1
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    if val is None:
+        return None
+    parts = [p for p in (prepend, x, append) if p is not None]
+    y = rw.call(aten.cat.default, (parts, dim), node) if len(parts) > 1 else x
+    for _ in range(n):
+        later, earlier = rw.call(aten.slice.Tensor, (y, dim, 1, _END), node), rw.call(aten.slice.Tensor, (y, dim, 0, -1), node)
+        y = _compare_bools(rw, node, aten.ne.Tensor, later, earlier) if val.dtype == torch.bool else \
+            rw.call(aten.sub.Tensor, (later, earlier), node)
+    return y
+
+
+def _compare_bools(rw: Rewriter, node: fx.Node, op, a: fx.Node, b: fx.Node) -> fx.Node:
+    """eq/ne of two boolean tensors as a comparison of their uint8 casts: TVM's LLVM code generator
+    refuses an equality of booleans (transformers' mask code has them)."""
+    casts = []
+    for t in (a, b):
+        cast = rw.call(aten._to_copy.default, (t,), node)
+        cast.kwargs = {"dtype": torch.uint8}
+        casts.append(cast)
+    return rw.call(op, tuple(casts), node, represents=node)
+
+
+def _cumsum_of_bools(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """cumsum counts booleans as int64 in torch; TVM's importer keeps them boolean (transformers' position
+    ids from an attention mask): the cast made explicit."""
+    x = node.args[0]
+    if not isinstance(x, fx.Node) or getattr(x.meta.get("val"), "dtype", None) != torch.bool:
+        return None
+    cast = rw.call(aten._to_copy.default, (x,), node)
+    cast.kwargs = {"dtype": node.kwargs.get("dtype") or torch.int64}
+    return rw.call(aten.cumsum.default, (cast, *node.args[1:]), node, represents=node)
+
+
+def _bool_comparison(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    a, b = node.args[:2]
+    dtypes = {getattr(x.meta.get("val"), "dtype", None) for x in (a, b) if isinstance(x, fx.Node)}
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or dtypes != {torch.bool}:
+        return None
+    return _compare_bools(rw, node, node.target, a, b)
+
+
+_END = 2**63 - 1  # slice to the end, as torch.export writes it
+
+
 def _transposed_weight(w: torch.Tensor, groups: int) -> torch.Tensor:
     """A transposed conv's [in, out/g, kh, kw] weight as the [out, in/g, kh, kw] weight of the direct conv
     computing it: channels swapped within each group, taps flipped."""
@@ -166,6 +216,10 @@ CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
     aten.conv1d.default: _conv1d,
     aten.select.int: _select,
     aten.einsum.default: _einsum,
+    aten.diff.default: _diff,
+    aten.eq.Tensor: _bool_comparison,
+    aten.cumsum.default: _cumsum_of_bools,
+    aten.ne.Tensor: _bool_comparison,
     aten.conv_transpose2d.input: _conv_transpose2d,
     aten.conv_transpose1d.default: _conv_transpose1d,
 }

@@ -91,8 +91,8 @@ _IDENTITIES = {aten.alias.default, aten.detach.default, aten.detach_.default, at
 def _is_identity(node: fx.Node) -> bool:
     if node.target in _IDENTITIES:
         return True
-    # Dropout in an eval-mode export has train=False.
-    return node.target == aten.dropout.default and not node.args[2]
+    # Dropout in an eval-mode export has train=False (in place or not).
+    return node.target in (aten.dropout.default, aten.dropout_.default) and not node.args[2]
 
 
 def normalize(gm: fx.GraphModule) -> None:

@@ -251,6 +251,27 @@ def _passthrough(rw: Rewriter, m: Match):
     return rw.call(m.op.target, (m.inputs[0][0], *m.op.args[1:]), m.anchor, like=m.op, represents=m.op)
 
 
+def _embedding_rows(rw: Rewriter, m: Match) -> fx.Node:
+    """A table with one scale per row (a table tied to a Linear, as GPT-2's lm_head is to its token
+    embedding, takes the Linear's per-channel scheme): the int8 rows and their scales are gathered alike."""
+    _, wq = m.weights[0]
+    w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
+    _weight_layer(m, "embedding")
+    ids = m.op.args[1:]
+    rows = rw.call(aten.embedding.default, (w_node, *ids), m.anchor, like=m.op, represents=m.op)
+    codes = rw.call(aten._to_copy.default, (rows,), m.anchor, like=m.op)
+    codes.kwargs = {"dtype": torch.float32}
+    if bool(wq.zero_point.any()):
+        zeros = rw.const(wq.zero_point.reshape(-1, 1).to(torch.float32), f"{m.op.name}_row_zero", m.anchor)
+        codes = rw.call(aten.sub.Tensor, (codes, rw.call(aten.embedding.default, (zeros, *ids), m.anchor, like=m.op)),
+                        m.anchor, like=m.op)
+    scales = rw.const(wq.scale.reshape(-1, 1).to(torch.float32), f"{m.op.name}_row_scale", m.anchor)
+    out = rw.call(aten.mul.Tensor, (codes, rw.call(aten.embedding.default, (scales, *ids), m.anchor, like=m.op)),
+                  m.anchor, like=m.op, represents=m.op)
+    meta.set_layer(out, meta.layer(m.op))
+    return out
+
+
 @lowering("pad")
 def _pad(rw: Rewriter, m: Match):
     """Constant padding of the codes: the pad value's own code (0.0 -> the zero point), so the padded
@@ -357,7 +378,9 @@ def _embedding(rw: Rewriter, m: Match):
     """Rows gathered from the integer table; where the next op is float (LayerNorm in transformers'
     embeddings), they are dequantized after the gather: the table is stored as integers either way."""
     _, wq = m.weights[0]
-    if wq.per_channel or (m.out is not None and not wq.same_as(m.out)):
+    if wq.per_channel:
+        return _embedding_rows(rw, m) if m.out is None and wq.spec.axis == 0 and not wq.per_group else None
+    if m.out is not None and not wq.same_as(m.out):
         return None
     w_node = _weight_const(rw, m, f"{m.op.name}_weight_int")
     _weight_layer(m, "embedding")

@@ -156,6 +156,8 @@ def _checked_qparams(scale, zero_point, spec: QSpec) -> tuple[torch.Tensor, torc
     z = float(zp_t)
     if isinstance(zero_point, bool) or not z.is_integer() or not spec.qmin <= z <= spec.qmax:
         raise UsageError(f"zero_point must be an integer in [{spec.qmin}, {spec.qmax}] for {spec.dtype}, got {zero_point!r}")
+    if s * max(spec.qmax - z, z - spec.qmin) > torch.finfo(torch.float32).max:
+        raise UsageError(f"scale {s!r} is too large: the codes of {spec.dtype} would dequantize beyond float32's range")
     return torch.tensor(s, dtype=torch.float32), torch.tensor(int(z), dtype=torch.int32)
 
 

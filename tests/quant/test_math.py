@@ -11,7 +11,7 @@ from fractions import Fraction
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import qcompile
@@ -536,6 +536,8 @@ ODD_ZERO_POINTS = st.one_of(st.integers(-300, 300), st.floats(-300, 300), st.boo
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=st.lists(ODD_FLOATS, min_size=1, max_size=8), scale=ODD_FLOATS, zero_point=ODD_ZERO_POINTS,
        dtype=st.sampled_from(["uint8", "int8", "uint4", "int4", "int16", "float32"]))
+# found in CI: code 255 at this scale dequantizes past float32's largest value
+@example(values=[3.3961516691582158e38], scale=1.3344406542812172e36, zero_point=0, dtype="uint8")
 def test_fuzzed_quantize_arguments_give_codes_in_range_or_a_usage_error(values, scale, zero_point, dtype):
     try:
         q = qcompile.quantize(torch.tensor(values), scale, zero_point, dtype)

@@ -10,16 +10,16 @@ from torch import nn
 import qcompile
 
 
-class WithTransposedConv(nn.Module):
-    """conv2d has an integer lowering; conv_transpose2d (for now) has not."""
+class WithConv3d(nn.Module):
+    """conv2d has an integer lowering; conv3d (for now) has not."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
-        self.up = nn.ConvTranspose2d(8, 4, 2)
+        self.volume = nn.Conv3d(8, 4, (1, 2, 2))
 
     def forward(self, x):
-        return self.up(torch.relu(self.conv(x)))
+        return self.volume(torch.relu(self.conv(x)).unsqueeze(2))
 
 
 X = torch.randn(1, 3, 8, 8)
@@ -28,7 +28,7 @@ X = torch.randn(1, 3, 8, 8)
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return WithTransposedConv().eval()
+    return WithConv3d().eval()
 
 
 def _float_weight_warnings(fn) -> list[str]:
@@ -41,20 +41,19 @@ def _float_weight_warnings(fn) -> list[str]:
 def test_a_weighted_layer_left_float_is_a_warning_and_a_report_line(model):
     compiled = []
     messages = _float_weight_warnings(lambda: compiled.append(qcompile.compile(model, (X,), calibration=[X], progress=False)))
-    up_params, conv_params = 8 * 4 * 2 * 2, 8 * 27 + 8
+    up_params, conv_params = 4 * 8 * 2 * 2, 8 * 27 + 8
     weights = up_params + 4 + conv_params
     assert messages == [f"1 weighted layer(s) stay float, {up_params / weights:.1%} of the model's weights: "
-                        f"conv_transpose2d (conv_transpose2d, {up_params} params: no integer kernel for "
-                        "aten.conv_transpose2d.input; runs in float)"]
+                        f"conv3d (conv3d, {up_params} params: no integer kernel for aten.conv3d.default; runs in float)"]
     report = compiled[0].report()
     cov = report.extra["coverage"]
     assert (cov["weights"], cov["float_weights"]) == (weights, up_params + 4)  # the conv's weight and bias integer
-    assert [(r["layer"], r["params"], r["chosen"]) for r in cov["float_layers"]] == [("conv_transpose2d", up_params, False)]
-    assert "weighted layers in float: conv_transpose2d" in str(report)
+    assert [(r["layer"], r["params"], r["chosen"]) for r in cov["float_layers"]] == [("conv3d", up_params, False)]
+    assert "weighted layers in float: conv3d" in str(report)
 
 
 def test_strict_refuses_a_weighted_layer_left_float(model):
-    with pytest.raises(qcompile.UsageError, match=r"strict=True: 1 weighted layer\(s\) stay float.*conv_transpose2d"):
+    with pytest.raises(qcompile.UsageError, match=r"strict=True: 1 weighted layer\(s\) stay float.*conv3d"):
         qcompile.compile(model, (X,), calibration=[X], progress=False, strict=True)
 
 

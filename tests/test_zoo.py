@@ -1,12 +1,12 @@
-"""Models nobody here wrote (tests/zoo_models.py) compile with their default configs, keep >= 95% of their
-weights integer and stay close to float; x86 agrees with the reference bit for bit where the model has no
+"""Architectures nobody here wrote (qcompile/zoo/architectures.py) compile with their default configs, keep
+>= 95% of their weights integer and stay close to float; x86 agrees with the reference bit for bit where the model has no
 float islands, within a bound where it has. CI runs the reference on every model and x86 on a small twin
 set; `pytest -m zoo` runs x86 on all of them."""
 import pytest
 import torch
 
 import qcompile
-from tests.zoo_models import output_tensor, reestimate_batch_norm, zoo
+from qcompile.zoo.architectures import output_tensor, reestimate_batch_norm, zoo
 
 ZOO = zoo()
 # A transformer, a CNN and an upsampler (an LSTM runs on x86 in test_capture.py).

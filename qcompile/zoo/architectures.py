@@ -1,4 +1,4 @@
-"""Models nobody here wrote, at small sizes (random init, seconds each): transformers architectures built
+"""Architectures nobody here wrote, at small sizes (random init, seconds each): transformers architectures built
 from their configs and plain torch modules. Each entry builds (model, make_inputs, kind); kind "vision"
 models classify (top-1 agreement is their measure), the rest are compared by cosine similarity."""
 from __future__ import annotations

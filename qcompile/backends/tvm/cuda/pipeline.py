@@ -6,6 +6,7 @@ from pathlib import Path
 
 import tvm
 from torch import fx
+from tvm import relax
 from tvm.s_tir import dlight
 
 from ..pipeline import fuse
@@ -24,8 +25,11 @@ LOWERINGS = tuple(KernelLowering(m.plan, m.emit) for m in (conv_lowering, matmul
 
 
 def lower(gm: fx.GraphModule, target: tvm.target.Target) -> tvm.IRModule:
-    """The integer graph as a Relax module, with the CUDA kernels."""
-    return to_relax(gm, target=target, lowerings=LOWERINGS)
+    """The integer graph as a Relax module, with the CUDA kernels. Scans and sorts (cumsum in transformers'
+    mask code) take TVM's GPU kernels: LegalizeOps leaves them to this dispatch on a GPU target."""
+    mod = to_relax(gm, target=target, lowerings=LOWERINGS)
+    with target:
+        return relax.backend.DispatchSortScan()(mod)
 
 
 def gpu_rules(gemm_tile: gemm_rule.GemmTile | None = None) -> list:

@@ -5,6 +5,7 @@ per kernel family (about 35 s); `python tools/cuda_emulate_cases.py` runs all of
 import threading
 
 import pytest
+import torch
 
 import qcompile
 from qcompile.backends.tvm.cuda.emulator.kernels import emulated_gpu
@@ -82,3 +83,26 @@ def test_threads_calling_one_cuda_model_each_get_the_reference_results():
         for t in threads:
             t.join()
     assert failures == []
+
+
+class PositionsFromMask(torch.nn.Module):
+    """transformers' position ids: a cumsum over the attention mask (a scan, which the GPU dispatches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x, mask):
+        positions = (mask.cumsum(-1) * mask).to(torch.float32)
+        return self.fc(x) + positions.unsqueeze(-1)
+
+
+def test_a_scan_in_the_graph_runs_on_the_gpu_bit_exact():
+    torch.manual_seed(0)
+    model = PositionsFromMask().eval()
+    example = (torch.randn(1, 6, 8), torch.tensor([[0, 1, 1, 1, 0, 1]]))
+    reference = qcompile.compile(model, example, calibration=[example], progress=False)
+    gpu = qcompile.compile(model, example, calibration=[example], progress=False, target="cuda")
+    with emulated_gpu():
+        got = outputs(gpu(*example))
+    assert len(got) == 1 and got[0].equal(reference(*example))

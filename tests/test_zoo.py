@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qcompile
-from qcompile.zoo.architectures import output_tensor, reestimate_batch_norm, zoo
+from qcompile.zoo.architectures import output_tensor, prepare, zoo
 
 ZOO = zoo()
 # A transformer, a CNN and an upsampler (an LSTM runs on x86 in test_capture.py).
@@ -20,19 +20,6 @@ FLOAT_ISLAND_BOUND = 0.05
 KNOWN_GAPS = {"mobilevit": "top-1 agreement 0.75 < 0.9 (issue 21: activation ranges)"}
 
 
-def _prepared(name: str):
-    entry = ZOO[name]
-    torch.manual_seed(0)
-    model = entry.build().eval()
-    if entry.kind == "vision":
-        reestimate_batch_norm(model, entry.inputs)
-    g = torch.Generator().manual_seed(0)
-    example = entry.inputs(g)
-    calibration = [entry.inputs(g) for _ in range(8)]
-    evaluation = [entry.inputs(g) for _ in range(32 if entry.kind == "vision" else 4)]
-    return entry, model, example, calibration, evaluation
-
-
 @pytest.fixture(scope="module")
 def compiled():
     """name -> (entry, model, evaluation inputs, reference CompiledModel), compiled once per module."""
@@ -40,9 +27,9 @@ def compiled():
 
     def get(name):
         if name not in cache:
-            entry, model, example, calibration, evaluation = _prepared(name)
-            cm = qcompile.compile(model, example, calibration=calibration, progress=False)
-            cache[name] = (entry, model, example, calibration, evaluation, cm)
+            p = prepare(name, evaluation=32 if ZOO[name].kind == "vision" else 4)
+            cm = qcompile.compile(p.model, p.example, calibration=p.calibration, progress=False)
+            cache[name] = (p.entry, p.model, p.example, p.calibration, p.evaluation, cm)
         return cache[name]
 
     return get

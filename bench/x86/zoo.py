@@ -17,7 +17,7 @@ import warnings
 import torch
 
 import qcompile
-from qcompile.zoo.architectures import reestimate_batch_norm, zoo
+from qcompile.zoo.architectures import prepare, zoo
 
 WARMUP_MS = 50.0  # the previous system's spinning thread pool must not steal the cores from the next
 
@@ -43,14 +43,8 @@ def _timed(fn, calls: int) -> list[float]:
 
 
 def measure(name: str, rounds: int, calls: int) -> tuple[float, float, bool]:
-    entry = zoo()[name]
-    torch.manual_seed(0)
-    model = entry.build().eval()
-    if entry.kind == "vision":
-        reestimate_batch_norm(model, entry.inputs)
-    g = torch.Generator().manual_seed(0)
-    example = entry.inputs(g)
-    calibration = [entry.inputs(g) for _ in range(8)]
+    p = prepare(name, evaluation=0)
+    model, example, calibration = p.model, p.example, p.calibration
     x86 = qcompile.compile(model, example, calibration=calibration, progress=False, target="x86")
     systems = {"eager": lambda: model(*example), "x86": lambda: x86(*example)}
     times: dict[str, list[float]] = {k: [] for k in systems}

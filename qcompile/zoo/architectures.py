@@ -106,6 +106,28 @@ def zoo() -> dict[str, ZooModel]:
     return {m.name: m for m in (*_text_models(), *_vision_models(), *_torch_models())}
 
 
+@dataclass
+class Prepared:
+    entry: ZooModel
+    model: nn.Module  # in eval mode, BatchNorm statistics re-estimated for vision models
+    example: tuple
+    calibration: list[tuple]
+    evaluation: list[tuple]  # inputs neither the example nor the calibration saw
+
+
+def prepare(name: str, calibration: int = 8, evaluation: int = 4) -> Prepared:
+    """The zoo model `name` built (seeded) with its example, calibration and evaluation inputs."""
+    entry = zoo()[name]
+    torch.manual_seed(0)
+    model = entry.build().eval()
+    if entry.kind == "vision":
+        reestimate_batch_norm(model, entry.inputs)
+    g = torch.Generator().manual_seed(0)
+    example = entry.inputs(g)
+    return Prepared(entry, model, example, [entry.inputs(g) for _ in range(calibration)],
+                    [entry.inputs(g) for _ in range(evaluation)])
+
+
 def reestimate_batch_norm(model: nn.Module, inputs: Callable, batches: int = 8) -> None:
     """Random-init BatchNorm statistics (mean 0, var 1) do not match what the layers see, and the outputs
     of such a network are degenerate; re-estimated on random inputs, as a trained network's would be."""

@@ -320,6 +320,13 @@ def _lut(node, x, table, qmin_in):
     return te.compute(x.shape, lambda *i: table[widen(x(*i)) - qmin_in], name="lut")
 
 
+# TVM calls a kernel that loads through a computed index opaque, and fuses nothing into it: a lookup
+# table is element-wise all the same (one load of the small table per element), so it joins its
+# producer's kernel (an LSTM's gates: quantize -> sigmoid table, one kernel instead of two per gate).
+_INJECTIVE = 2  # tvm.relax's OpPatternKind kInjective
+PRIMFUNC_ATTRS = {qc.lut.default: {"op_pattern": _INJECTIVE}}
+
+
 # ------------------------------------------------------------------ data movement on integer tensors
 # Output sizes come from the op's arguments and the input's TE shape, never from node.meta (the example's
 # sizes): with dynamic_shapes they are expressions of the module's symbolic dims.

@@ -22,7 +22,7 @@ from ...ir.printer import target_name
 from ...ir.rewrite import constant
 from . import attention_lowering, ops_nhwc
 from .layout import FOLLOWERS, Layouts, nhwc_axis
-from .ops import CONVERTERS, SCALAR_CONSTANTS, tvm_dtype
+from .ops import CONVERTERS, PRIMFUNC_ATTRS, SCALAR_CONSTANTS, tvm_dtype
 from .var_names import var_name
 
 
@@ -233,7 +233,8 @@ def _emit(bb: relax.BlockBuilder, gm: fx.GraphModule, node: fx.Node, layouts: La
         lookup = dict(zip(inputs, te_tensors))
         return fn(node, *fx.node.map_arg(args, lambda n: lookup[n]))
 
-    out = bb.emit_te(build, *tensors, primfunc_name_hint=node.name, name_hint=var_name(node))
+    attrs = {"primfunc_attrs": PRIMFUNC_ATTRS[node.target]} if node.target in PRIMFUNC_ATTRS else {}
+    out = bb.emit_te(build, *tensors, primfunc_name_hint=node.name, name_hint=var_name(node), **attrs)
     if nhwc:
         layouts.channels_last.add(node)
     return out

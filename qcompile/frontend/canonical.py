@@ -20,6 +20,11 @@ aten = torch.ops.aten
 STAGE = "capture"  # the provenance name of the nodes created here
 
 
+def _args(node: fx.Node, n: int) -> tuple:
+    """The node's first n positional arguments, None for the trailing ones export left out."""
+    return (*node.args, *[None] * (n - len(node.args)))
+
+
 def _const_2d(gm: fx.GraphModule, node) -> torch.Tensor | None:
     if isinstance(node, fx.Node) and node.op == "get_attr":
         t = constant(gm, node)
@@ -62,7 +67,7 @@ def _mm(rw: Rewriter, node: fx.Node) -> fx.Node | None:
 
 def _conv1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     """conv1d as a conv2d of height 1: the input and weight get a unit dim 2, the output loses it."""
-    x, w_node, bias, stride, padding, dilation, groups = (*node.args, *[None] * (7 - len(node.args)))
+    x, w_node, bias, stride, padding, dilation, groups = _args(node, 7)
     if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or isinstance(padding, str):
         return None  # padding="same" / "valid" (aten.conv1d.padding) keeps its own op
     w = rw.const(constant(rw.gm, w_node).unsqueeze(2), f"{w_node.target}_2d", node)
@@ -93,7 +98,7 @@ def _einsum(rw: Rewriter, node: fx.Node) -> fx.Node | None:
 def _diff(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     """diff (transformers' mask code) as the difference of two slices, after prepend/append: ops every
     backend has. Booleans differ where they are unequal, as torch.diff defines for them."""
-    x, n, dim, prepend, append = (*node.args, *[None] * (5 - len(node.args)))
+    x, n, dim, prepend, append = _args(node, 5)
     n, dim = n if n is not None else 1, dim if dim is not None else -1
     val = x.meta.get("val") if isinstance(x, fx.Node) else None
     if val is None:
@@ -110,12 +115,7 @@ def _diff(rw: Rewriter, node: fx.Node) -> fx.Node | None:
 def _compare_bools(rw: Rewriter, node: fx.Node, op, a: fx.Node, b: fx.Node) -> fx.Node:
     """eq/ne of two boolean tensors as a comparison of their uint8 casts: TVM's LLVM code generator
     refuses an equality of booleans (transformers' mask code has them)."""
-    casts = []
-    for t in (a, b):
-        cast = rw.call(aten._to_copy.default, (t,), node)
-        cast.kwargs = {"dtype": torch.uint8}
-        casts.append(cast)
-    return rw.call(op, tuple(casts), node, represents=node)
+    return rw.call(op, (rw.cast(a, torch.uint8, node), rw.cast(b, torch.uint8, node)), node, represents=node)
 
 
 def _cumsum_of_bools(rw: Rewriter, node: fx.Node) -> fx.Node | None:
@@ -124,8 +124,7 @@ def _cumsum_of_bools(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     x = node.args[0]
     if not isinstance(x, fx.Node) or getattr(x.meta.get("val"), "dtype", None) != torch.bool:
         return None
-    cast = rw.call(aten._to_copy.default, (x,), node)
-    cast.kwargs = {"dtype": node.kwargs.get("dtype") or torch.int64}
+    cast = rw.cast(x, node.kwargs.get("dtype") or torch.int64, node)
     return rw.call(aten.cumsum.default, (cast, *node.args[1:]), node, represents=node)
 
 
@@ -177,7 +176,7 @@ def _as_direct_conv(rw: Rewriter, node: fx.Node, x: fx.Node, shape: list[int], w
 
 
 def _conv_transpose2d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
-    x, w_node, bias, stride, padding, output_padding, groups, dilation = (*node.args, *[None] * (8 - len(node.args)))
+    x, w_node, bias, stride, padding, output_padding, groups, dilation = _args(node, 8)
     if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or "val" not in x.meta:
         return None
     pair = lambda v, d: list(v) * (2 // len(v)) if isinstance(v, (list, tuple)) else [v if v is not None else d] * 2  # noqa: E731
@@ -187,7 +186,7 @@ def _conv_transpose2d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
 
 def _conv_transpose1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     """conv_transpose1d as the 2-D form of height 1 (then as a direct conv2d)."""
-    x, w_node, bias, stride, padding, output_padding, groups, dilation = (*node.args, *[None] * (8 - len(node.args)))
+    x, w_node, bias, stride, padding, output_padding, groups, dilation = _args(node, 8)
     if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or "val" not in x.meta:
         return None
     one = lambda v, d: [1 if d == 1 else 0, (list(v) if isinstance(v, (list, tuple)) else [v if v is not None else d])[0]]  # noqa: E731

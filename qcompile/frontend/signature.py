@@ -13,6 +13,7 @@ from torch import fx
 
 from ..errors import UsageError
 from ..ir import shapes
+from ..quant.math import check_finite
 
 Signature = list[dict]  # with "index_bound": rows of the embedding table an input indexes, if it does
 
@@ -106,9 +107,10 @@ def calibration_batches(calibration, signature: Signature, gm: fx.GraphModule | 
     for b, batch in enumerate(batches):
         tensors = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
         for piece in _pieces(tensors, signature, gm, f"calibration batch {b}, "):
-            check_free_dims(list(piece), signature, f"calibration batch {b}, ")
+            _as_usage_error(check_free_dims, list(piece), signature, f"calibration batch {b}, ")
             _as_usage_error(check_indices, list(piece), signature, f"calibration batch {b}, ")
-            _check_finite(piece, signature, b)
+            for i, (t, w) in enumerate(zip(piece, signature)):
+                check_finite(t, f"calibration batch {b}, {label(i, w)}")
             out.append(piece)
     return out
 
@@ -161,10 +163,3 @@ def _as_usage_error(check, *args) -> None:
         check(*args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _check_finite(tensors: tuple, signature: Signature, b: int) -> None:
-    for i, (t, w) in enumerate(zip(tensors, signature)):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-            raise UsageError(f"calibration batch {b}, {label(i, w)} contains {bad}")

@@ -55,6 +55,12 @@ class Rewriter:
         meta.inherit(node, like if like is not None else anchor, self.pass_name, represents)
         return node
 
+    def cast(self, x: fx.Node, dtype: torch.dtype, anchor: fx.Node, like: fx.Node | None = None) -> fx.Node:
+        """x converted to `dtype` (aten._to_copy), placed before `anchor`."""
+        node = self.call(torch.ops.aten._to_copy.default, (x,), anchor, like=like)
+        node.kwargs = {"dtype": dtype}
+        return node
+
     def finish(self) -> fx.GraphModule:
         self.graph.eliminate_dead_code()
         remove_unused_attributes(self.gm)

@@ -259,8 +259,7 @@ def _embedding_rows(rw: Rewriter, m: Match) -> fx.Node:
     _weight_layer(m, "embedding")
     ids = m.op.args[1:]
     rows = rw.call(aten.embedding.default, (w_node, *ids), m.anchor, like=m.op, represents=m.op)
-    codes = rw.call(aten._to_copy.default, (rows,), m.anchor, like=m.op)
-    codes.kwargs = {"dtype": torch.float32}
+    codes = rw.cast(rows, torch.float32, m.anchor, like=m.op)
     if bool(wq.zero_point.any()):
         zeros = rw.const(wq.zero_point.reshape(-1, 1).to(torch.float32), f"{m.op.name}_row_zero", m.anchor)
         codes = rw.call(aten.sub.Tensor, (codes, rw.call(aten.embedding.default, (zeros, *ids), m.anchor, like=m.op)),

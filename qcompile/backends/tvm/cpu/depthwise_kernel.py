@@ -44,6 +44,7 @@ from tvm.script import tirx as T
 
 from .gemm_kernel import Requant, requantize_lanes
 from .isa import NEON_DOTPROD, NEON_I8MM, Isa, sdot
+from .parallelism import is_small
 
 __all__ = ["DepthwiseConv", "DepthwiseIsa", "ISAS", "for_isa", "depthwise_prim_func", "pack_weight", "offset_bias"]
 
@@ -164,9 +165,9 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
         return _transposed(rows)
 
     @T.macro
-    def copy_flipped(X, Xp, N, H, W):
+    def copy_flipped(X, Xp, N, H, W, loop):
         # One pass (parallel over padded rows): the hot loop then reads a - 128 with the padding in place.
-        for row in T.parallel(N * (H + 2 * PH)):
+        for row in loop(N * (H + 2 * PH)):
             b = T.meta_var(row // (H + 2 * PH))
             y = T.meta_var(row % (H + 2 * PH))
             if PH <= y and y < H + PH:
@@ -203,17 +204,10 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
                     else:
                         Out[b, y, x, blk * CHANNELS + i] = acc[i]
 
-    @T.prim_func
-    def depthwise(x: T.handle, Wp: T.Buffer((NB, NG, CHANNELS * TAPS), "int8"), bias: T.Buffer((CP,), "int32"),
-                  mult: T.Buffer((CP,), "int32"), out: T.handle):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        N, H, W, OH, OW = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
-        X = T.match_buffer(x, (N, H, W, C), "uint8")
-        Out = T.match_buffer(out, (N, OH, OW, C), out_dtype)
-        Xp = T.alloc_buffer((N, H + 2 * PH, W + 2 * PW, CP), "int8")
-        copy_flipped(X, Xp, N, H, W)
+    @T.macro
+    def rows(Xp, Wp, bias, mult, Out, N, OH, OW, loop):
         # A job is one output row of one 16-channel block: its weights stay in registers along the row.
-        for job in T.parallel(N * OH * NB):
+        for job in loop(N * OH * NB):
             blk = T.meta_var(job % NB)
             y = T.meta_var(job // NB % OH)
             b = T.meta_var(job // (NB * OH))
@@ -231,5 +225,20 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
                     acc[T.ramp(8, 1, LANES)] = dot(acc[T.ramp(8, 1, LANES)], vs[2], Wp[blk, g, T.ramp(32, 1, CHANNELS)])
                     acc[T.ramp(12, 1, LANES)] = dot(acc[T.ramp(12, 1, LANES)], vs[3], Wp[blk, g, T.ramp(48, 1, CHANNELS)])
                 store(acc, Out, mult, b, y, xo, blk)
+
+    @T.prim_func
+    def depthwise(x: T.handle, Wp: T.Buffer((NB, NG, CHANNELS * TAPS), "int8"), bias: T.Buffer((CP,), "int32"),
+                  mult: T.Buffer((CP,), "int32"), out: T.handle):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        N, H, W, OH, OW = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        X = T.match_buffer(x, (N, H, W, C), "uint8")
+        Out = T.match_buffer(out, (N, OH, OW, C), out_dtype)
+        Xp = T.alloc_buffer((N, H + 2 * PH, W + 2 * PW, CP), "int8")
+        if is_small(N, OH, OW, CP, NT):
+            copy_flipped(X, Xp, N, H, W, T.serial)
+            rows(Xp, Wp, bias, mult, Out, N, OH, OW, T.serial)
+        else:
+            copy_flipped(X, Xp, N, H, W, T.parallel)
+            rows(Xp, Wp, bias, mult, Out, N, OH, OW, T.parallel)
 
     return depthwise

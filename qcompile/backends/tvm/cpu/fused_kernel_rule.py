@@ -5,15 +5,18 @@ Per fused function: producers of the main reduction (the zero-point padding) are
 injective epilogue blocks (bias, requantize, residual add) collapse into one
 block computed right behind each output tile of the reduction, the reduction is tiled so a small
 (channels x width) tile of int32 accumulators stays in registers with the width loop vectorized, and
-the outer spatial loops run in parallel over the cores. Functions without a reduction are parallelised
+the outer spatial loops run in parallel over the cores (unless the kernel is small: parallelism.py). Functions without a reduction are parallelised
 and vectorized as element-wise loops.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
+
+from .parallelism import SERIAL_MACS, elementwise_is_small
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, max_vector: int) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
+    serial = elementwise_is_small([_extent(sch, lp) for lp in loops])
     inner = loops[-1]
     touches_bool = any(str(r.source.dtype) == "bool" for r in [*sch.get(block).reads, *sch.get(block).writes])
     v = 1 if touches_bool else _divisor(_extent(sch, inner), max_vector)  # LLVM codegen rejects bool vectors
@@ -52,7 +56,8 @@ def _parallel_vectorize(sch: s_tir.Schedule, block, max_vector: int) -> None:
         outer, vec = sch.split(inner, factors=[None, v])
         sch.vectorize(vec)
         loops = [*loops[:-1], outer]
-    sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 1)]) if len(loops) > 1 else loops[0])
+    if not serial:
+        sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 1)]) if len(loops) > 1 else loops[0])
 
 
 def _inline_or_parallelize(sch: s_tir.Schedule, block, knobs: Knobs) -> None:
@@ -76,13 +81,16 @@ def _schedule_reduction(sch: s_tir.Schedule, red, epilogue, knobs: Knobs) -> Non
     if len(spatial) < 2 or not reduce:
         return
     *outer, chan, width = spatial
+    extents = [_extent(sch, lp) for lp in loops]
+    serial = None not in extents and math.prod(extents) < SERIAL_MACS
     w = _divisor(_extent(sch, width), knobs.vector)
     c = _divisor(_extent(sch, chan), knobs.channels)
     wo, wi = sch.split(width, factors=[None, w])
     co, ci = sch.split(chan, factors=[None, c])
     sch.reorder(*outer, co, wo, *reduce, ci, wi)
     par = sch.fuse(*outer, co) if outer else co
-    sch.parallel(par)
+    if not serial:
+        sch.parallel(par)
     sch.vectorize(wi)  # before decompose_reduction: afterwards the update block has no init and cannot be checked
     sch.decompose_reduction(red, reduce[0])
     if epilogue is None:

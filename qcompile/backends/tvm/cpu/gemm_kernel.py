@@ -70,6 +70,7 @@ from tvm.script import tirx as T
 
 from ..ops import high_word_rounding
 from .isa import Isa, host_supports, host_target, isa_for
+from .parallelism import is_small
 from .tiling import Tiling, ceil_div, check_tiling, choose_tiling
 
 __all__ = [
@@ -283,23 +284,23 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
         return requantize_lanes(acc, mult, lanes, requant)
 
     @T.macro
-    def widen_a(A, A_w, M):
+    def widen_a(A, A_w, M, loop):
         # One pass over A (parallel over rows) so that the hot loop can broadcast ready-made words.
-        for m in T.parallel(M):
+        for m in loop(M):
             for kk in range(k):
                 A_w[m, kk] = T.Cast(isa.a_dtype, A[m, kk])
             for kk in range(k, KG):
                 A_w[m, kk] = T.Cast(isa.a_dtype, 0)
 
     @T.macro
-    def copy_row_groups(A, A_w, M, MP):
+    def copy_row_groups(A, A_w, M, MP, loop):
         # A_w[p, g*G*R + i*G + j] = A[p*R + i, g*G + j] - a_offset (int8); zeros past M and past k.
         # Whole k-groups move as G-byte vectors (load, flip, store); only a ragged last group is scalar.
         offset = T.meta_var(lambda x, lanes: T.Cast(
             f"{isa.a_dtype}x{lanes}" if lanes > 1 else isa.a_dtype,
             T.Cast(f"int16x{lanes}" if lanes > 1 else "int16", x) - (
                 T.Broadcast(T.int16(isa.a_offset), lanes) if lanes > 1 else T.int16(isa.a_offset))))
-        for p in T.parallel(MP):
+        for p in loop(MP):
             for i in T.unroll(R):
                 if p * R + i < M:
                     for g in range(k // G):
@@ -351,12 +352,12 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
             store_rows(acc, Out, mult, M, m0, n0, True)
 
     @T.macro
-    def tiles(A_w, Wp, bias, mult, Out, M):
+    def tiles(A_w, Wp, bias, mult, Out, M, loop):
         MO = T.meta_var((M + MR - 1) // MR)  # meta_var: a plain `MO = ...` would allocate a 1-element buffer
         # A job is one row block times one group of panels. With static parallel chunks each thread runs
         # consecutive jobs, i.e. mostly whole panel groups: its own slice of the weights stays in its L2,
         # while the row block's A rows stay in L1 across the group's panels.
-        for job in T.parallel(MO * (NO // panel_group)):
+        for job in loop(MO * (NO // panel_group)):
             m0 = T.meta_var(job % MO * MR)
             for p in range(panel_group):
                 po = T.meta_var(job // MO * panel_group + p)
@@ -402,6 +403,20 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
                                 rows[mi * R + i, T.ramp(w * L, 1, L)] = row_vector(acc, mi, i, w)
                     store_tile(rows, Out, mult, M, m0, n0)
 
+    @T.macro
+    def run(A, Wp, bias, mult, Out, M, loop):
+        if R > 1:
+            MP = T.meta_var((M + MR - 1) // MR * (MR // R))  # R-row groups of whole row blocks
+            A_w = T.alloc_buffer((MP, KG * R), isa.a_dtype)
+            copy_row_groups(A, A_w, M, MP, loop)
+            tiles(A_w, Wp, bias, mult, Out, M, loop)
+        elif copy_a:
+            A_w = T.alloc_buffer((M, KG), isa.a_dtype)
+            widen_a(A, A_w, M, loop)
+            tiles(A_w, Wp, bias, mult, Out, M, loop)
+        else:
+            tiles(A, Wp, bias, mult, Out, M, loop)
+
     @T.prim_func
     def gemm(a: T.handle, Wp: T.Buffer((NO, KW, NR * R), "int32"), bias: T.Buffer((NP,), "int32"),
              mult: T.Buffer((NP,), "int32"), out: T.handle):
@@ -409,17 +424,10 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
         M = T.int32()
         A = T.match_buffer(a, (M, k), "uint8")
         Out = T.match_buffer(out, (M, n), out_dtype)
-        if R > 1:
-            MP = T.meta_var((M + MR - 1) // MR * (MR // R))  # R-row groups of whole row blocks
-            A_w = T.alloc_buffer((MP, KG * R), isa.a_dtype)
-            copy_row_groups(A, A_w, M, MP)
-            tiles(A_w, Wp, bias, mult, Out, M)
-        elif copy_a:
-            A_w = T.alloc_buffer((M, KG), isa.a_dtype)
-            widen_a(A, A_w, M)
-            tiles(A_w, Wp, bias, mult, Out, M)
+        if is_small(M, n, k):
+            run(A, Wp, bias, mult, Out, M, T.serial)
         else:
-            tiles(A, Wp, bias, mult, Out, M)
+            run(A, Wp, bias, mult, Out, M, T.parallel)
 
     return gemm
 

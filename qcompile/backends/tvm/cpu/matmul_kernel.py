@@ -51,6 +51,7 @@ from tvm.script import tirx as T
 
 from .gemm_kernel import Requant, requantize_lanes
 from .isa import Isa, isa_for
+from .parallelism import is_small
 from .tiling import (
     Tiling,
     candidate_tiles,
@@ -152,9 +153,9 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
         return T.ramp(i, 1, L)
 
     @T.macro
-    def row_terms(A, rows):
+    def row_terms(A, rows, loop):
         # rows[bo, m] = db * sum_k (a[bo, m, k] - za): the padding is za.
-        for bm in T.parallel(BO * M):
+        for bm in loop(BO * M):
             s = T.alloc_buffer((1,), "int32")
             s[0] = 0
             for k in range(KA):
@@ -162,9 +163,9 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
             rows[bm // M, bm % M] = (s[0] - KA * spec.a_zp) * db
 
     @T.macro
-    def col_terms(Bp, cols):
+    def col_terms(Bp, cols, loop):
         # cols[bo, n] = da * sum_k B_eff[k, n], with the same dot product against A_eff = 1.
-        for bp in T.parallel(BO * NO):
+        for bp in loop(BO * NO):
             c = T.alloc_buffer((NR,), "int32")
             for v in T.unroll(NV):
                 c[vec(v * L)] = T.Broadcast(T.int32(0), L)
@@ -192,9 +193,9 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
                         Out[bo, m, n0 + ni] = acc[mi, ni]
 
     @T.macro
-    def tiles(A, Bp, Out, rows, cols):
+    def tiles(A, Bp, Out, rows, cols, loop):
         MO = T.meta_var((M + MR - 1) // MR)
-        for job in T.parallel(BO * MO * NO):
+        for job in loop(BO * MO * NO):
             bo = T.meta_var(job // (MO * NO))
             m0 = T.meta_var(job % (MO * NO) // NO * MR)
             po = T.meta_var(job % NO)
@@ -246,6 +247,14 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
                     if m0 + mi < M:
                         store(acc, Out, bo, m0 + mi, n0, mi)
 
+    @T.macro
+    def run(A, Bp, Out, rows, cols, loop):
+        if db != 0:
+            row_terms(A, rows, loop)
+        if da != 0:
+            col_terms(Bp, cols, loop)
+        tiles(A, Bp, Out, rows, cols, loop)
+
     @T.prim_func
     def matmul(a: T.handle, bp: T.handle, out: T.handle):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
@@ -254,11 +263,10 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
         Out = T.match_buffer(out, (BO, M, N), out_dtype)
         rows = T.alloc_buffer(rows_shape, "int32")
         cols = T.alloc_buffer(cols_shape, "int32")
-        if db != 0:
-            row_terms(A, rows)
-        if da != 0:
-            col_terms(Bp, cols)
-        tiles(A, Bp, Out, rows, cols)
+        if is_small(BO, M, N, KA):
+            run(A, Bp, Out, rows, cols, T.serial)
+        else:
+            run(A, Bp, Out, rows, cols, T.parallel)
 
     return matmul
 

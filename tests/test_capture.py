@@ -186,6 +186,39 @@ def test_transposed_convs_become_direct_integer_convs_bit_exact_on_x86():
     assert all(torch.equal(a, b) for a, b in zip(x86(*example), cm(*example)))
 
 
+class Volumetric(nn.Module):
+    """conv3d: strided, padded and dilated unevenly per axis, with BatchNorm3d; grouped without bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, 3, stride=(2, 1, 2), padding=(1, 1, 0), dilation=(2, 1, 1))
+        self.bn = nn.BatchNorm3d(8)
+        self.grouped = nn.Conv3d(8, 4, (2, 3, 3), groups=2, padding=1, bias=False)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.grouped(torch.relu(self.bn(self.conv(x))))
+
+
+def test_conv3d_becomes_an_integer_conv2d_over_depth_windows_bit_exact_on_x86():
+    torch.manual_seed(0)
+    model = Volumetric().eval()
+    x = torch.randn(2, 3, 7, 9, 10)
+    calibration = [torch.randn(2, 3, 7, 9, 10) for _ in range(4)]
+    captured = qcompile.frontend.capture.capture(model, (x,))
+    torch.testing.assert_close(captured.gm(x)[0], model(x), atol=1e-5, rtol=0)  # the rewrite is exact in float
+    cm = qcompile.compile(model, (x,), calibration=calibration, progress=False, strict=True)
+    ops = [target_name(n) for n in cm.graph_module.graph.nodes if n.op == "call_function"]
+    assert ops.count("qcompile.conv2d_int") == 2 and not {"aten.conv3d", "aten.batch_norm"} & set(ops)
+    assert cm.report().extra["stats"]["fold-batch-norm"]["folded"] == 1
+    assert cm.report().coverage_line().startswith("coverage: 100.0%")
+    assert cm(x).shape == model(x).shape and (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+    x86 = qcompile.compile(model, (x,), calibration=calibration, progress=False, target="x86")
+    assert torch.equal(x86(x), cm(x))
+
+
 class EinsumAndConv1dBn(nn.Module):
     def __init__(self):
         super().__init__()
@@ -215,3 +248,48 @@ def test_einsum_with_a_weight_and_batchnorm_after_conv1d_are_integer():
     assert ops.count("qcompile.linear_int") == 2 and ops.count("aten.einsum") == 1 and "aten.batch_norm" not in ops
     assert cm.report().extra["stats"]["fold-batch-norm"]["folded"] == 1
     assert (cm(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+
+
+class Bags(nn.Module):
+    """EmbeddingBag over a [bags, L] input (fixed bag size) in a mode, feeding a Linear."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(50, 16, mode=mode)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.fc(self.bag(ids))
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bags_of_one_size_gather_an_integer_table_bit_exact_on_x86(mode):
+    torch.manual_seed(0)
+    model = Bags(mode).eval()
+    ids = torch.randint(0, 50, (3, 5))
+    calibration = [torch.randint(0, 50, (3, 5)) for _ in range(8)]
+    cm = qcompile.compile(model, (ids,), calibration=calibration, progress=False, strict=True)
+    ops = {target_name(n) for n in cm.graph_module.graph.nodes if n.op == "call_function"}
+    assert "aten.embedding" in ops and "aten.embedding_bag" not in ops
+    assert cm.report().coverage_line().startswith("coverage: 100.0%")
+    assert (cm(ids) - model(ids)).abs().max() < 0.05 * model(ids).abs().max()
+    x86 = qcompile.compile(model, (ids,), calibration=calibration, progress=False, target="x86")
+    assert torch.equal(x86(ids), cm(ids))
+
+
+class OffsetBags(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(50, 16, mode="sum")
+
+    def forward(self, ids, offsets):
+        return self.bag(ids, offsets)
+
+
+def test_embedding_bags_of_free_sizes_stay_float_and_say_so():
+    torch.manual_seed(0)
+    model = OffsetBags().eval()
+    example = (torch.randint(0, 50, (10,)), torch.tensor([0, 3, 7]))
+    with pytest.warns(qcompile.FloatWeightsWarning, match="embedding_bag"):
+        cm = qcompile.compile(model, example, calibration=[example], progress=False)
+    torch.testing.assert_close(cm(*example), model(*example))

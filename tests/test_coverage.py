@@ -10,13 +10,13 @@ from torch import nn
 import qcompile
 
 
-class WithConv3d(nn.Module):
-    """conv2d has an integer lowering; conv3d (for now) has not."""
+class WithConvTranspose3d(nn.Module):
+    """conv2d has an integer lowering; conv_transpose3d (for now) has not."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
-        self.volume = nn.Conv3d(8, 4, (1, 2, 2))
+        self.volume = nn.ConvTranspose3d(8, 4, (1, 2, 2))
 
     def forward(self, x):
         return self.volume(torch.relu(self.conv(x)).unsqueeze(2))
@@ -28,7 +28,7 @@ X = torch.randn(1, 3, 8, 8)
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return WithConv3d().eval()
+    return WithConvTranspose3d().eval()
 
 
 def _float_weight_warnings(fn) -> list[str]:
@@ -44,16 +44,17 @@ def test_a_weighted_layer_left_float_is_a_warning_and_a_report_line(model):
     up_params, conv_params = 4 * 8 * 2 * 2, 8 * 27 + 8
     weights = up_params + 4 + conv_params
     assert messages == [f"1 weighted layer(s) stay float, {up_params / weights:.1%} of the model's weights: "
-                        f"conv3d (conv3d, {up_params} params: no integer kernel for aten.conv3d.default; runs in float)"]
+                        f"conv_transpose3d (conv_transpose3d, {up_params} params: no integer kernel for "
+                        f"aten.conv_transpose3d.input; runs in float)"]
     report = compiled[0].report()
     cov = report.extra["coverage"]
     assert (cov["weights"], cov["float_weights"]) == (weights, up_params + 4)  # the conv's weight and bias integer
-    assert [(r["layer"], r["params"], r["chosen"]) for r in cov["float_layers"]] == [("conv3d", up_params, False)]
-    assert "weighted layers in float: conv3d" in str(report)
+    assert [(r["layer"], r["params"], r["chosen"]) for r in cov["float_layers"]] == [("conv_transpose3d", up_params, False)]
+    assert "weighted layers in float: conv_transpose3d" in str(report)
 
 
 def test_strict_refuses_a_weighted_layer_left_float(model):
-    with pytest.raises(qcompile.UsageError, match=r"strict=True: 1 weighted layer\(s\) stay float.*conv3d"):
+    with pytest.raises(qcompile.UsageError, match=r"strict=True: 1 weighted layer\(s\) stay float.*conv_transpose3d"):
         qcompile.compile(model, (X,), calibration=[X], progress=False, strict=True)
 
 

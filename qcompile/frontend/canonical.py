@@ -9,6 +9,7 @@ a constant 2-D weight, unit alpha/beta, integer padding.
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import torch
@@ -198,6 +199,65 @@ def _conv_transpose1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     return None if conv is None else rw.call(aten.squeeze.dim, (conv, 2), node)
 
 
+def _conv3d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
+    """conv3d as one conv2d over depth windows: the (zero-padded) input's kd depth slices under each
+    output depth are gathered into the channels ([n, c, d, h, w] -> [n * od, c * kd, h, w], index_select with
+    a constant index, a data-movement op), the weight [o, c/g, kd, kh, kw] becomes [o, c/g * kd, kh, kw]
+    in the same channel order (groups stay contiguous), and the output [n * od, o, oh, ow] is laid back as
+    [n, o, od, oh, ow]. The gather copies the input kd times: the im2col of the depth axis."""
+    x, w_node, bias, stride, padding, dilation, groups = _args(node, 7)
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or isinstance(padding, str) or val is None:
+        return None
+    _, c, d, h, w = val.shape
+    triple = lambda v, dflt: list(v) * (3 // len(v)) if v else [dflt] * 3  # noqa: E731
+    (sd, *s2), (pd, *p2), (dd, *d2) = triple(stride, 1), triple(padding, 0), triple(dilation, 1)
+    weight = constant(rw.gm, w_node)
+    o, kd = weight.shape[0], weight.shape[2]
+    od = (d + 2 * pd - dd * (kd - 1) - 1) // sd + 1 if isinstance(d, int) else None
+    if not all(isinstance(v, int) for v in (c, h, w)) or od is None or od < 1:
+        return None
+    xp = rw.call(aten.constant_pad_nd.default, (x, [0, 0, 0, 0, pd, pd], 0.0), node) if pd else x
+    index = rw.const(torch.tensor([j * sd + i * dd for j in range(od) for i in range(kd)]), f"{node.name}_depth_windows", node)
+    y = rw.call(aten.index_select.default, (xp, 2, index), node)
+    y = rw.call(aten.reshape.default, (y, [-1, c, od, kd, h, w]), node)
+    y = rw.call(aten.permute.default, (y, [0, 2, 1, 3, 4, 5]), node)
+    y = rw.call(aten.reshape.default, (y, [-1, c * kd, h, w]), node)
+    w2 = rw.const(weight.reshape(o, -1, *weight.shape[3:]).contiguous(), f"{w_node.target}_2d", node)
+    y = rw.call(aten.conv2d.default, (y, w2, bias, s2, p2, d2, groups or 1), node, represents=node)
+    oh, ow = node.meta["val"].shape[3:]
+    y = rw.call(aten.reshape.default, (y, [-1, od, o, oh, ow]), node)
+    return rw.call(aten.permute.default, (y, [0, 2, 1, 3, 4]), node)
+
+
+def _fixed_bag_size(offsets) -> int | None:
+    """The bag size L where offsets are arange(0, N, L), what torch.export writes for a [bags, L] input."""
+    if isinstance(offsets, fx.Node) and offsets.target == aten.arange.start_step:
+        start, _, step = offsets.args[:3]
+        if start == 0 and isinstance(step, int) and step > 0:
+            return step
+    return None
+
+
+_BAG_REDUCTIONS = {0: aten.sum.dim_IntList, 1: aten.mean.dim, 2: aten.amax.default}  # EmbeddingBag's mode codes
+
+
+def _embedding_bag(rw: Rewriter, node: fx.Node) -> tuple | None:
+    """embedding_bag over bags of one size (a [bags, L] input) as an embedding, so that the table is stored
+    and gathered as integers, and a sum / mean / max over each bag's L rows. Bags of free sizes (an offsets
+    input) keep the float op: their segment reduction has no lowering on every backend yet."""
+    weight, indices, offsets, _, mode, _, per_sample, last_offset, padding_idx = _args(node, 9)
+    bag = _fixed_bag_size(offsets)
+    if bag is None or last_offset or padding_idx not in (None, -1) or not isinstance(weight, fx.Node):
+        return None
+    dim = weight.meta["val"].shape[1]
+    rows = rw.call(aten.embedding.default, (weight, indices), node)
+    rows = rw.call(aten.reshape.default, (rows, [-1, bag, dim]), node)
+    if per_sample is not None:
+        rows = rw.call(aten.mul.Tensor, (rows, rw.call(aten.reshape.default, (per_sample, [-1, bag, 1]), node)), node)
+    return rw.call(_BAG_REDUCTIONS[mode], (rows, [1]), node, represents=node), None, None, None
+
+
 def _select(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     """select with a negative index counted from the front (TVM's gather reads a negative index out of
     bounds, without a check)."""
@@ -208,11 +268,15 @@ def _select(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     return rw.call(aten.select.int, (x, dim, index + size), node, represents=node)
 
 
-CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | None]] = {
+# target -> the rewrite: the node standing for the op's value (for an op of several outputs, a tuple with
+# None for the outputs the rewrite does not compute), or None where no exact canonical form applies.
+CANONICAL: dict[object, Callable[[Rewriter, fx.Node], fx.Node | tuple | None]] = {
     aten.addmm.default: _addmm,
     aten.mm.default: _mm,
     aten.matmul.default: _mm,
     aten.conv1d.default: _conv1d,
+    aten.conv3d.default: _conv3d,
+    aten.embedding_bag.padding_idx: _embedding_bag,
     aten.select.int: _select,
     aten.einsum.default: _einsum,
     aten.diff.default: _diff,
@@ -255,6 +319,17 @@ def _fold_constants(rw: Rewriter) -> int:
     return folded
 
 
+def _replace_outputs(node: fx.Node, outputs: tuple) -> bool:
+    """Point the getitem users of a multi-output node at the rewrite's outputs; False (graph untouched,
+    the rewrite's nodes left dead) when one that is read was not computed."""
+    users = [u for u in node.users if u.target is operator.getitem and u.users]
+    if any(u.target is not operator.getitem for u in node.users) or any(outputs[u.args[1]] is None for u in users):
+        return False
+    for u in users:
+        u.replace_all_uses_with(outputs[u.args[1]])
+    return True
+
+
 def canonicalize(gm: fx.GraphModule) -> int:
     """Fold computations on constants, then rewrite every op of CANONICAL that has an exact canonical form;
     returns how many nodes changed."""
@@ -263,7 +338,9 @@ def canonicalize(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         fn = CANONICAL.get(node.target) if node.op == "call_function" else None
         new = fn(rw, node) if fn else None
-        if new is not None:
+        if isinstance(new, tuple) and _replace_outputs(node, new):
+            done += 1
+        elif isinstance(new, fx.Node):
             node.replace_all_uses_with(new)
             done += 1
     if done:

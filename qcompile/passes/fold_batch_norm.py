@@ -1,4 +1,4 @@
-"""fold-batch-norm: conv2d (conv1d, or a [batch, features] linear) -> batch_norm (inference) becomes one conv2d
+"""fold-batch-norm: conv2d (conv1d, conv3d, or a [batch, features] linear) -> batch_norm (inference) becomes one conv2d
 (linear) with folded weight and bias."""
 from __future__ import annotations
 
@@ -22,17 +22,39 @@ def _normalizes_out_channels(layer: fx.Node) -> bool:
     return layer.target == aten.linear.default and val is not None and val.dim() == 2
 
 
-def _layer_of(bn: fx.Node) -> tuple[fx.Node, fx.Node | None] | None:
-    """(the layer batch_norm normalizes, the squeeze between them or None): conv1d is a conv2d of height
-    1 followed by a squeeze of dim 2 (frontend/canonical.py), and BatchNorm1d after it folds the same way."""
-    layer, squeeze = bn.args[0], None
-    if isinstance(layer, fx.Node) and layer.target == aten.squeeze.dim and layer.args[1] == 2 and len(layer.users) == 1:
-        layer, squeeze = layer.args[0], layer
+def _squeezed_height(node: fx.Node) -> fx.Node | None:
+    """conv1d is a conv2d of height 1 followed by squeeze(2) (frontend/canonical.py)."""
+    if node.target == aten.squeeze.dim and node.args[1] == 2:
+        return node.args[0]
+    return None
+
+
+def _depth_unfolded(node: fx.Node) -> fx.Node | None:
+    """conv3d is a conv2d over depth windows whose [n * od, o, oh, ow] output is reshaped to [n, od, o, oh, ow]
+    and permuted to [n, o, od, oh, ow] (frontend/canonical.py): the channels stay the conv2d's."""
+    if node.target != aten.permute.default or list(node.args[1]) != [0, 2, 1, 3, 4]:
+        return None
+    inner = node.args[0]
+    if isinstance(inner, fx.Node) and inner.target == aten.reshape.default and len(inner.users) == 1:
+        return inner.args[0]
+    return None
+
+
+# Views between a conv2d and the batch_norm over its channels: each gives the node it views, or None.
+_CHANNEL_VIEWS = (_squeezed_height, _depth_unfolded)
+
+
+def _layer_of(bn: fx.Node) -> tuple[fx.Node, bool] | None:
+    """(the layer batch_norm normalizes, whether a channel view lies between them): a conv2d or linear
+    (_normalizes_out_channels), or a conv2d behind one of _CHANNEL_VIEWS (conv1d, conv3d)."""
+    layer = bn.args[0]
     if not isinstance(layer, fx.Node) or len(layer.users) != 1:
         return None
-    if squeeze is not None and layer.target != aten.conv2d.default:
-        return None
-    return (layer, squeeze) if squeeze is not None or _normalizes_out_channels(layer) else None
+    for view in _CHANNEL_VIEWS:
+        inner = view(layer)
+        if isinstance(inner, fx.Node) and inner.target == aten.conv2d.default and len(inner.users) == 1:
+            return inner, True
+    return (layer, False) if _normalizes_out_channels(layer) else None
 
 
 def _foldable(bn: fx.Node) -> bool:
@@ -68,7 +90,7 @@ class FoldBatchNormPass(Pass):
         for bn in list(gm.graph.nodes):
             if bn.op != "call_function" or not _foldable(bn):
                 continue
-            conv, squeeze = _layer_of(bn)
+            conv, behind_view = _layer_of(bn)
             x, w_node = conv.args[0], conv.args[1]
             b_node = conv.args[2] if len(conv.args) > 2 else None
             tensors = [constant(gm, a) if a is not None else None for a in bn.args[1:5]]
@@ -80,10 +102,12 @@ class FoldBatchNormPass(Pass):
             new_b = rw.const(b_f, f"{w_node.target}_folded_bias", conv)
             args = (x, new_w, new_b, *conv.args[3:])
             folded = rw.call(conv.target, args, conv, represents=bn)
-            if squeeze is not None:
-                folded = rw.call(aten.squeeze.dim, (folded, 2), squeeze)
-            folded.meta.update({k: v for k, v in bn.meta.items() if k == "val"})
-            bn.replace_all_uses_with(folded)
+            if behind_view:  # the view now reads the folded conv, and stands for the batch_norm
+                conv.replace_all_uses_with(folded)
+                bn.replace_all_uses_with(bn.args[0])
+            else:
+                folded.meta.update({k: v for k, v in bn.meta.items() if k == "val"})
+                bn.replace_all_uses_with(folded)
             ctx.count(self.name, "folded")
             changed = True
         return PassResult(rw.finish() if changed else gm, changed)

@@ -111,11 +111,21 @@ def _weight_layer(m: Match, kind: str) -> None:
     meta.set_layer(m.last, meta.LayerInfo(kind, wq.spec.bits, nbytes))
 
 
+def _unsigned(rw: Rewriter, m: Match, x: fx.Node, zero_point: int) -> tuple[fx.Node, int]:
+    """int8 codes (an embedding table's, shared by its gathered rows) as the uint8 codes of the same
+    scale with the zero point moved by 128, which every integer GEMM kernel takes: exact."""
+    wide = rw.cast(x, torch.int16, m.anchor, like=m.op)
+    shifted = rw.call(aten.add.Tensor, (wide, 128), m.anchor, like=m.op)
+    return rw.cast(shifted, torch.uint8, m.anchor, like=m.op), zero_point + 128
+
+
 def _gemm_like(rw: Rewriter, m: Match, kind: str, target, extra: tuple, axis: int) -> fx.Node | None:
     (x, xq), (_, wq) = m.inputs[0], m.weights[0]
     if xq.per_channel:
         return None
     sx, zx = xq.scalar()
+    if xq.spec.torch_dtype == torch.int8:
+        x, zx = _unsigned(rw, m, x, zx)
     acc_scale = sx * wq.scale
     if bool((wq.zero_point != 0).any()):
         return None  # asymmetric weights are not lowered; they stay float

@@ -130,6 +130,8 @@ register_rule(
     aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int,
     aten.contiguous.default, aten.clone.default, aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default,
     aten.slice.Tensor, aten.select.int, aten.expand.default, aten.t.default, aten.flatten.using_ints,
+    aten.index_select.default,
+    aten.amax.default,  # quantizing is monotone, so the largest code is the code of the largest value
 )
 register_rule(OpRule("cat", output=NEW, list_arg=True), aten.cat.default)
 register_rule(OpRule("pad", output=SHARE, check=_pad_check), aten.pad.default, aten.constant_pad_nd.default)

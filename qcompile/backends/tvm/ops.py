@@ -33,7 +33,7 @@ def converter(*targets):
 
 
 _DTYPES = {
-    torch.uint8: "uint8", torch.int8: "int8", torch.int32: "int32", torch.int64: "int64",
+    torch.uint8: "uint8", torch.int8: "int8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
     torch.float32: "float32", torch.bool: "bool",
 }
 
@@ -387,6 +387,13 @@ def _where_scalar_other(node, cond, x, other):
     """where(cond, x, scalar) (BERT's eager attention mask); TVM's importer has no ScalarOther."""
     fill = te.compute((), lambda: tir.const(other, str(x.dtype)), name="where_other")
     return topi.where(cond, x, fill)
+
+
+@converter(aten.amax.default)
+def _amax(node, x, dims=(), keepdim=False):
+    """amax over `dims` (all when empty); TVM's importer has no amax."""
+    axes = [d % len(x.shape) for d in dims] or None
+    return topi.max(x, axis=axes, keepdims=keepdim)
 
 
 @converter(aten.embedding.default)

@@ -17,7 +17,7 @@ DTYPES: dict[str, tuple[torch.dtype, int, int]] = {
     "int4": (torch.int8, -8, 7),
 }
 
-OBSERVERS = ("minmax", "percentile", "mse", "entropy")
+OBSERVERS = ("minmax", "histogram", "percentile", "mse", "entropy")
 WEIGHT_OBSERVERS = (*OBSERVERS, "gptq")  # gptq: Linear weights rounded against calibration inputs (quant/gptq.py)
 
 

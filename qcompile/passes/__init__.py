@@ -1,6 +1,7 @@
 from . import (  # noqa: F401  (register)
     calibrate,
     choose_bitwidth,
+    correct_bias,
     fold_batch_norm,
     fold_scales,
     fuse_qdq,

@@ -1,8 +1,10 @@
-"""Calibration observers: min-max, percentile, MSE and entropy (KL) range estimation.
+"""Calibration observers: min-max, histogram (least expected L2 error), percentile, MSE and entropy (KL)
+range estimation.
 
 Observers are modules inserted into the graph by the calibrate pass; they pass values through and
-keep statistics. Percentile, MSE and entropy work on a bounded random sample of the values seen, so
-memory stays flat however much calibration data is used.
+keep statistics. The histogram and percentile observers read a histogram whose counts do not depend on how
+the calibration data is batched (histogram.py); MSE and entropy work on a bounded random sample of the
+values seen. Memory stays flat however much calibration data is used.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 from torch import nn
 
 from ..ir.qspec import QParams, QSpec
+from .histogram import Histogram
 from .math import (
     dequantize_groups,
     dequantize_tensor,
@@ -19,6 +22,7 @@ from .math import (
     weight_groups,
 )
 
+_FROM_HISTOGRAM = ("histogram", "percentile")  # observers computed from a Histogram; mse and entropy sample
 _SAMPLES_PER_BATCH = 1 << 16
 _MAX_SAMPLES = 1 << 21
 
@@ -30,6 +34,7 @@ class Observer(nn.Module):
         self.lo: torch.Tensor | None = None
         self.hi: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
+        self.histogram = Histogram() if spec.observer in _FROM_HISTOGRAM and spec.axis is None else None
         self.batches = 0
         self._gen = torch.Generator().manual_seed(0)
 
@@ -45,7 +50,9 @@ class Observer(nn.Module):
         lo, hi = (v.amin(dim=dims), v.amax(dim=dims)) if dims else (v, v)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
-        if self.spec.observer != "minmax" and self.spec.axis is None:
+        if self.histogram is not None:
+            self.histogram.add(v)
+        elif self.spec.observer != "minmax" and self.spec.axis is None:
             self._sample(v.flatten())
         self.batches += 1
         return x
@@ -70,14 +77,21 @@ def _minmax(obs: Observer) -> QParams:
     return qparams_from_range(obs.lo, obs.hi, obs.spec)
 
 
-def _percentile(obs: Observer) -> QParams:
-    if obs.spec.axis is not None:
+def _histogram(obs: Observer) -> QParams:
+    if obs.histogram is None:  # per-channel (weights): the full range of each channel
         return _minmax(obs)
-    s = torch.cat(obs.samples)
+    lo, hi = obs.histogram.best_range(obs.spec.qmax - obs.spec.qmin + 1, obs.spec.symmetric)
+    # Never wider than what was seen (the histogram's edges round the extremes outwards).
+    return qparams_from_range(torch.clamp(torch.tensor(lo), min=float(obs.lo)), torch.clamp(torch.tensor(hi), max=float(obs.hi)), obs.spec)
+
+
+def _percentile(obs: Observer) -> QParams:
+    if obs.histogram is None:
+        return _minmax(obs)
     p = obs.spec.percentile / 100.0
-    lo, hi = torch.quantile(s, 1.0 - p), torch.quantile(s, p)
-    # The sample can miss the extreme tail; never widen beyond what was seen.
-    return qparams_from_range(torch.maximum(lo, obs.lo), torch.minimum(hi, obs.hi), obs.spec)
+    lo, hi = obs.histogram.quantile(1.0 - p), obs.histogram.quantile(p)
+    # Never wider than what was seen (a quantile interpolates inside a bin that overhangs the extremes).
+    return qparams_from_range(torch.clamp(torch.tensor(lo), min=float(obs.lo)), torch.clamp(torch.tensor(hi), max=float(obs.hi)), obs.spec)
 
 
 def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -141,7 +155,7 @@ def _entropy(obs: Observer) -> QParams:
 
 
 # gptq rounds Linear weights in calibrate (quant/gptq.py); any other weight under that spec gets min-max ranges.
-_ESTIMATORS = {"minmax": _minmax, "percentile": _percentile, "mse": _mse, "entropy": _entropy, "gptq": _minmax}
+_ESTIMATORS = {"minmax": _minmax, "histogram": _histogram, "percentile": _percentile, "mse": _mse, "entropy": _entropy, "gptq": _minmax}
 
 
 def weight_qparams(w: torch.Tensor, spec: QSpec) -> QParams:

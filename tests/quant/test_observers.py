@@ -208,3 +208,33 @@ def test_per_channel_on_other_axis_and_estimator_fallbacks(weight):
 def test_observer_without_data_raises():
     with pytest.raises(RuntimeError, match="no data"):
         Observer(QSpec()).qparams()
+
+
+# ------------------------------------------------------------------------------------------ histogram
+@pytest.mark.parametrize("observer", ["histogram", "percentile"])
+@pytest.mark.parametrize("spec_kw", [{"dtype": "uint8"}, {"dtype": "int8", "symmetric": True}])
+def test_histogram_range_does_not_depend_on_batching_or_order(data, spec_kw, observer):
+    spec = QSpec(observer=observer, **spec_kw)
+    whole = _observe(spec, data, batches=1)
+    shuffled = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(1))]
+    for x, batches in ((data, 4), (data, 8), (shuffled, 20)):
+        got = _observe(spec, x, batches=batches)
+        assert torch.equal(got.scale, whole.scale) and torch.equal(got.zero_point, whole.zero_point)
+
+
+@pytest.mark.parametrize("dist", ["normal with outliers", "laplace", "relu"])
+def test_histogram_range_has_no_more_error_than_minmax(data, dist):
+    torch.manual_seed(0)
+    x = {"normal with outliers": data, "laplace": torch.distributions.Laplace(0.0, 1.0).sample((20000,)),
+         "relu": torch.relu(torch.randn(20000) * 2)}[dist]
+    mm = _observe(QSpec("uint8", observer="minmax"), x)
+    hist = _observe(QSpec("uint8", observer="histogram"), x)
+    assert hist.scalar()[0] <= mm.scalar()[0] * (1 + 1e-6)
+    assert _mse(x, hist) <= _mse(x, mm) * 1.02  # the search minimises an estimate of this error
+
+
+def test_histogram_never_widens_past_the_values_seen():
+    x = torch.rand(5000) * 3 + 1  # all positive: the range still includes 0
+    qp = _observe(QSpec("uint8", observer="histogram"), x)
+    lo, hi = _range(qp)
+    assert lo == pytest.approx(0.0, abs=1e-6) and hi <= float(x.max()) + 1e-5

@@ -17,10 +17,8 @@ REFERENCE_ONLY_UNDER_ZOO = {"mobilevit"}
 # x86 against the reference where float islands remain: TVM's float kernels round differently, and a
 # difference that crosses a rounding boundary of a later quantize moves one code (relative to the output's range).
 FLOAT_ISLAND_BOUND = 0.05
-# Measured, not yet met (the test fails when it is, so the entry gets removed): random-init MobileViT's
-# logits differ by 3.5e-4 between classes on average, and its attention scores quantize at about 0 dB SQNR:
-# top-1 agreement 0.75 (min-max, percentile 0.72, MSE 0.75). Activation ranges are issue 21's work.
-KNOWN_GAPS = {"mobilevit": "top-1 agreement 0.75 < 0.9 (issue 21: activation ranges)"}
+# Measured, not yet met (the test fails when it is, so the entry gets removed).
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from tvm.script import tirx as T
 
 from .gemm_kernel import Requant, requantize_lanes
 from .isa import NEON_DOTPROD, NEON_I8MM, Isa, sdot
-from .parallelism import is_small
+from .parallelism import is_small, static_loop
 
 __all__ = ["DepthwiseConv", "DepthwiseIsa", "ISAS", "for_isa", "depthwise_prim_func", "pack_weight", "offset_bias"]
 
@@ -144,11 +144,13 @@ def _transposed(rows: list) -> list:
     return [_zip(*pairs[q // 2], q % 2, 8, "int16") for q in range(LANES)]
 
 
-def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: DepthwiseIsa) -> tvm.tirx.PrimFunc:
+def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: DepthwiseIsa,
+                        pixels: int | None = None) -> tvm.tirx.PrimFunc:
     """main(X: uint8 [N, H, W, C], Wp: int8 [blocks, groups, 64], bias: int32 [CP], mult: int32 [CP], Out)
     with N, H, W free. Out is `requant.out_dtype` [N, OH, OW, C] (OH, OW read off it), or the int32
     accumulator when `requant` is None (mult unused). bias (with the offset, see offset_bias) and mult are
-    zero-padded to CP = blocks * 16; Wp is pack_weight's layout."""
+    zero-padded to CP = blocks * 16; Wp is pack_weight's layout. `pixels`: N * OH * OW when the model fixes
+    it, so that the loops are built serial or parallel without a run-time branch (parallelism.py)."""
     C, (_, KW), (SH, SW), (PH, PW), (DH, DW) = conv.channels, conv.kernel, conv.stride, conv.padding, conv.dilation
     NB, NG, CP, NT = conv.blocks, conv.tap_groups, conv.blocks * CHANNELS, conv.taps
     pad = conv.x_zp - dw.a_offset  # the padding (x_zp) as the kernel reads it
@@ -156,6 +158,7 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
     full_c = C % CHANNELS == 0  # no ragged last block, so the epilogue needs no channel guard
     flip = tvm.tirx.const(dw.a_offset, "uint8")
     dot = dw.dot
+    loop = static_loop(pixels, CP, NT) if pixels is not None else None
 
     def group_vectors(Xp, b, y0, x0, c0, g) -> list:
         """The 4 dot-product operands of tap group g (an unrolled loop variable) at one output pixel."""
@@ -234,7 +237,10 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
         X = T.match_buffer(x, (N, H, W, C), "uint8")
         Out = T.match_buffer(out, (N, OH, OW, C), out_dtype)
         Xp = T.alloc_buffer((N, H + 2 * PH, W + 2 * PW, CP), "int8")
-        if is_small(N, OH, OW, CP, NT):
+        if loop is not None:
+            copy_flipped(X, Xp, N, H, W, loop)
+            rows(Xp, Wp, bias, mult, Out, N, OH, OW, loop)
+        elif is_small(N, OH, OW, CP, NT):
             copy_flipped(X, Xp, N, H, W, T.serial)
             rows(Xp, Wp, bias, mult, Out, N, OH, OW, T.serial)
         else:

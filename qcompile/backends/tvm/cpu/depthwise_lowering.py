@@ -67,17 +67,19 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     # The kernel reads x - a_offset; the op subtracts the zero point unless the bias already has it.
     bias = depthwise_kernel.offset_bias(bias, w, dw.a_offset - (0 if folded else conv.x_zp))
     padded = conv.blocks * depthwise_kernel.CHANNELS
+    x = layouts.get(acc.args[0], True)
+    b, h, wd, _ = x.ty.shape.values
+    oh, ow = conv_output_hw(h, wd, conv.kernel, conv.stride, conv.padding, conv.dilation)
     name = f"depthwise_{acc.name}"
-    func = depthwise_kernel.depthwise_prim_func(conv, requant, dw)
+    sizes = [getattr(d, "value", d) for d in (b, oh, ow)]
+    pixels = sizes[0] * sizes[1] * sizes[2] if all(isinstance(d, int) for d in sizes) else None
+    func = depthwise_kernel.depthwise_prim_func(conv, requant, dw, pixels)
     gv = bb.add_func(func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name), name)
     consts = [
         relax.const(depthwise_kernel.pack_weight(w, conv), "int8"),
         relax.const(pad_channels(bias, padded), "int32"),
         relax.const(pad_channels(mult.numpy(), padded), "int32"),
     ]
-    x = layouts.get(acc.args[0], True)
-    b, h, wd, _ = x.ty.shape.values
-    oh, ow = conv_output_hw(h, wd, conv.kernel, conv.stride, conv.padding, conv.dilation)
     shape = (b, size_product([oh]), size_product([ow]), conv.channels)
     out_dtype = requant.out_dtype if requant else "int32"
     out = bb.emit(relax.call_tir(gv, [x, *consts], relax.TensorType(shape, out_dtype)), var_name(result))

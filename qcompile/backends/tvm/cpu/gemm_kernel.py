@@ -70,7 +70,7 @@ from tvm.script import tirx as T
 
 from ..ops import high_word_rounding
 from .isa import Isa, host_supports, host_target, isa_for
-from .parallelism import is_small
+from .parallelism import is_small, static_loop
 from .tiling import Tiling, ceil_div, check_tiling, choose_tiling
 
 __all__ = [
@@ -251,8 +251,10 @@ def _panel_group(panels: int, wanted: int) -> int:
 
 
 def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Tiling,
-                   weights: WeightFormat = INT8_WEIGHTS) -> tvm.tirx.PrimFunc:
+                   weights: WeightFormat = INT8_WEIGHTS, m: int | None = None) -> tvm.tirx.PrimFunc:
     """main(A: uint8 [M, k], Wp: packed words, bias: int32 [NP], mult: int32 [NP], Out) with M free.
+    `m`: the M the model will call it with, when known, so that the loops are built serial or parallel
+    (parallelism.py) without a run-time branch.
 
     Out is `requant.out_dtype` [M, n], or the int32 accumulator when `requant` is None (mult unused).
     bias and mult are zero-padded to NP = ceil(n / nr) * nr. Wp is `weights.pack`'s layout.
@@ -263,6 +265,7 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
     loop), and the epilogue interleaves R block registers into R row vectors before the usual requantize.
     """
     check_tiling(isa, tiling)
+    loop = static_loop(m, n, k) if m is not None else None
     if not weights.supports(isa):
         raise ValueError(f"{weights.name} weights need {weights.lane_group} values per lane; {isa.name} has {isa.group}")
     L, G, MR, NR = isa.lanes, isa.group, tiling.mr, tiling.nr
@@ -424,7 +427,9 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
         M = T.int32()
         A = T.match_buffer(a, (M, k), "uint8")
         Out = T.match_buffer(out, (M, n), out_dtype)
-        if is_small(M, n, k):
+        if loop is not None:
+            run(A, Wp, bias, mult, Out, M, loop)
+        elif is_small(M, n, k):
             run(A, Wp, bias, mult, Out, M, T.serial)
         else:
             run(A, Wp, bias, mult, Out, M, T.parallel)

@@ -188,7 +188,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     tiling = choose_tiling(GemmShape(isa, int(m) if isinstance(m, tir.IntImm) else None, n, k, requant, weights))
     padded = -(-n // tiling.nr) * tiling.nr
     name = f"gemm_{acc.name}"
-    func = gemm_prim_func(n, k, requant, isa, tiling, weights)
+    func = gemm_prim_func(n, k, requant, isa, tiling, weights, int(m) if isinstance(m, tir.IntImm) else None)
     func = func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name)
     gv = bb.add_func(func, name)
     consts = [

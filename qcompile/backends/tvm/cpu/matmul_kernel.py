@@ -51,7 +51,7 @@ from tvm.script import tirx as T
 
 from .gemm_kernel import Requant, requantize_lanes
 from .isa import Isa, isa_for
-from .parallelism import is_small
+from .parallelism import is_small, static_loop
 from .tiling import (
     Tiling,
     candidate_tiles,
@@ -129,9 +129,10 @@ def _by_element_registers(isa: Isa, t: Tiling) -> int:
     return t.mr * nv + 4 * nv + 1
 
 
-def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
+def matmul_prim_func(spec: MatmulSpec, sizes: tuple = ()) -> tvm.tirx.PrimFunc:
     """main(A: [BO, M, KA], Bp: int8 [BO, NO, KW, NR * 4], Out: [BO, M, N]) with every size free;
-    KA == 4 * KW (A padded with a_zp), NO == ceil(N / NR)."""
+    KA == 4 * KW (A padded with a_zp), NO == ceil(N / NR). `sizes`: (BO, M, N, K) as the model calls it,
+    so that the loops are built serial or parallel without a run-time branch where all are known."""
     isa, tiling = spec.isa, spec.tiling
     check_tiling(isa, tiling)
     L, G, MR, NR = isa.lanes, isa.group, tiling.mr, tiling.nr
@@ -144,6 +145,7 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
     flip = T.int32(_word(0x80))
     ones = T.int32(_word(1 + isa.a_offset))  # read by isa.dot as four A_eff = 1
     mult = tvm.tirx.Broadcast(T.int32(spec.mult), L)
+    loop = static_loop(*sizes) if sizes else None
 
     BO, M, KA, N, NO, KW = (tir.Var(name, "int32") for name in ("BO", "M", "KA", "N", "NO", "KW"))
     rows_shape = (BO, M) if db else (1, 1)
@@ -263,7 +265,9 @@ def matmul_prim_func(spec: MatmulSpec) -> tvm.tirx.PrimFunc:
         Out = T.match_buffer(out, (BO, M, N), out_dtype)
         rows = T.alloc_buffer(rows_shape, "int32")
         cols = T.alloc_buffer(cols_shape, "int32")
-        if is_small(BO, M, N, KA):
+        if loop is not None:
+            run(A, Bp, Out, rows, cols, loop)
+        elif is_small(BO, M, N, KA):
             run(A, Bp, Out, rows, cols, T.serial)
         else:
             run(A, Bp, Out, rows, cols, T.parallel)

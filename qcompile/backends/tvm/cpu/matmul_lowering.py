@@ -143,7 +143,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, mm: fx.Nod
     bp = bb.emit_te(lambda t: _pack_b(t, out_batch, bo_size, spec.tiling.nr, g), b,
                     primfunc_name_hint=f"pack_b_{mm.name}", name_hint=var_name(mm))
     name = f"matmul_{mm.name}"
-    func = matmul_prim_func(spec).with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name)
+    func = matmul_prim_func(spec, (bo_size, m, n, k)).with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name)
     gv = bb.add_func(func, name)
     out_dtype = requant.out_dtype if requant else "int32"
     out = bb.emit(relax.call_tir(gv, [a3, bp], relax.TensorType((bo_size, m, n), out_dtype)), var_name(result))

@@ -5,7 +5,9 @@ them) of a few microseconds on this machine, whatever its extent. Models of smal
 1 x 32 x 128 gate GEMMs, its 128-element gate arithmetic) run dozens of such kernels per call, each
 doing well under a microsecond of work: with every loop parallel the LSTM zoo model ran 335 µs per call
 on 2 threads and 170 µs with TVM_NUM_THREADS=1. Kernels below these amounts of work therefore run
-their loops serially; the sizes are free at run time, so the GEMM-like kernels branch on them.
+their loops serially. The GEMM-like kernels take their sizes at run time: where the model fixes them
+(`static_loop` gets the work), the kernel is built with the one loop kind it needs; where a size is free, it
+branches on them (two copies of the loops: about twice the code to compile).
 """
 from __future__ import annotations
 
@@ -24,6 +26,18 @@ def is_small(*factors):
     for f in factors:
         macs = macs * T.Cast("int64", f)
     return macs < T.int64(SERIAL_MACS)
+
+
+def static_loop(*factors):
+    """The loop kind for a kernel whose work is the product of `factors` (ints, TIR constants or free
+    sizes): T.serial or T.parallel when all are known at build time, None when the kernel must branch."""
+    total = 1
+    for f in factors:
+        value = getattr(f, "value", f)
+        if not isinstance(value, int):
+            return None
+        total *= value
+    return T.serial if total < SERIAL_MACS else T.parallel
 
 
 def elementwise_is_small(extents: list[int | None]) -> bool:

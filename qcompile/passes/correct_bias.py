@@ -72,6 +72,7 @@ class _ShiftMeter(fx.Interpreter):
 class CorrectBiasPass(Pass):
     name = "correct-bias"
     requires = frozenset({"qparams"})
+    repeatable = False  # a second run would measure the same shift and subtract it again
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         layers = [n for n in gm.graph.nodes if n.op == "call_function" and _correctable(n)]

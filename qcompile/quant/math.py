@@ -13,10 +13,10 @@ import torch
 from ..errors import UsageError
 from ..ir.qspec import QParams, QSpec
 
-# The smallest scale: only a range of zero width (a constant-zero tensor) needs it. Tensors of tiny values
-# are legitimate (random-init MobileViT's activations shrink through depth to ranges of a few 1e-6, scale
-# 2.2e-8; a floor at float32's epsilon, 1.2e-7, left them a handful of codes: top-1 agreement 0.75, 0.94 without). 2^-60 keeps
-# the product of two floored scales (an accumulator's) a normal float32.
+# The smallest scale. Tensors of tiny values are legitimate: random-init MobileViT's activations shrink
+# through depth to ranges of a few 1e-6 (scale 2.2e-8), and a floor at float32's epsilon (1.2e-7) left them
+# a handful of codes (top-1 agreement 0.75; 0.94 without it). 2^-60 keeps the product of two floored
+# scales (an accumulator's) a normal float32.
 _EPS = 2.0**-60
 DYNAMIC_SPEC = QSpec(dtype="uint8", symmetric=False)  # activations quantized at run time (dynamic_qparams)
 MULTIPLIER_BITS = 31  # multipliers are int32 in [2^30, 2^31)
@@ -47,6 +47,10 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QSpec) -> QPara
         # hi - lo can overflow float32 where the scale itself does not (a range near +-3.4e38)
         scale = torch.where(torch.isfinite(scale), scale, ((hi.double() - lo.double()) / float(qmax - qmin)).float())
         zp = None
+    # A range of zero width (a constant-zero tensor: an LSTM's first f * c0) is exact at any scale; 1 keeps it
+    # from dragging the fixed-point multipliers of the ops that combine it with real data (an add's shared
+    # shift) towards a ratio of 1e-16.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     scale = torch.clamp(scale, min=_EPS).to(torch.float32)
     if not bool(torch.isfinite(scale).all()):
         raise UsageError(f"value range [{float(lo.min()):.4g}, {float(hi.max()):.4g}] is not finite: the values "

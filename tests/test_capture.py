@@ -273,8 +273,9 @@ def test_embedding_bags_of_one_size_gather_an_integer_table_bit_exact_on_x86(mod
     assert "aten.embedding" in ops and "aten.embedding_bag" not in ops
     assert cm.report().coverage_line().startswith("coverage: 100.0%")
     assert (cm(ids) - model(ids)).abs().max() < 0.05 * model(ids).abs().max()
-    x86 = qcompile.compile(model, (ids,), calibration=calibration, progress=False, target="x86")
-    assert torch.equal(x86(ids), cm(ids))
+    if mode == "max":  # amax on int8 table codes, shifted to uint8 for the Linear: the x86-specific parts
+        x86 = qcompile.compile(model, (ids,), calibration=calibration, progress=False, target="x86")
+        assert torch.equal(x86(ids), cm(ids))
 
 
 class OffsetBags(nn.Module):

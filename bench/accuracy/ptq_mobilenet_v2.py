@@ -117,6 +117,8 @@ SYSTEMS: dict[str, Callable] = {
     "qcompile min-max + correct-bias": _qcompile(CORRECTED, method="minmax"),
     "qcompile percentile 99.99 + correct-bias": _qcompile(CORRECTED, method="percentile"),
     "qcompile histogram + correct-bias": _qcompile(CORRECTED, method="histogram"),
+    "qcompile W4A8 (every conv and linear 4-bit)": _qcompile(bits=4),
+    "qcompile mixed 8/4/float at 6 bits average": _qcompile(bits="mixed", budget=6.0),
     "torchao PT2E X86InductorQuantizer": _pt2e,
     "ONNX Runtime QDQ min-max": _onnx_runtime,
 }

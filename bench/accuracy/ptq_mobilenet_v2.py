@@ -119,6 +119,9 @@ SYSTEMS: dict[str, Callable] = {
     "qcompile histogram + correct-bias": _qcompile(CORRECTED, method="histogram"),
     "qcompile W4A8 (every conv and linear 4-bit)": _qcompile(bits=4),
     "qcompile mixed 8/4/float at 6 bits average": _qcompile(bits="mixed", budget=6.0),
+    "qcompile mixed at 6 bits + correct-bias": _qcompile(CORRECTED, bits="mixed", budget=6.0),
+    "qcompile W4A8 + correct-bias": _qcompile(CORRECTED, bits=4),
+    "qcompile W4A8 percentile 99.99 + correct-bias": _qcompile(CORRECTED, bits=4, method="percentile"),
     "torchao PT2E X86InductorQuantizer": _pt2e,
     "ONNX Runtime QDQ min-max": _onnx_runtime,
 }

@@ -176,13 +176,19 @@ def _as_direct_conv(rw: Rewriter, node: fx.Node, x: fx.Node, shape: list[int], w
     return rw.call(aten.conv2d.default, (y, direct, bias, [1, 1], [0, 0], list(dilation), groups), node, represents=node)
 
 
+def _per_dim(v, n: int, default: int) -> list[int]:
+    """A conv argument as one value per spatial dim: a list of n (or of 1, repeated), an int, or None (the default)."""
+    if isinstance(v, (list, tuple)) and v:
+        return list(v) * (n // len(v))
+    return [v if isinstance(v, int) else default] * n
+
+
 def _conv_transpose2d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     x, w_node, bias, stride, padding, output_padding, groups, dilation = _args(node, 8)
     if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or "val" not in x.meta:
         return None
-    pair = lambda v, d: list(v) * (2 // len(v)) if isinstance(v, (list, tuple)) else [v if v is not None else d] * 2  # noqa: E731
-    return _as_direct_conv(rw, node, x, list(x.meta["val"].shape), w_node, bias, pair(stride, 1), pair(padding, 0),
-                           pair(output_padding, 0), groups or 1, pair(dilation, 1))
+    return _as_direct_conv(rw, node, x, list(x.meta["val"].shape), w_node, bias, _per_dim(stride, 2, 1),
+                           _per_dim(padding, 2, 0), _per_dim(output_padding, 2, 0), groups or 1, _per_dim(dilation, 2, 1))
 
 
 def _conv_transpose1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
@@ -190,7 +196,7 @@ def _conv_transpose1d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     x, w_node, bias, stride, padding, output_padding, groups, dilation = _args(node, 8)
     if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or "val" not in x.meta:
         return None
-    one = lambda v, d: [1 if d == 1 else 0, (list(v) if isinstance(v, (list, tuple)) else [v if v is not None else d])[0]]  # noqa: E731
+    one = lambda v, d: [1 if d == 1 else 0, _per_dim(v, 1, d)[0]]  # noqa: E731
     n, c, length = x.meta["val"].shape
     w2 = rw.const(constant(rw.gm, w_node).unsqueeze(2), f"{w_node.target}_2d", node)
     x2 = rw.call(aten.unsqueeze.default, (x, 2), node)
@@ -210,8 +216,7 @@ def _conv3d(rw: Rewriter, node: fx.Node) -> fx.Node | None:
     if not (isinstance(w_node, fx.Node) and w_node.op == "get_attr") or isinstance(padding, str) or val is None:
         return None
     _, c, d, h, w = val.shape
-    triple = lambda v, dflt: list(v) * (3 // len(v)) if v else [dflt] * 3  # noqa: E731
-    (sd, *s2), (pd, *p2), (dd, *d2) = triple(stride, 1), triple(padding, 0), triple(dilation, 1)
+    (sd, *s2), (pd, *p2), (dd, *d2) = _per_dim(stride, 3, 1), _per_dim(padding, 3, 0), _per_dim(dilation, 3, 1)
     weight = constant(rw.gm, w_node)
     o, kd = weight.shape[0], weight.shape[2]
     od = (d + 2 * pd - dd * (kd - 1) - 1) // sd + 1 if isinstance(d, int) else None

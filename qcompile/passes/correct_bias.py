@@ -27,24 +27,21 @@ from .calibrate import validate_calibration
 aten = torch.ops.aten
 
 
-def _weight_error_output(node: fx.Node, x: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
-    """The layer applied to x with the weight error in place of its weight, and no bias."""
-    return _ERROR_OUTPUT[node.target](node, x, error)
-
-
-_ERROR_OUTPUT = {
-    aten.conv2d.default: lambda n, x, e: F.conv2d(x, e, None, *n.args[3:7]),
-    aten.linear.default: lambda n, x, e: F.linear(x, e),
+# target -> (the layer applied to x with the weight error e in place of its weight and no bias, the
+# output's channel axis)
+_LAYERS = {
+    aten.conv2d.default: (lambda n, x, e: F.conv2d(x, e, None, *n.args[3:7]), 1),
+    aten.linear.default: (lambda n, x, e: F.linear(x, e), -1),
 }
-_CHANNEL_AXIS = {aten.conv2d.default: 1, aten.linear.default: -1}
 
 
 def _correctable(node: fx.Node) -> bool:
     rule = rule_for(node)
-    if rule is None or node.target not in _ERROR_OUTPUT:
+    if rule is None or node.target not in _LAYERS:
         return False
     weights = rule.weight_inputs(node)
-    return len(weights) == 1 and meta.qparams(weights[0][0]) is not None and meta.qparams(weights[0][0]).spec.group_size is None
+    qp = meta.qparams(weights[0][0]) if len(weights) == 1 else None
+    return qp is not None and qp.spec.group_size is None
 
 
 class _ShiftMeter(fx.Interpreter):
@@ -58,9 +55,9 @@ class _ShiftMeter(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         if n in self.errors:
-            x = self.env[n.args[0]]
-            out = _weight_error_output(n, x, self.errors[n]).to(torch.float64)
-            axis = _CHANNEL_AXIS[n.target] % out.dim()
+            error_output, axis = _LAYERS[n.target]
+            out = error_output(n, self.env[n.args[0]], self.errors[n]).to(torch.float64)
+            axis = axis % out.dim()
             dims = [d for d in range(out.dim()) if d != axis]
             self.sums[n] += out.sum(dim=dims)
             self.counts[n] += out.numel() // out.shape[axis]

@@ -23,20 +23,21 @@ class Histogram:
         self.first = 0  # index of counts[0]: the bin [first * width, (first + 1) * width)
         self.counts = torch.zeros(0, dtype=torch.float64)
 
-    def add(self, values: torch.Tensor) -> None:
+    def add(self, values: torch.Tensor, lo: float, hi: float) -> None:
+        """Count `values`, whose minimum and maximum (the observer has them already) are lo and hi."""
         flat = values.detach().reshape(-1).to(torch.float32)
         if flat.numel() == 0:
             return
-        lo, hi = float(flat.min()), float(flat.max())
-        if self.width is not None:
-            lo, hi = min(lo, self.first * self.width), max(hi, (self.first + len(self.counts)) * self.width)
-        self._widen(_width_for(lo, hi))
+        seen_lo, seen_hi = (min(lo, self.edges()[0]), max(hi, self.edges()[1])) if len(self.counts) else (lo, hi)
+        self._widen(_width_for(seen_lo, seen_hi))
         index = torch.floor(flat / self.width).to(torch.int64)
-        first = min(self.first, int(index.min())) if len(self.counts) else int(index.min())
-        size = max(self.first + len(self.counts), int(index.max()) + 1) - first
-        counts = torch.zeros(size, dtype=torch.float64)
+        # The bins of this batch's extremes (exact: the width is a power of two), and the bins kept so far.
+        first, last = math.floor(lo / self.width), math.floor(hi / self.width)
+        if len(self.counts):
+            first, last = min(first, self.first), max(last, self.first + len(self.counts) - 1)
+        counts = torch.zeros(last + 1 - first, dtype=torch.float64)
         counts[self.first - first: self.first - first + len(self.counts)] += self.counts
-        counts += torch.bincount(index - first, minlength=size).to(torch.float64)
+        counts += torch.bincount(index - first, minlength=len(counts)).to(torch.float64)
         self.first, self.counts = first, counts
 
     def _widen(self, width: float) -> None:

@@ -51,7 +51,7 @@ class Observer(nn.Module):
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
         if self.histogram is not None:
-            self.histogram.add(v)
+            self.histogram.add(v, float(lo), float(hi))
         elif self.spec.observer != "minmax" and self.spec.axis is None:
             self._sample(v.flatten())
         self.batches += 1
@@ -77,21 +77,23 @@ def _minmax(obs: Observer) -> QParams:
     return qparams_from_range(obs.lo, obs.hi, obs.spec)
 
 
+def _within_seen(obs: Observer, lo: float, hi: float) -> QParams:
+    """The range [lo, hi] read off the histogram, never wider than the values seen: its bins overhang the
+    extremes, and a quantile or a range end can fall inside the overhang."""
+    return qparams_from_range(torch.clamp(torch.tensor(lo), min=float(obs.lo)), torch.clamp(torch.tensor(hi), max=float(obs.hi)), obs.spec)
+
+
 def _histogram(obs: Observer) -> QParams:
     if obs.histogram is None:  # per-channel (weights): the full range of each channel
         return _minmax(obs)
-    lo, hi = obs.histogram.best_range(obs.spec.qmax - obs.spec.qmin + 1, obs.spec.symmetric)
-    # Never wider than what was seen (the histogram's edges round the extremes outwards).
-    return qparams_from_range(torch.clamp(torch.tensor(lo), min=float(obs.lo)), torch.clamp(torch.tensor(hi), max=float(obs.hi)), obs.spec)
+    return _within_seen(obs, *obs.histogram.best_range(obs.spec.qmax - obs.spec.qmin + 1, obs.spec.symmetric))
 
 
 def _percentile(obs: Observer) -> QParams:
     if obs.histogram is None:
         return _minmax(obs)
     p = obs.spec.percentile / 100.0
-    lo, hi = obs.histogram.quantile(1.0 - p), obs.histogram.quantile(p)
-    # Never wider than what was seen (a quantile interpolates inside a bin that overhangs the extremes).
-    return qparams_from_range(torch.clamp(torch.tensor(lo), min=float(obs.lo)), torch.clamp(torch.tensor(hi), max=float(obs.hi)), obs.spec)
+    return _within_seen(obs, obs.histogram.quantile(1.0 - p), obs.histogram.quantile(p))
 
 
 def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:

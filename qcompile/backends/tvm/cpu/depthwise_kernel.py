@@ -145,12 +145,13 @@ def _transposed(rows: list) -> list:
 
 
 def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: DepthwiseIsa,
-                        pixels: int | None = None) -> tvm.tirx.PrimFunc:
+                        sizes: tuple = ()) -> tvm.tirx.PrimFunc:
     """main(X: uint8 [N, H, W, C], Wp: int8 [blocks, groups, 64], bias: int32 [CP], mult: int32 [CP], Out)
     with N, H, W free. Out is `requant.out_dtype` [N, OH, OW, C] (OH, OW read off it), or the int32
     accumulator when `requant` is None (mult unused). bias (with the offset, see offset_bias) and mult are
-    zero-padded to CP = blocks * 16; Wp is pack_weight's layout. `pixels`: N * OH * OW when the model fixes
-    it, so that the loops are built serial or parallel without a run-time branch (parallelism.py)."""
+    zero-padded to CP = blocks * 16; Wp is pack_weight's layout. `sizes`: (N, OH, OW) as the model calls it,
+    so that the loops are built serial or parallel without a run-time branch where all are known
+    (parallelism.py)."""
     C, (_, KW), (SH, SW), (PH, PW), (DH, DW) = conv.channels, conv.kernel, conv.stride, conv.padding, conv.dilation
     NB, NG, CP, NT = conv.blocks, conv.tap_groups, conv.blocks * CHANNELS, conv.taps
     pad = conv.x_zp - dw.a_offset  # the padding (x_zp) as the kernel reads it
@@ -158,7 +159,7 @@ def depthwise_prim_func(conv: DepthwiseConv, requant: Requant | None, dw: Depthw
     full_c = C % CHANNELS == 0  # no ragged last block, so the epilogue needs no channel guard
     flip = tvm.tirx.const(dw.a_offset, "uint8")
     dot = dw.dot
-    loop = static_loop(pixels, CP, NT) if pixels is not None else None
+    loop = static_loop(*sizes, CP, NT) if sizes else None
 
     def group_vectors(Xp, b, y0, x0, c0, g) -> list:
         """The 4 dot-product operands of tap group g (an unrolled loop variable) at one output pixel."""

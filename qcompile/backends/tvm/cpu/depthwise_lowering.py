@@ -71,9 +71,7 @@ def emit(bb: relax.BlockBuilder, gm: fx.GraphModule, result: fx.Node, acc: fx.No
     b, h, wd, _ = x.ty.shape.values
     oh, ow = conv_output_hw(h, wd, conv.kernel, conv.stride, conv.padding, conv.dilation)
     name = f"depthwise_{acc.name}"
-    sizes = [getattr(d, "value", d) for d in (b, oh, ow)]
-    pixels = sizes[0] * sizes[1] * sizes[2] if all(isinstance(d, int) for d in sizes) else None
-    func = depthwise_kernel.depthwise_prim_func(conv, requant, dw, pixels)
+    func = depthwise_kernel.depthwise_prim_func(conv, requant, dw, (b, oh, ow))
     gv = bb.add_func(func.with_attr("tirx.is_scheduled", True).with_attr("global_symbol", name), name)
     consts = [
         relax.const(depthwise_kernel.pack_weight(w, conv), "int8"),

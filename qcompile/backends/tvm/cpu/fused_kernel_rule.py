@@ -10,13 +10,12 @@ and vectorized as element-wise loops.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 
-from .parallelism import SERIAL_MACS, elementwise_is_small
+from .parallelism import elementwise_is_small, reduction_is_small
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ def _schedule_reduction(sch: s_tir.Schedule, red, epilogue, knobs: Knobs) -> Non
     if len(spatial) < 2 or not reduce:
         return
     *outer, chan, width = spatial
-    extents = [_extent(sch, lp) for lp in loops]
-    serial = None not in extents and math.prod(extents) < SERIAL_MACS
+    serial = reduction_is_small([_extent(sch, lp) for lp in loops])
     w = _divisor(_extent(sch, width), knobs.vector)
     c = _divisor(_extent(sch, chan), knobs.channels)
     wo, wi = sch.split(width, factors=[None, w])

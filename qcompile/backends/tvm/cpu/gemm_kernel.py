@@ -265,7 +265,7 @@ def gemm_prim_func(n: int, k: int, requant: Requant | None, isa: Isa, tiling: Ti
     loop), and the epilogue interleaves R block registers into R row vectors before the usual requantize.
     """
     check_tiling(isa, tiling)
-    loop = static_loop(m, n, k) if m is not None else None
+    loop = static_loop(m, n, k)  # None (branch at run time) when m is free
     if not weights.supports(isa):
         raise ValueError(f"{weights.name} weights need {weights.lane_group} values per lane; {isa.name} has {isa.group}")
     L, G, MR, NR = isa.lanes, isa.group, tiling.mr, tiling.nr

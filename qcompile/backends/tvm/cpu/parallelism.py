@@ -28,23 +28,33 @@ def is_small(*factors):
     return macs < T.int64(SERIAL_MACS)
 
 
-def static_loop(*factors):
-    """The loop kind for a kernel whose work is the product of `factors` (ints, TIR constants or free
-    sizes): T.serial or T.parallel when all are known at build time, None when the kernel must branch."""
+def _known_product(factors) -> int | None:
+    """The product of ints and TIR constants; None when one of them is a free size."""
     total = 1
     for f in factors:
         value = getattr(f, "value", f)
         if not isinstance(value, int):
             return None
         total *= value
+    return total
+
+
+def static_loop(*factors):
+    """The loop kind for a kernel whose work is the product of `factors` (ints, TIR constants or free
+    sizes): T.serial or T.parallel when all are known at build time, None when the kernel must branch."""
+    total = _known_product(factors)
+    if total is None:
+        return None
     return T.serial if total < SERIAL_MACS else T.parallel
+
+
+def reduction_is_small(extents: list[int | None]) -> bool:
+    """Whether a reduction loop nest of these static extents (None: free at run time) is below SERIAL_MACS."""
+    total = _known_product(extents)
+    return total is not None and total < SERIAL_MACS
 
 
 def elementwise_is_small(extents: list[int | None]) -> bool:
     """Whether an element-wise loop nest of these static extents (None: free at run time) is small."""
-    if any(e is None for e in extents):
-        return False
-    total = 1
-    for e in extents:
-        total *= e
-    return total < SERIAL_ELEMENTS
+    total = _known_product(extents)
+    return total is not None and total < SERIAL_ELEMENTS

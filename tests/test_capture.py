@@ -294,3 +294,14 @@ def test_embedding_bags_of_free_sizes_stay_float_and_say_so():
     with pytest.warns(qcompile.FloatWeightsWarning, match="embedding_bag"):
         cm = qcompile.compile(model, example, calibration=[example], progress=False)
     torch.testing.assert_close(cm(*example), model(*example))
+
+
+def test_ids_outside_an_embedding_bags_table_are_refused_by_name():
+    """The bag's ids reach the gather through a flatten: the bound check must follow them there (x86's
+    gather reads memory at any index)."""
+    torch.manual_seed(0)
+    model = Bags("max").eval()
+    ids = torch.randint(0, 50, (3, 5))
+    cm = qcompile.compile(model, (ids,), calibration=[ids], progress=False)
+    with pytest.raises(ValueError, match=r"input 0 \(ids\) holds the index 60, outside the embedding table's 50 rows"):
+        cm(torch.full((3, 5), 60))

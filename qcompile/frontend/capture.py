@@ -67,11 +67,22 @@ def input_signature(gm: fx.GraphModule) -> list[dict]:
 
 
 def _table_rows(gm: fx.GraphModule, node: fx.Node) -> int | None:
-    """The rows of the smallest embedding table this input indexes directly: compiled gathers read
-    memory at the index without a bounds check, so calls check the indices against it."""
-    rows = [constant(gm, u.args[0]).shape[0] for u in node.users
-            if u.target == aten.embedding.default and u.args[1] is node and u.args[0].op == "get_attr"]
+    """The rows of the smallest embedding table this input indexes, itself or through views that keep its
+    values (an EmbeddingBag's ids are flattened first): compiled gathers read memory at the index without
+    a bounds check, so calls check the indices against it."""
+    rows, frontier = [], [node]
+    while frontier:
+        ids = frontier.pop()
+        for u in ids.users:
+            if u.target == aten.embedding.default and u.args[1] is ids and u.args[0].op == "get_attr":
+                rows.append(constant(gm, u.args[0]).shape[0])
+            elif u.target in _INDEX_VIEWS and u.args[0] is ids:
+                frontier.append(u)
     return min(rows) if rows else None
+
+
+_INDEX_VIEWS = {aten.reshape.default, aten.view.default, aten.flatten.using_ints, aten.unsqueeze.default,
+                aten.squeeze.dim, aten.squeeze.dims, aten.permute.default, aten.transpose.int, aten.clone.default}
 
 
 # In-place and alias variants that export emits, mapped to the one functional op the passes match.
